@@ -1,0 +1,63 @@
+"""Named model variants: one frozen `AVSConfig` each.
+
+AVESFormer on PVT-v2 b0/b1/b2/b5 and ResNet-50, the AVSegFormer baseline on the same backbones (so
+the paper's speed claim is measured in one code base), and `-tiny` variants for CPU tests and the
+shipped demo checkpoint. AVSegFormer settings follow its released configs (model-spec §4.2, §7.1):
+300 queries, FFN 2048, dropout 0.1, head MLP 300 -> 2048 -> 2048 -> 256, upsample before the last convs.
+"""
+
+from __future__ import annotations
+
+from model.config import AudioConfig, AVSConfig, DecoderConfig, HeadConfig, VisualConfig
+from model.errors import ConfigError
+
+_AVSEGFORMER_DECODER = DecoderConfig(kind="avsegformer", num_queries=300, ffn_dim=2048, dropout=0.1)
+_AVSEGFORMER_HEAD = HeadConfig(mlp_hidden=2048, upsample_last=False)
+
+# Small enough for 2 CPU cores: PVT-v2-b0, a 0.1 M-parameter audio CNN (trained, not frozen: no
+# pretrained VGGish here), width 64, one block of each kind, 128-pixel frames. ~3.7 M parameters.
+_TINY_VISUAL = VisualConfig(backbone="pvt_v2_b0", drop_path_rate=0.0)
+_TINY_AUDIO = AudioConfig(backbone="tiny", frozen=False)
+_TINY_HEAD = HeadConfig(mlp_hidden=64, fc_channels=(32, 16))
+
+
+def _avesformer(backbone: str) -> AVSConfig:
+    return AVSConfig(variant=f"avesformer-{backbone}", visual=VisualConfig(backbone=backbone))
+
+
+def _avsegformer(backbone: str) -> AVSConfig:
+    return AVSConfig(variant=f"avsegformer-{backbone}", visual=VisualConfig(backbone=backbone),
+                     decoder=_AVSEGFORMER_DECODER, head=_AVSEGFORMER_HEAD)
+
+
+VARIANTS: dict[str, AVSConfig] = {
+    cfg.variant: cfg
+    for cfg in (
+        *(_avesformer(b) for b in ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")),
+        AVSConfig(variant="avesformer-r50", visual=VisualConfig(backbone="resnet50")),
+        *(_avsegformer(b) for b in ("pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "resnet50")),
+        AVSConfig(
+            variant="avesformer-tiny", visual=_TINY_VISUAL, audio=_TINY_AUDIO, head=_TINY_HEAD, input_size=128,
+            decoder=DecoderConfig(dim=64, num_heads=4, num_queries=16, ffn_dim=256,
+                                  num_conv_blocks=1, num_attn_blocks=1),
+        ),
+        AVSConfig(
+            variant="avsegformer-tiny", visual=_TINY_VISUAL, audio=_TINY_AUDIO, input_size=128,
+            decoder=DecoderConfig(kind="avsegformer", dim=64, num_heads=4, num_queries=16, ffn_dim=256,
+                                  dropout=0.1, num_encoder_layers=1, num_decoder_layers=1,
+                                  num_generator_layers=1, generator_ffn_dim=256),
+            head=HeadConfig(mlp_hidden=64, fc_channels=(32, 16), upsample_last=False),
+        ),
+    )
+}
+
+DEFAULT_VARIANT = "avesformer-tiny"  # what `avs segment` / `avs serve` use with the shipped demo checkpoint
+
+
+def get_config(variant: str, *, num_classes: int | None = None) -> AVSConfig:
+    """The frozen config of a named variant, optionally with the 71-class AVSS head."""
+    try:
+        cfg = VARIANTS[variant]
+    except KeyError:
+        raise ConfigError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}") from None
+    return cfg if num_classes is None else cfg.replace(num_classes=num_classes)
