@@ -1,2 +1,167 @@
-def main():
-    pass
+"""`avs`: the project's command line.
+
+This module is imported by the API process, so it must stay torch-free: every command imports what
+it needs (torch, the model package) inside its handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 2
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- model
+def _model_list(args: argparse.Namespace) -> int:
+    from model.variants import VARIANTS
+
+    rows = [{"variant": name, "visual": cfg.visual.backbone, "audio": cfg.audio.backbone,
+             "decoder": cfg.decoder.kind, "input_size": cfg.input_size} for name, cfg in VARIANTS.items()]
+    if args.json:
+        _print_json({"variants": rows})
+    else:
+        for row in rows:
+            print(f"{row['variant']:24s} visual={row['visual']:10s} audio={row['audio']:7s} "
+                  f"decoder={row['decoder']:12s} input={row['input_size']}")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from model.build import build_model
+    from model.variants import get_config
+
+    cfg = get_config(args.variant, num_classes=args.num_classes)
+    model = build_model(cfg)
+    groups = model.parameter_groups()
+    info = {"variant": cfg.variant, "params_total": sum(groups.values()), "params": groups,
+            "input_size": cfg.input_size, "num_classes": cfg.num_classes}
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"{info['variant']}: {info['params_total']:,} parameters "
+              f"(visual {groups['visual']:,}, audio {groups['audio']:,}, decoder {groups['decoder']:,}); "
+              f"input {cfg.input_size}x{cfg.input_size}, {cfg.num_classes} class(es)")
+        if args.config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------- weights
+def _weights_import(kind: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        from model import weight_import
+
+        src, out = Path(args.file), Path(args.out)
+        if kind == "vggish":
+            info = weight_import.import_vggish(src, out)
+        elif kind == "pvt":
+            info = weight_import.import_pvt(src, out, backbone=args.backbone)
+        else:
+            info = weight_import.import_resnet50(src, out)
+        if args.json:
+            _print_json(info)
+        else:
+            print(f"wrote {info['out']}: {info['backbone']} weights, {int(info['num_params']):,} parameters")
+        return 0
+    return handler
+
+
+# ----------------------------------------------------------------------------------------- bench
+def _bench_model(args: argparse.Namespace) -> int:
+    from model.bench import bench_model
+
+    result = bench_model(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
+                         warmup=args.warmup, device=args.device, threads=args.threads, amp=args.amp,
+                         breakdown=args.breakdown)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
+              f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avs", description="AVESFormer audio-visual segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model_p = sub.add_parser("model", help="model variants").add_subparsers(dest="action", required=True)
+    p = model_p.add_parser("list", help="list the variants")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_model_list)
+    p = model_p.add_parser("info", help="parameter counts of a variant")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--num-classes", type=int, default=None, help="1 (S4/MS3, default) or 71 (AVSS)")
+    p.add_argument("--config", action="store_true", help="also print the full config (text mode)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_model_info)
+
+    weights_p = sub.add_parser("weights", help="convert public weight files").add_subparsers(
+        dest="action", required=True)
+    for kind, helptext in (("vggish", "torchvggish vggish-10086976.pth"),
+                           ("pvt", "PVT-v2 release file (pvt_v2_b*.pth) or an AVSegFormer checkpoint"),
+                           ("resnet50", "torchvision resnet50 state dict")):
+        p = weights_p.add_parser(f"import-{kind}", help=f"convert {helptext} to safetensors")
+        p.add_argument("file")
+        p.add_argument("--out", required=True)
+        if kind == "pvt":
+            p.add_argument("--backbone", default=None, help="expected variant, e.g. pvt_v2_b5 (checked)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=_weights_import(kind))
+
+    bench_p = sub.add_parser("bench", help="benchmarks (JSON out)").add_subparsers(dest="action", required=True)
+    p = bench_p.add_parser("model", help="model frames/s (full forward incl. audio encoder)")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except Exception as exc:
+        code = _error_code(exc)
+        if code is None:
+            raise
+        sys.stderr.write(f"avs: error [{code}]: {exc}\n")
+        return EXIT_ERROR
+
+
+def _error_code(exc: Exception) -> str | None:
+    """Stable codes for errors a user can fix; None for bugs (which keep their traceback)."""
+    if "model.errors" not in sys.modules and not isinstance(exc, ValueError):
+        return None
+    if isinstance(exc, ValueError) and type(exc) is ValueError:
+        return "invalid_argument"
+    from model import errors
+
+    codes = {errors.ConfigError: "invalid_config", errors.CheckpointError: "bad_checkpoint",
+             errors.WeightImportError: "bad_weights"}
+    for cls, code in codes.items():
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model.audio_encoder import VGGish, TinyAudioEncoder
+from model.audio_encoder import TinyAudioEncoder, VGGish
 from model.avs_model import AVSModel
 from model.avsegformer_transformer import AVSegFormerDecoder
 from model.config import AVSConfig

@@ -1,0 +1,81 @@
+"""Model speed benchmark: frames per second of one variant, median of several timed iterations.
+
+The timed call is the whole `AVSModel.forward` on random frames and one log-mel example per frame, so
+the audio encoder is included (as in EASE's speed table, model-spec §5.3). With `breakdown=True` the
+visual and audio encoders are also timed alone; "decoder" is the rest (neck, decoder, head).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from model.build import build_model
+from model.variants import get_config
+
+
+def _timed(fn: Callable[[], object], *, iters: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # CUDA is asynchronous: wait, or we time the launch only
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: int = 10, warmup: int = 2,
+                device: str = "cpu", threads: int | None = None, amp: bool = False,
+                breakdown: bool = False, seed: int = 0) -> dict[str, object]:
+    if batch_size < 1 or iters < 1 or warmup < 0:
+        raise ValueError("batch_size and iters must be >= 1, warmup >= 0")
+    if size % 32:
+        raise ValueError(f"size {size} must be a multiple of 32")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    cfg = get_config(variant)
+    model = build_model(cfg).to(dev).eval()
+    frames = torch.rand(batch_size, 3, size, size, device=dev)
+    log_mel = torch.randn(batch_size, 1, 96, 64, device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda")
+
+    def run(fn: Callable[[], object]) -> list[float]:
+        def call() -> object:
+            with torch.inference_mode(), autocast:
+                return fn()
+        return _timed(call, iters=iters, warmup=warmup, device=dev)
+
+    total = statistics.median(run(lambda: model(frames, log_mel)))
+    ms_per_frame = 1000 * total / batch_size
+    result: dict[str, object] = {
+        "variant": variant,
+        "fps": round(batch_size / total, 3),
+        "ms_per_frame": round(ms_per_frame, 3),
+        "batch_size": batch_size,
+        "size": size,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "iters": iters,
+        "amp": amp and dev.type == "cuda",
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__,
+    }
+    if breakdown:
+        visual = statistics.median(run(lambda: model.visual_encoder((frames - model.pixel_mean) / model.pixel_std)))
+        audio = statistics.median(run(lambda: model.encode_audio(log_mel)))
+        result["ms_per_frame_breakdown"] = {
+            "visual": round(1000 * visual / batch_size, 3),
+            "audio": round(1000 * audio / batch_size, 3),
+            "decoder": round(1000 * max(total - visual - audio, 0.0) / batch_size, 3),
+        }
+    return result
