@@ -90,6 +90,20 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace) -> int:
+    from model.bench import bench_compare
+
+    result = bench_compare(args.backbones, args.batch_sizes, size=args.size, iters=args.iters, warmup=args.warmup,
+                           device=args.device, threads=args.threads)
+    if args.json:
+        _print_json(result)
+    else:
+        for row in result["rows"]:
+            print(f"{row['backbone']:10s} batch {row['batch_size']}: AVESFormer {row['avesformer_fps']} fps, "
+                  f"AVSegFormer {row['avsegformer_fps']} fps, speed-up x{row['speedup']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avs", description="AVESFormer audio-visual segmentation")
@@ -132,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_model)
+    p = bench_p.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones")
+    p.add_argument("--backbones", nargs="+", default=["pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "r50"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench_compare)
     return parser
 
 

@@ -79,3 +79,27 @@ def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: in
             "decoder": round(1000 * max(total - visual - audio, 0.0) / batch_size, 3),
         }
     return result
+
+
+def bench_compare(backbones: list[str], batch_sizes: list[int], *, size: int = 224, iters: int = 5,
+                  warmup: int = 1, device: str = "cpu", threads: int | None = None) -> dict[str, object]:
+    """AVESFormer vs the AVSegFormer baseline on the same backbones, in one process and one run.
+
+    The two models of a pair are timed back to back, so their ratio is comparable even on a noisy
+    machine where absolute numbers drift between runs.
+    """
+    rows = []
+    for backbone in backbones:
+        for batch_size in batch_sizes:
+            ours = bench_model(f"avesformer-{backbone}", batch_size=batch_size, size=size, iters=iters,
+                               warmup=warmup, device=device, threads=threads)
+            base = bench_model(f"avsegformer-{backbone}", batch_size=batch_size, size=size, iters=iters,
+                               warmup=warmup, device=device, threads=threads)
+            rows.append({
+                "backbone": backbone, "batch_size": batch_size,
+                "avesformer_fps": ours["fps"], "avsegformer_fps": base["fps"],
+                "avesformer_params": ours["params_total"], "avsegformer_params": base["params_total"],
+                "speedup": round(float(ours["fps"]) / float(base["fps"]), 2),
+            })
+    return {"size": size, "iters": iters, "device": device, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "rows": rows}

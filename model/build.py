@@ -65,4 +65,5 @@ def _load_backbone_weights(module: nn.Module, path: str, *, expected: str) -> No
     if meta.get("backbone") != expected:
         raise WeightImportError(
             f"{path} holds weights for backbone {meta.get('backbone')!r}, but the config wants {expected!r}")
-    load_exact(module, state, source=f"{path} ({expected} backbone)", error=WeightImportError)
+    target = getattr(module, "weights_module", module)  # PVT keeps timm's model under `.body`
+    load_exact(target, state, source=f"{path} ({expected} backbone)", error=WeightImportError)

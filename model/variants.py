@@ -21,20 +21,24 @@ _TINY_AUDIO = AudioConfig(backbone="tiny", frozen=False)
 _TINY_HEAD = HeadConfig(mlp_hidden=64, fc_channels=(32, 16))
 
 
+# Variant names use "r50" for ResNet-50 (the AVS literature's label); config fields use "resnet50".
+def _short(backbone: str) -> str:
+    return "r50" if backbone == "resnet50" else backbone
+
+
 def _avesformer(backbone: str) -> AVSConfig:
-    return AVSConfig(variant=f"avesformer-{backbone}", visual=VisualConfig(backbone=backbone))
+    return AVSConfig(variant=f"avesformer-{_short(backbone)}", visual=VisualConfig(backbone=backbone))
 
 
 def _avsegformer(backbone: str) -> AVSConfig:
-    return AVSConfig(variant=f"avsegformer-{backbone}", visual=VisualConfig(backbone=backbone),
+    return AVSConfig(variant=f"avsegformer-{_short(backbone)}", visual=VisualConfig(backbone=backbone),
                      decoder=_AVSEGFORMER_DECODER, head=_AVSEGFORMER_HEAD)
 
 
 VARIANTS: dict[str, AVSConfig] = {
     cfg.variant: cfg
     for cfg in (
-        *(_avesformer(b) for b in ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")),
-        AVSConfig(variant="avesformer-r50", visual=VisualConfig(backbone="resnet50")),
+        *(_avesformer(b) for b in ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5", "resnet50")),
         *(_avsegformer(b) for b in ("pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "resnet50")),
         AVSConfig(
             variant="avesformer-tiny", visual=_TINY_VISUAL, audio=_TINY_AUDIO, head=_TINY_HEAD, input_size=128,

@@ -27,6 +27,11 @@ class PVTv2Encoder(nn.Module):
         self.body = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate)
         self.channels = BACKBONE_CHANNELS[name]
 
+    @property
+    def weights_module(self) -> nn.Module:
+        """The module whose state dict has timm's layout: what `avs weights import-pvt` writes."""
+        return self.body
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x [N, 3, H, W] normalised -> [F1 [N, c1, H/4, W/4], F2 (H/8), F3 (H/16), F4 (H/32)]."""
         x = self.body.patch_embed(x)  # [N, H/4, W/4, c1] (timm keeps NHWC until each stage ends)

@@ -13,6 +13,7 @@ safetensors file whose metadata names the backbone; `model.build` loads it when 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ def load_torch_file(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightImportError(f"{path}: no such file") from None
-    except (RuntimeError, OSError, SafetensorError, ValueError, EOFError) as exc:
+    except (RuntimeError, OSError, SafetensorError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise WeightImportError(f"{path} is not a readable weight file ({type(exc).__name__}: {exc})") from exc
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
