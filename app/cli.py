@@ -104,6 +104,94 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- segment
+def _load_predictor(args: argparse.Namespace):  # -> model.predictor.AVSPredictor (lazy import)
+    from model.predictor import AVSPredictor
+    from model.variants import DEFAULT_VARIANT, DEMO_CHECKPOINT
+
+    if args.checkpoint:
+        return AVSPredictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
+                                            threshold=args.threshold)
+    if (args.variant in (None, DEFAULT_VARIANT)) and DEMO_CHECKPOINT.exists():
+        return AVSPredictor.from_checkpoint(DEMO_CHECKPOINT, device=args.device, threshold=args.threshold)
+    variant = args.variant or DEFAULT_VARIANT
+    sys.stderr.write(f"avs: warning: no checkpoint for {variant}: using random weights, the masks mean nothing\n")
+    return AVSPredictor.from_variant(variant, device=args.device, threshold=args.threshold)
+
+
+def _media_limits(args: argparse.Namespace):  # -> worker.media.probe.MediaLimits
+    from worker.media.probe import MediaLimits
+
+    defaults = MediaLimits()
+    return MediaLimits(max_duration_s=args.max_duration or defaults.max_duration_s,
+                       max_pixels=args.max_pixels or defaults.max_pixels)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker.pipeline import SegmentOptions, segment_video
+
+    predictor = _load_predictor(args)
+    options = SegmentOptions(batch_size=args.batch_size, fps=args.fps, overlay=args.overlay, png=args.png,
+                             limits=_media_limits(args))
+    with tqdm(unit="frame", desc="segment", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int | None) -> None:
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        result = segment_video(args.video, args.out, predictor, options, on_progress=progress)
+    summary = {**result.to_dict(), "variant": predictor.cfg.variant, "device": str(predictor.device)}
+    if args.json:
+        _print_json(summary)
+    else:
+        timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+        print(f"{result.frames} frames in {result.seconds_total:.2f}s ({result.fps:.1f} frames/s): {timings}")
+        print(f"masks: {result.masks_path}" + (f"\noverlay: {result.overlay_path}" if result.overlay_path else ""))
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default=None, help="model variant (default: the demo checkpoint's)")
+    p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--threshold", type=float, default=0.5, help="binary masks: sigmoid threshold")
+    p.add_argument("--fps", type=float, default=None, help="resample the video to N frames/s first")
+    p.add_argument("--max-duration", type=float, default=None, help="refuse longer videos (seconds)")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger frames (width*height)")
+
+
+def _bench_segment(args: argparse.Namespace) -> int:
+    from worker.bench import bench_segment
+
+    predictor = _load_predictor(args)
+    result = bench_segment(args.video, predictor, batch_size=args.batch_size, iters=args.iters)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"pipeline {result['pipeline_fps']} frames/s vs model {result['model_fps']} frames/s "
+              f"(+{result['overhead_pct']}% per frame); peak RSS {result['peak_rss_mb']} MiB")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from worker.bench import bench_memory
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    extra = ["--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    result = bench_memory(args.durations, size=(width, height), fps=args.fps, batch_size=args.batch_size,
+                          extra_args=extra)
+    if args.json:
+        _print_json(result)
+    else:
+        for run in result["runs"]:
+            print(f"{run['duration_s']:>6g}s video: {run['frames']} frames, peak RSS {run['peak_rss_mb']} MiB")
+        print(f"longest/shortest peak RSS: {result['rss_ratio_longest_to_shortest']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avs", description="AVESFormer audio-visual segmentation")
@@ -133,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_weights_import(kind))
 
+    p = sub.add_parser("segment", help="segment the sounding objects of every frame of a video (offline)")
+    p.add_argument("video")
+    p.add_argument("--out", required=True, help="output directory: masks.ndjson [+ masks/*.png, overlay.mp4]")
+    _add_model_args(p)
+    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (masks on the video, with sound)")
+    p.add_argument("--png", action="store_true", help="also write one PNG mask per frame")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+    p.set_defaults(handler=_segment)
+
     bench_p = sub.add_parser("bench", help="benchmarks (JSON out)").add_subparsers(dest="action", required=True)
     p = bench_p.add_parser("model", help="model frames/s (full forward incl. audio encoder)")
     p.add_argument("--variant", required=True)
@@ -156,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_compare)
+    p = bench_p.add_parser("segment", help="end-to-end pipeline frames/s vs the model alone, same run")
+    p.add_argument("video")
+    _add_model_args(p)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench_segment)
+    p = bench_p.add_parser("memory", help="peak RSS of the pipeline on synthetic videos of several lengths")
+    p.add_argument("--durations", nargs="+", type=float, default=[10.0, 60.0])
+    p.add_argument("--size", default="640x360")
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench_memory)
     return parser
 
 
@@ -168,11 +280,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None:
             raise
         sys.stderr.write(f"avs: error [{code}]: {exc}\n")
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": code, "message": str(exc)}})
         return EXIT_ERROR
 
 
 def _error_code(exc: Exception) -> str | None:
     """Stable codes for errors a user can fix; None for bugs (which keep their traceback)."""
+    if "worker.errors" in sys.modules:
+        from worker.errors import MediaError
+
+        if isinstance(exc, MediaError):
+            return str(exc.code)
     if "model.errors" not in sys.modules and not isinstance(exc, ValueError):
         return None
     if isinstance(exc, ValueError) and type(exc) is ValueError:

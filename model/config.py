@@ -94,6 +94,7 @@ class AVSConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     num_classes: int = 1  # 1 = binary (S4/MS3, sigmoid); 71 = AVSS semantic (70 classes + background, softmax)
     input_size: int = 224  # square frame size fed to the network (AVS convention: 224)
+    class_names: tuple[str, ...] = ()  # names of the num_classes outputs; empty = AVSBench's (71) or "class_<i>"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -124,6 +125,7 @@ class AVSConfig:
         """The fields that decide tensor shapes: everything except weight paths and the name."""
         data = self.to_dict()
         data.pop("variant")
+        data.pop("class_names")  # labels only: they do not change any tensor
         data["visual"].pop("weights")
         data["audio"].pop("weights")
         return data
@@ -152,6 +154,8 @@ def validate(cfg: AVSConfig) -> None:
         problems.append(f"decoder.memory_self_attn_levels={d.memory_self_attn_levels} must name levels 0, 1, 2")
     if cfg.num_classes < 1:
         problems.append(f"num_classes={cfg.num_classes} must be >= 1")
+    if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
+        problems.append(f"class_names has {len(cfg.class_names)} names for num_classes={cfg.num_classes}")
     if cfg.input_size % 32:
         problems.append(f"input_size={cfg.input_size} must be a multiple of 32 (backbone stride)")
     if problems:

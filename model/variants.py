@@ -8,6 +8,8 @@ shipped demo checkpoint. AVSegFormer settings follow its released configs (model
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from model.config import AudioConfig, AVSConfig, DecoderConfig, HeadConfig, VisualConfig
 from model.errors import ConfigError
 
@@ -56,6 +58,9 @@ VARIANTS: dict[str, AVSConfig] = {
 }
 
 DEFAULT_VARIANT = "avesformer-tiny"  # what `avs segment` / `avs serve` use with the shipped demo checkpoint
+# Trained by `make demo-checkpoint` on synthetic S4 scenes and committed (see README); used whenever no
+# checkpoint is given.
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "avesformer-tiny-synthetic-s4.safetensors"
 
 
 def get_config(variant: str, *, num_classes: int | None = None) -> AVSConfig:

@@ -1,0 +1,127 @@
+"""AVSPredictor: numpy frames and waveforms in, masks out.
+
+`AVSModel.forward` is tensors in, tensors out. Everything around it lives here, in stages that can be
+tested one by one (the shape of SAM's `SamPredictor` and LitServe's setup/predict/encode split):
+
+    audio_embeddings(waveform)      16 kHz mono float32 -> one 128-d embedding per 0.96 s window
+    predict_logits(frames, emb)     uint8 [n, h, w, 3] RGB + [n, 128] -> logits [n, K, S, S] on the device
+    postprocess(logits, (H, W))     -> uint8 masks [n, H, W] at the video's own size (0/1, or class ids)
+
+Device placement, resizing to the model's input size, `inference_mode`, float16 autocast on CUDA and
+thresholding all happen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.audio_frontend import SAMPLE_RATE, waveform_to_examples
+from model.avs_model import AVSModel
+from model.build import build_model
+from model.class_names import class_names_for
+from model.config import AVSConfig
+from model.variants import get_config
+
+AUDIO_BATCH = 64  # log-mel examples per audio-encoder call: VGGish's 48 MB of FC weights are read once per call
+
+
+class AVSPredictor:
+    def __init__(self, model: AVSModel, cfg: AVSConfig, *, device: str | torch.device = "cpu",
+                 threshold: float = 0.5, amp: bool = True) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.threshold = threshold
+        # sigmoid(x) > t  <=>  x > log(t / (1 - t)): compare logits, skip the sigmoid
+        self._logit_threshold = math.log(threshold / (1.0 - threshold))
+        self.amp = amp and self.device.type == "cuda"
+        self.class_names = class_names_for(cfg)
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, variant: str | None = None, device: str = "cpu",
+                        threshold: float = 0.5) -> AVSPredictor:
+        from model.checkpoint import load_checkpoint
+
+        model, info = load_checkpoint(path, variant=variant)
+        return cls(model, info.config, device=device, threshold=threshold)
+
+    @classmethod
+    def from_variant(cls, variant: str, *, device: str = "cpu", threshold: float = 0.5, seed: int = 0) -> AVSPredictor:
+        """Randomly initialised weights: for benchmarks and plumbing tests, not for real masks."""
+        torch.manual_seed(seed)
+        cfg = get_config(variant)
+        return cls(build_model(cfg), cfg, device=device, threshold=threshold)
+
+    @property
+    def input_size(self) -> int:
+        return self.cfg.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def warmup(self, batch_size: int = 1) -> None:
+        """One forward pass so the first real batch does not pay for allocator and kernel set-up."""
+        frames = np.zeros((batch_size, self.input_size, self.input_size, 3), dtype=np.uint8)
+        emb = self.audio_embeddings(np.zeros(SAMPLE_RATE, dtype=np.float32))[:1].expand(batch_size, -1)
+        self.predict_logits(frames, emb)
+
+    # ------------------------------------------------------------------------------------ stages
+    @torch.inference_mode()
+    def audio_embeddings(self, waveform: np.ndarray) -> torch.Tensor:
+        """waveform [L] float32 at 16 kHz -> embeddings [M, 128] on the device, M = ceil(L / 15360) (>= 1).
+
+        Window m covers [0.96 m, 0.96 (m + 1)) s; the last partial window is zero-padded (silence).
+        """
+        wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        if wave.numel() == 0:
+            wave = torch.zeros(1)  # no audio at all: one window of silence
+        examples = waveform_to_examples(wave, pad_end=True)  # [M, 1, 96, 64]
+        chunks = []
+        for start in range(0, examples.shape[0], AUDIO_BATCH):
+            batch = examples[start:start + AUDIO_BATCH].to(self.device)
+            with self._autocast():
+                chunks.append(self.model.encode_audio(batch).float())
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def predict_logits(self, frames: np.ndarray, audio_embedding: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [n, h, w, 3] RGB (any size), audio_embedding [n, 128] -> logits [n, K, S, S] float32."""
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [n, h, w, 3] RGB, got shape {frames.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # [n, 3, h, w] in [0, 1]
+        S = self.input_size
+        if x.shape[-2:] != (S, S):
+            x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+        with self._autocast():
+            out = self.model(x, audio_embedding=audio_embedding.to(self.device))
+        return out.mask_logits.float()
+
+    @torch.inference_mode()
+    def postprocess(self, logits: torch.Tensor, out_size: tuple[int, int]) -> np.ndarray:
+        """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W).
+
+        Binary: the logits are upsampled bilinearly, then thresholded, which gives smooth edges at any
+        size. Semantic (K > 1): argmax at the model's size, then nearest-neighbour upsampling of the class
+        ids; upsampling 71 logit maps to a full-HD frame would cost 590 MB per frame.
+        """
+        H, W = out_size
+        if logits.shape[1] == 1:
+            up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            masks = (up[:, 0] > self._logit_threshold).to(torch.uint8)
+        else:
+            labels = logits.argmax(1, keepdim=True).to(torch.uint8)  # [n, 1, S, S]; K <= 255
+            masks = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0]
+        return masks.cpu().numpy()
