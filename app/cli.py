@@ -152,6 +152,72 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ synth / train / eval
+def _synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker.synth import write_synthetic_dataset
+
+    with tqdm(total=args.videos, unit="clip", desc=f"synth {args.subset}", disable=None, file=sys.stderr) as bar:
+        summary = write_synthetic_dataset(args.out, subset=args.subset, videos=args.videos, seed=args.seed,
+                                          split=args.split, size=args.size, mp4=not args.no_mp4,
+                                          on_clip=lambda n: bar.update(n - bar.n))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {summary['videos']} {args.subset} clips ({args.split}) to {summary['out']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.training import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, subset=args.subset, variant=args.variant, out=args.out, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, vggish=args.vggish, pvt=args.pvt,
+                      size=args.size, num_workers=args.workers, save_dtype=args.save_dtype,
+                      resume=not args.no_resume, max_steps=args.max_steps)
+    with tqdm(unit="step", desc="train", disable=None, file=sys.stderr) as bar:
+        def progress(row: dict[str, Any]) -> None:
+            bar.total = row["steps_total"]
+            bar.update(row["step"] - bar.n)
+            bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
+
+        summary = train(cfg, on_step=progress)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}: "
+              f"{args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.checkpoint import load_checkpoint
+    from model.evaluation import evaluate
+    from model.variants import DEMO_CHECKPOINT
+
+    path = args.checkpoint or DEMO_CHECKPOINT
+    model, info = load_checkpoint(path)
+    with tqdm(unit="clip", desc="eval", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate(model, info.config, data=args.data, subset=args.subset, split=args.split,
+                          audio=args.audio, size=args.size, device=args.device, on_clip=progress)
+    result["checkpoint"] = str(path)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.subset}/{args.split} ({args.audio} audio): mIoU {result['miou']:.4f}, "
+              f"F {result['fscore']:.4f} over {result['frames']} frames")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="model variant (default: the demo checkpoint's)")
     p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
@@ -229,6 +295,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", action="store_true", help="also write one PNG mask per frame")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
     p.set_defaults(handler=_segment)
+
+    p = sub.add_parser("synth", help="synthetic audio-visual scenes (AVSBench layout + playable mp4)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--subset", required=True, choices=["s4", "ms3", "avss"])
+    p.add_argument("--videos", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--size", type=int, default=224, help="frame side in pixels")
+    p.add_argument("--no-mp4", action="store_true", help="skip the playable mp4 + gt.ndjson (faster)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_synth)
+
+    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--subset", required=True, choices=["s4", "ms3", "avss"])
+    p.add_argument("--variant", default="avesformer-tiny")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--vggish", default=None, help="converted VGGish weights (frozen)")
+    p.add_argument("--pvt", default=None, help="converted visual backbone weights")
+    p.add_argument("--size", type=int, default=None, help="training frame size (default: the variant's)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--no-resume", action="store_true", help="ignore a saved state and start over")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="AVSBench-exact mIoU and F-score")
+    p.add_argument("--data", required=True)
+    p.add_argument("--subset", required=True, choices=["s4", "ms3", "avss"])
+    p.add_argument("--checkpoint", default=None, help="default: the shipped demo checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--audio", default="normal", choices=["normal", "silence", "shuffle"])
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_eval)
 
     bench_p = sub.add_parser("bench", help="benchmarks (JSON out)").add_subparsers(dest="action", required=True)
     p = bench_p.add_parser("model", help="model frames/s (full forward incl. audio encoder)")

@@ -7,6 +7,7 @@ visual and audio encoders are also timed alone; "decoder" is the rest (neck, dec
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -85,21 +86,37 @@ def bench_compare(backbones: list[str], batch_sizes: list[int], *, size: int = 2
                   warmup: int = 1, device: str = "cpu", threads: int | None = None) -> dict[str, object]:
     """AVESFormer vs the AVSegFormer baseline on the same backbones, in one process and one run.
 
-    The two models of a pair are timed back to back, so their ratio is comparable even on a noisy
-    machine where absolute numbers drift between runs.
+    The two models of a pair are timed in alternation (A, B, A, B, ...) and each gets the median of
+    its own runs, so a slow drift in machine load (other processes, thermal limits) hits both alike
+    and the ratio stays meaningful on a noisy shared machine.
     """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
     rows = []
     for backbone in backbones:
+        torch.manual_seed(0)
+        models = {kind: build_model(get_config(f"{kind}-{backbone}")).to(dev).eval()
+                  for kind in ("avesformer", "avsegformer")}
         for batch_size in batch_sizes:
-            ours = bench_model(f"avesformer-{backbone}", batch_size=batch_size, size=size, iters=iters,
-                               warmup=warmup, device=device, threads=threads)
-            base = bench_model(f"avsegformer-{backbone}", batch_size=batch_size, size=size, iters=iters,
-                               warmup=warmup, device=device, threads=threads)
+            frames = torch.rand(batch_size, 3, size, size, device=dev)
+            log_mel = torch.randn(batch_size, 1, 96, 64, device=dev)
+            calls = {kind: functools.partial(m, frames, log_mel) for kind, m in models.items()}
+            times: dict[str, list[float]] = {kind: [] for kind in models}
+            with torch.inference_mode():
+                for call in calls.values():
+                    _timed(call, iters=0, warmup=warmup, device=dev)
+                for _ in range(iters):
+                    for kind, call in calls.items():
+                        times[kind] += _timed(call, iters=1, warmup=0, device=dev)
+            fps = {kind: batch_size / statistics.median(t) for kind, t in times.items()}
             rows.append({
                 "backbone": backbone, "batch_size": batch_size,
-                "avesformer_fps": ours["fps"], "avsegformer_fps": base["fps"],
-                "avesformer_params": ours["params_total"], "avsegformer_params": base["params_total"],
-                "speedup": round(float(ours["fps"]) / float(base["fps"]), 2),
+                "avesformer_fps": round(fps["avesformer"], 3), "avsegformer_fps": round(fps["avsegformer"], 3),
+                "avesformer_params": sum(p.numel() for p in models["avesformer"].parameters()),
+                "avsegformer_params": sum(p.numel() for p in models["avsegformer"].parameters()),
+                "speedup": round(fps["avesformer"] / fps["avsegformer"], 2),
             })
+        del models
     return {"size": size, "iters": iters, "device": device, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "rows": rows}

@@ -15,8 +15,8 @@ import numpy as np
 from worker.contracts import ErrorCode
 from worker.errors import MediaError
 from worker.masks import decode_rle, read_mask_lines
-from worker.media.decode import FrameReader
-from worker.media.probe import ALLOWED_DEMUXERS, MediaInfo, MediaLimits
+from worker.media.decode import FrameReader, input_url, media_input_args
+from worker.media.probe import MediaInfo, MediaLimits
 from worker.media.process import BoundedProcess
 
 ALPHA = 0.5  # mask opacity
@@ -42,13 +42,12 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
                   limits: MediaLimits) -> Path:
     W, H = info.width, info.height
     rate = fps or info.fps or 25.0
-    timeout = limits.decode_timeout(info.duration_s or limits.max_duration_s) * 2
+    timeout = limits.decode_timeout(info.duration_s) * 2
     tmp = out_path.with_name(out_path.name + ".partial.mp4")
     args = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-r", f"{rate:.6f}", "-i", "pipe:0",
-        "-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_DEMUXERS), "-f", info.demuxer,
-        "-i", str(info.path),
+        *media_input_args(info), "-i", input_url(info),  # the upload: allow-listed demuxer, file: URL
         "-map", "0:v:0", "-map", "1:a:0?",
         # H.264 in yuv420p needs even sizes: pad by at most one pixel rather than fail on odd videos
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",

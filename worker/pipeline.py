@@ -45,6 +45,10 @@ from worker.media.decode import FrameBatch, FrameReader, read_audio
 from worker.media.probe import MediaInfo, MediaLimits, probe_media
 
 PREFETCH_BATCHES = 2  # decoded batches waiting for the model: enough to hide decode latency, bounded memory
+# The decoder's deadline is wall-clock for the whole pass, model time included (ffmpeg waits on a full
+# pipe while the model works). Budget this much per expected frame on top of the media limits' decode
+# deadline, so a slow CPU model (~1 frame/s for the b5 baselines here) is not killed mid-video.
+SECONDS_PER_FRAME_BUDGET = 1.5
 STAGES = ("probe", "decode", "audio_features", "inference", "encode")
 
 
@@ -168,7 +172,7 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     clock.add("probe", time.perf_counter() - t)
 
     t = time.perf_counter()
-    wave = read_audio(info, timeout_s=options.limits.decode_timeout(info.duration_s or 0.0))
+    wave = read_audio(info, timeout_s=options.limits.decode_timeout(info.duration_s), limits=options.limits)
     clock.add("decode", time.perf_counter() - t)
 
     t = time.perf_counter()
@@ -180,10 +184,12 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     size = (predictor.input_size, predictor.input_size)
     max_frames = None
     if info.duration_s is None:  # unknown length: cap what a hostile stream can make us decode
-        max_frames = int(options.limits.max_duration_s * options.limits.max_fps)
-    reader = FrameReader(info, size=size, fps=options.fps, max_frames=max_frames,
-                         timeout_s=options.limits.decode_timeout(info.duration_s or options.limits.max_duration_s))
+        max_frames = options.limits.max_frames
     expected = _expected_frames(info, options.fps)
+    budget = options.limits.decode_timeout(info.duration_s)
+    budget += SECONDS_PER_FRAME_BUDGET * (expected or options.limits.max_frames)
+    reader = FrameReader(info, size=size, fps=options.fps, max_frames=max_frames, timeout_s=budget,
+                         limits=options.limits)
     writer = MaskWriter(out / "masks.ndjson", atomic=options.atomic, append=options.start_frame > 0)
     png_dir = out / "masks" if options.png else None
     if png_dir is not None:

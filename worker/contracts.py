@@ -1,0 +1,33 @@
+"""Contracts shared by the worker, the CLI and the HTTP API.
+
+This module is imported by the torch-free API process, so it depends on the standard library (and
+pydantic where a model is needed) only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Why a video was refused or failed.
+
+    These strings are stable API: the CLI prints them (`avs: error [code]: message`) and the HTTP API
+    returns them as `{"error": {"code": ..., "message": ...}}`. Clients branch on them, so a value is
+    never renamed or reused for a different meaning; new reasons get new members.
+    """
+
+    NOT_MEDIA = "not_media"
+    """Not a readable media file, or a container outside the demuxer allow-list (playlists, lists)."""
+    NO_VIDEO_STREAM = "no_video_stream"
+    """The container holds no video stream (cover art does not count)."""
+    NO_AUDIO_TRACK = "no_audio_track"
+    """The container holds no audio stream and the caller needs sound."""
+    CORRUPT_MEDIA = "corrupt_media"
+    """A container we accept, but damaged: it does not open, or it fails while decoding."""
+    TOO_LONG = "too_long"
+    """The video is longer (or holds more frames) than the configured limits."""
+    TOO_MANY_PIXELS = "too_many_pixels"
+    """The frame size (width × height) is larger than the configured limit."""
+    MEDIA_TIMEOUT = "media_timeout"
+    """ffprobe/ffmpeg did not finish within its deadline and was killed."""

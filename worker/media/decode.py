@@ -1,0 +1,410 @@
+"""Decode probed media: frames as RGB batches through one ffmpeg pipe, audio as 16 kHz mono float.
+
+Design, and why:
+
+* **One ffmpeg process, rawvideo rgb24 on a pipe, read one batch at a time.** Memory stays at one batch
+  whatever the video's length; scaling (bilinear, aspect ratio not kept: AVS models take a square input)
+  and rotation happen inside ffmpeg, so Python only reshapes bytes.
+* **Timestamps from `showinfo`.** rawvideo is bare pixels: it carries no timestamps, and with variable
+  frame rates "index / fps" is wrong. A `showinfo` filter at the end of the chain logs every frame's pts on
+  stderr before the frame reaches the pipe; `BoundedProcess` hands us those lines as they arrive, and a
+  batch is released once all of its frames have their timestamp. Times are `pts × time_base` (exact; the
+  `pts_time` text has only six significant digits), in seconds on ffmpeg's timeline, which is 0 at the
+  container start. The audio from `read_audio` uses the same origin, so frame t and sample t·sr match.
+* **Every decoded frame exactly once.** `-fps_mode passthrough` (ffmpeg 5.1's spelling; `-vsync` is
+  deprecated there) stops ffmpeg from duplicating or dropping frames to fake a constant rate, so a VFR file
+  yields its real frames with their real times. With `fps=N` an `fps` filter resamples instead (a
+  constant-rate output, duplicates and drops decided by the filter) and showinfo reports the new times.
+* **Rotation from the probe, not from ffmpeg.** `-noautorotate` plus our own `transpose`/`hflip,vflip`
+  from `MediaInfo.rotation`: the frames always come out at the display orientation the probe reported
+  (ffmpeg 5.1's own autorotation ignores the legacy `rotate` tag, which the probe honours).
+* **A fixed output size.** The chain always ends in `scale=W:H`, even at the native size, so a stream that
+  changes resolution mid-way cannot shift the byte layout of the pipe. `-max_pixels` makes the decoder
+  itself refuse oversized pictures (a mid-stream size change to 16k × 16k would otherwise allocate gigabytes).
+* **The deadline is wall-clock for the whole iteration**, consumer time included: ffmpeg waits on a full
+  pipe while the consumer works. A slow consumer (CPU inference on a long video) must pass a `timeout_s`
+  that covers its own processing time as well.
+* **Hostile input.** The probed demuxer is forced (`-f`), `-format_whitelist`/`-protocol_whitelist` are
+  passed again, the file is named `file:<absolute path>`, and a SIGKILL deadline covers the whole decode.
+
+Damaged streams (decided deliberately; see the tests): ffmpeg's decoders conceal most bitstream damage and
+go on with an error message but exit 0, i.e. they output garbage frames silently. We run ffmpeg with
+`-xerror` (a decoder or demuxer *returning* an error aborts it with a non-zero status) and also treat any
+error-level message logged after the first frame came out as fatal: the reader kills ffmpeg and raises
+`MediaError(corrupt_media)` with ffmpeg's message instead of yielding the batch. Error messages logged
+before the first frame are tolerated, because that is how a stream that starts mid-GOP looks (typical of
+cut MPEG-TS recordings): the decoder drops the packets it cannot decode and outputs nothing for them.
+The hole this leaves: with frame-threaded decoding an error can be logged a few packets before the first
+frame reaches showinfo, so damage within the first few frames of a stream may pass.
+
+Audio uses only ffmpeg's exit status (with `-xerror`): concealed glitches last one codec frame (~20 ms)
+and the model pools ~1 s windows; a decoder that returns errors fails the read.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worker.contracts import ErrorCode
+from worker.errors import MediaError
+from worker.media.probe import FFMPEG, FFPROBE, FORMAT_WHITELIST, MediaInfo, MediaLimits, ffmpeg_message
+from worker.media.process import BoundedProcess, run_bounded
+
+_SHOWINFO_FRAME = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
+_SHOWINFO_CONFIG = re.compile(r"Parsed_showinfo.*config in time_base:\s*(\d+)/(\d+)")
+_ERROR_LINE = re.compile(r"^(?:\[[^\]]* @ 0x[0-9a-f]+\]\s*)*\[(?:panic|fatal|error)\]\s*(.*)$")
+_PTS_WAIT_SLICE_S = 0.05
+
+
+@dataclass
+class FrameBatch:
+    """Consecutive decoded frames.
+
+    `frames`: uint8 [n, H, W, 3] RGB. `pts_s`: n presentation times in seconds (ffmpeg timeline, 0 at the
+    container start). `start_index`: index of the first frame in the whole decode (frame_index in outputs).
+    """
+
+    frames: np.ndarray
+    pts_s: list[float]
+    start_index: int
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def media_input_args(info: MediaInfo) -> list[str]:
+    """Input options shared by every ffmpeg call on an upload (they must precede `-i`)."""
+    return [
+        "-protocol_whitelist", "file,pipe",
+        "-format_whitelist", FORMAT_WHITELIST,
+        "-f", info.demuxer,
+    ]  # fmt: skip
+
+
+def input_url(info: MediaInfo) -> str:
+    return f"file:{Path(info.path).resolve()}"
+
+
+def _rotation_filters(rotation: int) -> list[str]:
+    """Filters that turn a stored frame clockwise by `rotation` degrees (0/90/180/270)."""
+    return {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[rotation % 360]
+
+
+class FrameReader:
+    """Decode a probed video into RGB frame batches with per-frame timestamps.
+
+    `size=(width, height)` scales every frame to that size (bilinear, aspect ratio not kept); None keeps
+    the display size. `fps` resamples to a constant rate with ffmpeg's `fps` filter; None yields every
+    decoded frame exactly once. `timeout_s` is the deadline of the whole decode (default:
+    `limits.decode_timeout(duration)`). The decode stops at the frame budget of `limits` (`max_duration_s`
+    worth of frames, see `frame_limit`), which is also what caps a file whose duration the probe did not
+    know; `max_frames` lowers that cap. `limits` defaults to `MediaLimits()`. `frames_read` counts the
+    frames yielded so far.
+    """
+
+    def __init__(
+        self,
+        info: MediaInfo,
+        *,
+        size: tuple[int, int] | None,
+        fps: float | None = None,
+        timeout_s: float | None = None,
+        max_frames: int | None = None,
+        limits: MediaLimits | None = None,
+    ) -> None:
+        self.info = info
+        self.limits = limits if limits is not None else MediaLimits()
+        width, height = size if size is not None else (info.width, info.height)
+        if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+            raise ValueError(f"size must be two positive integers (width, height), got {size!r}")
+        self.width, self.height = int(width), int(height)
+        if fps is not None and not (math.isfinite(fps) and 0 < fps <= self.limits.max_fps):
+            raise ValueError(f"fps must be in (0, {self.limits.max_fps:g}], got {fps!r}")
+        self.fps = fps
+        if max_frames is not None and max_frames < 0:
+            raise ValueError(f"max_frames must not be negative, got {max_frames}")
+        self.max_frames = max_frames
+        self.timeout_s = timeout_s if timeout_s is not None else self.limits.decode_timeout(info.duration_s)
+        self.frames_read = 0
+        # State shared with the stderr thread, guarded by _cond.
+        self._cond = threading.Condition()
+        self._pts: deque[float] = deque()
+        self._time_base = 0.0
+        self._last_pts: float | None = None
+        self._frames_announced = 0
+        self._fatal: str | None = None
+        self._leading_errors: list[str] = []
+        self._proc: BoundedProcess | None = None
+
+    @property
+    def frame_limit(self) -> int:
+        """How many frames this reader will yield at most: `max_duration_s` worth of frames at the output
+        rate (the requested fps; for a file of unknown duration its probed rate; else `max_fps`), lowered
+        further by `max_frames`. An explicit `max_frames` can only lower the cap, never lift it."""
+        if self.fps is not None:
+            budget = math.ceil(self.limits.max_duration_s * self.fps) + 1
+        elif self.info.duration_s is None and 0 < self.info.fps <= self.limits.max_fps:
+            budget = math.ceil(self.limits.max_duration_s * self.info.fps) + 1
+        else:
+            budget = self.limits.max_frames
+        return budget if self.max_frames is None else min(budget, self.max_frames)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * 3
+
+    def filter_chain(self) -> str:
+        """The -vf chain: resample rate, scale (+ convert to RGB), rotate, log timestamps."""
+        filters: list[str] = []
+        if self.fps is not None:
+            filters.append(f"fps={self.fps:.12g}")
+        rotation = self.info.rotation % 360
+        stored_w, stored_h = (self.height, self.width) if rotation in (90, 270) else (self.width, self.height)
+        filters.append(f"scale={stored_w}:{stored_h}:flags=bilinear")
+        filters.append("format=rgb24")
+        filters.extend(_rotation_filters(rotation))
+        # checksum=0: the per-plane checksums and mean/stdev cost ~7 ms per 1080p frame and we only need pts
+        filters.append("showinfo=checksum=0")
+        return ",".join(filters)
+
+    def command(self) -> list[str]:
+        """The exact ffmpeg command line this reader runs."""
+        max_pixels = max(self.limits.max_pixels, self.info.coded_width * self.info.coded_height)
+        return [
+            FFMPEG, "-hide_banner", "-nostdin", "-nostats",
+            # showinfo logs at info level; "level" tags each line with its severity, "repeat" stops ffmpeg
+            # from collapsing identical lines into "Last message repeated N times".
+            "-loglevel", "repeat+level+info",
+            "-xerror",
+            *media_input_args(self.info),
+            "-noautorotate",
+            "-max_pixels", str(max_pixels),
+            "-i", input_url(self.info),
+            "-map", f"0:{self.info.video_stream_index}",
+            "-an", "-sn", "-dn",
+            "-vf", self.filter_chain(),
+            "-fps_mode", "passthrough",
+            "-frames:v", str(self.frame_limit),
+            "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "pipe:1",
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------------- stderr (drain thread)
+    def _on_stderr_line(self, line: str) -> None:
+        match = _SHOWINFO_FRAME.search(line)
+        if match is not None:
+            pts_text = match.group(2)
+            with self._cond:
+                if pts_text != "NOPTS" and self._time_base > 0:
+                    pts_s = int(pts_text) * self._time_base
+                elif pts_text != "NOPTS":
+                    pts_s = float(match.group(3))
+                else:  # no timestamp at all: one nominal frame after the previous one
+                    step = 1.0 / (self.fps or self.info.fps or 25.0)
+                    pts_s = (self._last_pts + step) if self._last_pts is not None else 0.0
+                self._last_pts = pts_s
+                self._pts.append(pts_s)
+                self._frames_announced += 1
+                self._cond.notify_all()
+            return
+        match = _SHOWINFO_CONFIG.search(line)
+        if match is not None:
+            num, den = int(match.group(1)), int(match.group(2))
+            with self._cond:
+                self._time_base = num / den if den > 0 else 0.0
+            return
+        match = _ERROR_LINE.match(line)
+        if match is None:
+            return
+        with self._cond:
+            if self._frames_announced == 0:
+                if len(self._leading_errors) < 32:
+                    self._leading_errors.append(line)
+                return
+            if self._fatal is None:
+                self._fatal = line
+            self._cond.notify_all()
+            proc = self._proc
+        if proc is not None:
+            proc.kill()  # stop producing frames we are going to refuse anyway
+
+    # ------------------------------------------------------------------------------- main thread
+    def _error(self, proc: BoundedProcess, detail: str | None = None) -> MediaError:
+        if proc.timed_out:
+            return MediaError(
+                ErrorCode.MEDIA_TIMEOUT,
+                f"{Path(self.info.path).name}: decoding did not finish within {self.timeout_s:g} s",
+            )
+        if detail is None:
+            detail = self._fatal  # we killed ffmpeg ourselves: the line that made us do it says why
+        if detail is None:  # ffmpeg's error-level lines say what went wrong; info lines are showinfo noise
+            errors = [line for line in proc.stderr_text().splitlines() if _ERROR_LINE.match(line)]
+            detail = "\n".join(errors) if errors else proc.stderr_text()
+        reason = ffmpeg_message(detail, self.info.path, "ffmpeg failed without a message")
+        return MediaError(ErrorCode.CORRUPT_MEDIA, f"{Path(self.info.path).name}: damaged video stream: {reason}")
+
+    def _take_pts(self, proc: BoundedProcess, count: int) -> list[float]:
+        """Wait until the stderr thread has parsed `count` timestamps (they are logged before the frames
+        are written, so they are in the pipe already) and take them."""
+        with self._cond:
+            while len(self._pts) < count:
+                if self._fatal is not None or proc.stderr_finished():
+                    break
+                self._cond.wait(_PTS_WAIT_SLICE_S)
+            if self._fatal is not None:
+                raise self._error(proc, self._fatal)
+            if len(self._pts) < count:
+                raise self._error(proc, f"ffmpeg reported no timestamp for frame {self.frames_read + len(self._pts)}")
+            return [self._pts.popleft() for _ in range(count)]
+
+    def _read_frames(self, proc: BoundedProcess, count: int) -> np.ndarray:
+        """Read up to `count` whole frames; fewer only at end of stream. A torn frame is an error."""
+        stdout = proc.popen.stdout
+        assert stdout is not None
+        frames = np.empty((count, self.height, self.width, 3), dtype=np.uint8)
+        view = memoryview(frames).cast("B")
+        filled = 0
+        while filled < len(view):
+            got = stdout.readinto(view[filled:])
+            if not got:
+                break
+            filled += got
+        whole = filled // self.frame_bytes
+        if filled % self.frame_bytes:
+            proc.wait()
+            raise self._error(proc, "the decoder stopped in the middle of a frame")
+        return frames[:whole]
+
+    def iter_batches(self, batch_size: int) -> Iterator[FrameBatch]:
+        """Yield `FrameBatch`es of `batch_size` frames (the last one may be shorter).
+
+        Raises `MediaError(corrupt_media)` on decode errors and `MediaError(media_timeout)` at the deadline.
+        Stopping early (break, `close()`, an exception in the consumer) kills ffmpeg at once.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.frames_read = 0
+        with self._cond:
+            self._pts.clear()
+            self._time_base, self._last_pts, self._frames_announced = 0.0, None, 0
+            self._fatal, self._leading_errors = None, []
+        limit = self.frame_limit
+        if limit == 0:
+            return
+        with BoundedProcess(self.command(), timeout_s=self.timeout_s, on_stderr_line=self._on_stderr_line) as proc:
+            with self._cond:
+                self._proc = proc
+            try:
+                while self.frames_read < limit:
+                    want = min(batch_size, limit - self.frames_read)
+                    frames = self._read_frames(proc, want)
+                    if len(frames) < want:  # end of stream: judge the exit before releasing the last frames
+                        returncode = proc.wait()
+                        if proc.timed_out or returncode != 0:
+                            raise self._error(proc)
+                    if len(frames) == 0:
+                        break
+                    pts = self._take_pts(proc, len(frames))
+                    batch = FrameBatch(frames=frames, pts_s=pts, start_index=self.frames_read)
+                    self.frames_read += len(frames)
+                    yield batch
+                    if len(frames) < want:
+                        break
+                returncode = proc.wait()
+                if proc.timed_out or returncode != 0:
+                    raise self._error(proc)
+                with self._cond:
+                    if self._fatal is not None:
+                        raise self._error(proc, self._fatal)
+            finally:
+                with self._cond:
+                    self._proc = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Frames one by one ([H, W, 3] uint8), for convenience; batches are the efficient path."""
+        for batch in self.iter_batches(32):
+            yield from batch.frames
+
+
+def read_audio(
+    info: MediaInfo,
+    *,
+    sample_rate: int = 16000,
+    timeout_s: float | None = None,
+    limits: MediaLimits | None = None,
+) -> np.ndarray:
+    """The audio track as float32 mono in [-1, 1] at `sample_rate`, on the frames' timeline.
+
+    Sample k is at k / sample_rate seconds from the container start, like the frame timestamps of
+    `FrameReader`: `aresample=async=1:first_pts=0` pads an audio stream that starts late with leading
+    silence (and fills gaps inside the stream), any channel layout is downmixed to mono (`rematrix_maxval=1`
+    keeps the mix from clipping; the result is clipped to [-1, 1] anyway) and any input rate is resampled.
+    The output ends where the audio ends, at most 1 s after the end of the video (so a hostile timestamp gap
+    cannot make the silence padding grow without bound).
+    """
+    if not info.has_audio or info.audio_stream_index is None:
+        raise MediaError(ErrorCode.NO_AUDIO_TRACK, f"{Path(info.path).name}: no audio track")
+    if not (isinstance(sample_rate, int) and 1000 <= sample_rate <= 384000):
+        raise ValueError(f"sample_rate must be an integer in [1000, 384000], got {sample_rate!r}")
+    limits = limits if limits is not None else MediaLimits()
+    if info.duration_s is not None:
+        max_seconds = min(info.start_time_s + info.duration_s, 2 * limits.max_duration_s) + 1.0
+    else:
+        max_seconds = limits.max_duration_s + 1.0
+    deadline = timeout_s if timeout_s is not None else limits.decode_timeout(info.duration_s)
+    audio_filter = (
+        "aresample=async=1:first_pts=0:rematrix_maxval=1.0,"
+        f"aformat=sample_fmts=flt:sample_rates={sample_rate}:channel_layouts=mono"
+    )
+    command = [
+        FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-xerror",
+        *media_input_args(info),
+        "-i", input_url(info),
+        "-map", f"0:{info.audio_stream_index}",
+        "-vn", "-sn", "-dn",
+        "-af", audio_filter,
+        "-t", f"{max_seconds:.6f}",
+        "-f", "f32le",
+        "pipe:1",
+    ]  # fmt: skip
+    result = run_bounded(command, timeout_s=deadline)
+    name = Path(info.path).name
+    if result.timed_out:
+        raise MediaError(ErrorCode.MEDIA_TIMEOUT, f"{name}: reading the audio did not finish within {deadline:g} s")
+    if result.returncode != 0:
+        reason = ffmpeg_message(result.stderr, info.path, "ffmpeg failed")
+        raise MediaError(ErrorCode.CORRUPT_MEDIA, f"{name}: damaged audio stream: {reason}")
+    usable = len(result.stdout) - len(result.stdout) % 4
+    samples = np.frombuffer(result.stdout[:usable], dtype="<f4").astype(np.float32)
+    return np.clip(samples, -1.0, 1.0)
+
+
+def count_frames(path: str | Path, *, timeout_s: float = 120.0) -> int:
+    """How many frames ffprobe decodes from the first video stream (`-count_frames`); for tests and checks."""
+    command = [
+        FFPROBE, "-hide_banner", "-v", "error",
+        "-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST,
+        "-count_frames", "-select_streams", "v:0",
+        "-show_entries", "stream=nb_read_frames", "-print_format", "json",
+        "-i", f"file:{Path(path).resolve()}",
+    ]  # fmt: skip
+    result = run_bounded(command, timeout_s=timeout_s)
+    if result.timed_out:
+        raise MediaError(ErrorCode.MEDIA_TIMEOUT, f"counting frames took longer than {timeout_s:g} s")
+    try:
+        streams = json.loads(result.stdout.decode("utf-8", errors="replace")).get("streams") or []
+        return int(streams[0]["nb_read_frames"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        reason = ffmpeg_message(result.stderr, path, "ffprobe could not count frames")
+        raise MediaError(ErrorCode.CORRUPT_MEDIA, reason) from None
