@@ -14,7 +14,8 @@ QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"
 # The stamp file is rebuilt whenever pyproject.toml changes.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
 	@set -o pipefail; $(PY) -m pip install --quiet -e '.[worker,dev]' $(QUIET_PIP)

@@ -218,6 +218,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from worker.scoring import score_masks
+
+    result = score_masks(Path(args.masks), Path(args.ground_truth))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"mIoU {result['miou']:.4f} over {result['frames']} frames ({result['frames_missing']} missing)")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="model variant (default: the demo checkpoint's)")
     p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
@@ -336,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("score", help="mIoU of a masks.ndjson against a ground-truth .gt.ndjson")
+    p.add_argument("masks")
+    p.add_argument("ground_truth")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_score)
 
     bench_p = sub.add_parser("bench", help="benchmarks (JSON out)").add_subparsers(dest="action", required=True)
     p = bench_p.add_parser("model", help="model frames/s (full forward incl. audio encoder)")

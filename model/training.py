@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                 step += 1
                 last = {"epoch": epoch + 1, "step": step, "frames": int(frames.shape[0]),
                         "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2),
-                        **{k: round(float(v), 5) for k, v in losses.items()}}
+                        **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 if on_step is not None:

@@ -1,0 +1,90 @@
+"""`avs synth` -> `avs train` -> `avs eval` -> `avs segment` + `avs score`, end to end on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
+from model.data.synthetic import CLASS_NAMES
+from worker.masks import read_mask_lines
+from worker.media.decode import count_frames
+
+AVS = str(Path(sys.executable).with_name("avs"))
+
+
+def _avs(*args: str, timeout: int = 600) -> dict:
+    result = subprocess.run([AVS, *args, "--json"], capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    _avs("synth", "--out", str(root), "--subset", "s4", "--videos", "3", "--seed", "1", "--size", "96")
+    _avs("synth", "--out", str(root), "--subset", "s4", "--videos", "2", "--seed", "2", "--split", "test",
+         "--size", "96")
+    return root
+
+
+def test_synth_writes_the_avsbench_layout_and_playable_clips(dataset: Path) -> None:
+    train, test = S4Dataset(dataset, "train", 64), S4Dataset(dataset, "test", 64)
+    assert (len(train), len(test)) == (3, 2)
+    clip = S4Dataset(dataset, "train", 64, all_train_masks=True)[0]
+    assert clip["frames"].shape == (5, 3, 64, 64)
+    assert clip["audio"].shape == (5, 1, 96, 64)
+    assert bool(clip["gt_valid"].all())
+    assert clip["masks"].sum() > 0
+    assert not bool(S4Dataset(dataset, "train", 64)[0]["gt_valid"][1:].any())  # AVSBench rule kept by default
+    videos = sorted((dataset / "mp4").glob("*.mp4"))
+    assert len(videos) == 5
+    gt = list(read_mask_lines(videos[0].with_suffix(".gt.ndjson")))
+    assert len(gt) == count_frames(videos[0]) == 48  # 5 segments x 0.96 s at 10 frames/s
+    assert gt[0]["size"] == [96, 96]
+
+
+@pytest.mark.parametrize("subset", ["ms3", "avss"])
+def test_synth_other_subsets_load(subset: str, tmp_path: Path) -> None:
+    _avs("synth", "--out", str(tmp_path), "--subset", subset, "--videos", "2", "--seed", "0", "--size", "64",
+         "--no-mp4")
+    data = MS3Dataset(tmp_path, "train", 64) if subset == "ms3" else AVSSDataset(tmp_path, "train", 64)
+    clip = data[0]
+    frames = 5 if subset == "ms3" else 10
+    assert clip["masks"].shape == (frames, 64, 64)
+    if subset == "avss":
+        assert int(clip["masks"].max()) < len(CLASS_NAMES)
+        assert int(clip["masks"].max()) > 0
+
+
+def test_train_resume_eval_segment_score(dataset: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "tiny.safetensors"
+    common = ["train", "--data", str(dataset), "--subset", "s4", "--variant", "avesformer-tiny", "--out", str(ckpt),
+              "--batch-size", "2", "--lr", "1e-3", "--size", "64"]
+    first = _avs(*common, "--epochs", "1")
+    assert first["steps"] == 2  # 3 clips, 2 per step
+    resumed = _avs(*common, "--epochs", "2")
+    assert resumed["steps"] == 4  # continued from the saved state, not from scratch
+    log = [json.loads(line) for line in ckpt.with_name(ckpt.name + ".log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 1, 2, 2]
+    assert ckpt.exists()
+
+    normal = _avs("eval", "--data", str(dataset), "--subset", "s4", "--checkpoint", str(ckpt), "--size", "64")
+    silent = _avs("eval", "--data", str(dataset), "--subset", "s4", "--checkpoint", str(ckpt), "--size", "64",
+                  "--audio", "silence")
+    assert {"miou", "fscore", "frames"} <= set(normal)
+    assert normal["frames"] == 10  # 2 test clips x 5 labelled frames
+    assert 0.0 <= normal["miou"] <= 1.0
+    assert silent["audio"] == "silence"
+
+    clip = sorted((dataset / "mp4").glob("syn_s4_2_*.mp4"))[0]
+    summary = _avs("segment", str(clip), "--out", str(tmp_path / "seg"), "--checkpoint", str(ckpt))
+    assert summary["frames"] == 48
+    score = _avs("score", str(tmp_path / "seg" / "masks.ndjson"), str(clip.with_suffix(".gt.ndjson")))
+    assert score["frames"] == 48
+    assert score["frames_missing"] == 0
+    assert 0.0 <= score["miou"] <= 1.0
