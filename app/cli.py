@@ -229,6 +229,56 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- serve / worker
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    from worker.settings import get_settings
+    from worker.tasks import app
+
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={args.loglevel}",
+            "-n", args.name or f"avs-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    if get_settings().embedded:
+        argv.append("--without-heartbeat")  # the filesystem transport has no fanout for Celery's heartbeats
+    app.worker_main(argv)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    from worker.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # API and worker processes write their metrics here; the API's /metrics aggregates them all.
+    metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "prometheus")
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files of dead processes would count forever
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ["AVS_DATA_DIR"] = str(settings.data_dir)
+    mode = "embedded (filesystem broker, no server)" if settings.embedded else f"broker {settings.broker_url}"
+    sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()])
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # warm shutdown: the current batch ends, the job is handed back
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="model variant (default: the demo checkpoint's)")
     p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
@@ -347,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("serve", help="the HTTP API + one worker (embedded broker unless AVS_BROKER_URL is set)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="API processes (uvicorn workers)")
+    p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("worker", help="a Celery worker: one process, one model, one GPU")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--name", default=None, help="Celery node name (default avs-<pid>@<host>)")
+    p.set_defaults(handler=_worker)
 
     p = sub.add_parser("score", help="mIoU of a masks.ndjson against a ground-truth .gt.ndjson")
     p.add_argument("masks")

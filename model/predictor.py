@@ -110,7 +110,8 @@ class AVSPredictor:
         return out.mask_logits.float()
 
     @torch.inference_mode()
-    def postprocess(self, logits: torch.Tensor, out_size: tuple[int, int]) -> np.ndarray:
+    def postprocess(self, logits: torch.Tensor, out_size: tuple[int, int], *,
+                    threshold: float | None = None) -> np.ndarray:
         """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W).
 
         Binary: the logits are upsampled bilinearly, then thresholded, which gives smooth edges at any
@@ -119,8 +120,9 @@ class AVSPredictor:
         """
         H, W = out_size
         if logits.shape[1] == 1:
+            cut = self._logit_threshold if threshold is None else math.log(threshold / (1.0 - threshold))
             up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
-            masks = (up[:, 0] > self._logit_threshold).to(torch.uint8)
+            masks = (up[:, 0] > cut).to(torch.uint8)
         else:
             labels = logits.argmax(1, keepdim=True).to(torch.uint8)  # [n, 1, S, S]; K <= 255
             masks = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0]

@@ -31,3 +31,31 @@ class ErrorCode(StrEnum):
     """The frame size (width × height) is larger than the configured limit."""
     MEDIA_TIMEOUT = "media_timeout"
     """ffprobe/ffmpeg did not finish within its deadline and was killed."""
+
+
+class ServiceErrorCode(StrEnum):
+    """Error codes of the HTTP API beyond the media ones (same stability rule as `ErrorCode`)."""
+
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    BACKLOG_FULL = "backlog_full"
+    NOT_READY = "not_ready"
+    UNAUTHORIZED = "unauthorized"
+    INVALID_REQUEST = "invalid_request"
+    INTERNAL_ERROR = "internal_error"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+TASK_SEGMENT = "avs.segment"
+"""The Celery task name. Its only argument is the job id: the message carries ids, never video bytes."""

@@ -63,6 +63,7 @@ class SegmentOptions:
     overlay: bool = False
     png: bool = False
     limits: MediaLimits = field(default_factory=MediaLimits)
+    threshold: float | None = None  # binary masks: overrides the predictor's sigmoid threshold
     atomic: bool = True  # offline: write .partial and rename; the service appends as batches finish
     start_frame: int = 0  # resume: frames before this index are decoded but not written again
 
@@ -152,6 +153,7 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
                   options: SegmentOptions = SegmentOptions(), *,
                   info: MediaInfo | None = None,
                   on_progress: Callable[[int, int | None], None] | None = None,
+                  on_batch: Callable[[int, float], None] | None = None,
                   should_cancel: Callable[[], bool] | None = None) -> SegmentResult:
     """Segment every frame of `video` into `out_dir/masks.ndjson` (and optional PNGs / overlay.mp4).
 
@@ -210,9 +212,11 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
             if logits.device.type == "cuda":
                 torch.cuda.synchronize(logits.device)  # attribute GPU time to inference, not to encode
             clock.add("inference", time.perf_counter() - t)
+            if on_batch is not None:
+                on_batch(n, time.perf_counter() - t)
 
             t = time.perf_counter()
-            masks = predictor.postprocess(logits, (info.height, info.width))
+            masks = predictor.postprocess(logits, (info.height, info.width), threshold=options.threshold)
             records = mask_records(masks, start_index=batch.start_index, pts_s=batch.pts_s,
                                    class_names=predictor.class_names)
             skip = max(0, options.start_frame - batch.start_index)

@@ -1,0 +1,44 @@
+"""Worker-side Prometheus metrics (base units; no job ids in labels).
+
+Multi-process safe: when `PROMETHEUS_MULTIPROC_DIR` is set (the embedded `avs serve`, or several
+worker processes), prometheus_client writes these to per-process files there and whoever serves
+`/metrics` aggregates them with `MultiProcessCollector`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+
+# Job-level histograms must reach minutes: a 10-minute video on a CPU worker takes a long time.
+JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+JOB_SECONDS = Histogram("avs_job_duration_seconds", "Job end-to-end time, from submission to the end.",
+                        buckets=JOB_BUCKETS)
+QUEUE_WAIT_SECONDS = Histogram("avs_job_queue_wait_seconds", "Time a job waited before a worker started it.",
+                               buckets=JOB_BUCKETS)
+STAGE_SECONDS = Histogram("avs_stage_duration_seconds", "Seconds per pipeline stage and job.", ["stage"],
+                          buckets=STAGE_BUCKETS)
+BATCH_SIZE = Histogram("avs_inference_batch_size", "Frames per inference batch.",
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+BATCH_SECONDS = Histogram("avs_inference_batch_seconds", "Seconds per inference batch.", buckets=BATCH_BUCKETS)
+FRAMES = Counter("avs_frames_processed_total", "Frames segmented.")
+JOBS_FINISHED = Counter("avs_jobs_finished_total", "Jobs that ended, by final status.", ["status"])
+JOBS_FAILED = Counter("avs_jobs_failed_total", "Failed jobs by error code.", ["code"])
+MODEL_LOAD_SECONDS = Histogram("avs_model_load_seconds", "Model load + warm-up time per worker process.",
+                               buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+
+
+def serve_worker_metrics(port: int) -> None:
+    """Expose this worker's metrics on `port` (0 = off); aggregated over processes in multiprocess mode."""
+    if port <= 0:
+        return
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, registry=registry)
+    else:
+        start_http_server(port)

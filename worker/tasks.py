@@ -1,0 +1,50 @@
+"""Celery tasks: thin adapters from a message (a job id) to `worker.jobs.run_job`.
+
+Started as `avs worker` (Celery's solo pool: the task runs in the process that loaded the model; run
+one worker per GPU and scale with more of them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready, worker_shutdown
+
+from worker.celery_app import app
+from worker.contracts import TASK_SEGMENT
+from worker.jobs import run_job
+from worker.jobstore import JobStore
+from worker.runtime import WorkerRuntime
+from worker.settings import get_settings
+
+log = logging.getLogger("avs.worker")
+runtime = WorkerRuntime(get_settings())
+
+
+@worker_ready.connect
+def _warm_up(**_: object) -> None:
+    from worker.metrics import serve_worker_metrics
+
+    settings = get_settings()
+    try:
+        serve_worker_metrics(settings.worker_metrics_port)
+    except OSError as exc:  # port taken (several workers on one host without containers): keep working
+        log.warning("worker metrics endpoint not started on port %s: %s", settings.worker_metrics_port, exc)
+    runtime.start()
+
+
+@worker_shutdown.connect
+def _stop(**_: object) -> None:
+    runtime.stop()
+
+
+@app.task(name=TASK_SEGMENT, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def segment(job_id: str) -> dict[str, object]:
+    """Segment the job's video into its masks.ndjson (ids in, a small status dict out)."""
+    settings = get_settings()
+    runtime.current_job = job_id
+    try:
+        return run_job(job_id, store=JobStore(settings.data_dir), settings=settings,
+                       predictor_factory=runtime.predictor)
+    finally:
+        runtime.current_job = None
