@@ -48,13 +48,17 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
         return {"job_id": job_id, "status": "missing"}
     if JobStatus(record["status"]).finished:
         return {"job_id": job_id, "status": record["status"]}  # already done: a duplicate delivery
-    if record.get("cancel_requested"):
-        return _finish_cancelled(store, job_id)
-
     now = time.time()
     first_attempt = record.get("attempts", 0) == 0
-    record = store.update(job_id, lambda r: r.update(
-        status=JobStatus.RUNNING.value, started_at=r.get("started_at") or now, attempts=r.get("attempts", 0) + 1))
+
+    def start(r: dict[str, Any]) -> None:
+        if not r.get("cancel_requested"):  # decided under the lock: a DELETE cannot slip in between
+            r.update(status=JobStatus.RUNNING.value, started_at=r.get("started_at") or now,
+                     attempts=r.get("attempts", 0) + 1)
+
+    record = store.update(job_id, start)
+    if record.get("cancel_requested"):
+        return _finish_cancelled(store, job_id)
     if first_attempt:
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - record["created_at"]))
 

@@ -1,0 +1,93 @@
+"""Response shapes, for the OpenAPI document (`/docs`).
+
+Routes return plain dicts built by `app.jobs` (so a field the worker adds to a record never turns a
+status read into a 500); these models describe those dicts for clients and are kept in step by the
+tests, which check the exact key sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable error code (worker.contracts.ErrorCode / ServiceErrorCode)")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    masks_url: str
+    overlay_url: str | None = Field(None, description="present only when overlay was asked for")
+
+
+class Progress(BaseModel):
+    frames_done: int
+    frames_total: int | None
+
+
+class VideoInfo(BaseModel):
+    width: int
+    height: int
+    fps: float
+    duration_s: float | None
+    frames: int | None
+
+
+class JobOptions(BaseModel):
+    fps: float | None
+    threshold: float | None
+    overlay: bool
+
+
+class JobUrls(BaseModel):
+    status: str
+    masks: str
+    overlay: str | None
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: str = Field(description="queued / running / succeeded / failed / cancelled")
+    progress: Progress
+    video: VideoInfo | None
+    timings: dict[str, Any] = Field(description="seconds per stage, as the worker reports them")
+    error: ErrorDetail | None
+    created_at: float = Field(description="Unix time, seconds")
+    started_at: float | None
+    finished_at: float | None
+    options: JobOptions
+    urls: JobUrls
+    attempts: int = Field(description="deliveries to a worker so far (2 after a worker died mid-job)")
+    cancel_requested: bool
+    deleted: bool = Field(description="the client deleted the job: its files are (being) removed")
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    hostname: str | None
+    pid: int | None
+    variant: str | None
+    device: str | None
+    age_s: float
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    broker: str
+    workers: list[WorkerInfo]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "`unauthorized`"},
+    404: {"model": ErrorBody, "description": "`not_found`"},
+    422: {"model": ErrorBody, "description": "`invalid_request`"},
+}

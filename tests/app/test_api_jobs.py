@@ -1,0 +1,231 @@
+"""Job resources through TestClient: GET record, 404s, masks (finished and followed), overlay, DELETE."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from api_support import add_job, mask_line
+from fastapi.testclient import TestClient
+
+from worker.contracts import JobStatus
+from worker.jobstore import JobStore
+from worker.settings import ServiceSettings
+
+VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
+             "options", "urls", "attempts", "cancel_requested", "deleted"}
+
+
+@pytest.fixture
+def store(settings: ServiceSettings) -> JobStore:
+    return JobStore(settings.data_dir)
+
+
+def _ndjson(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[str, Path]) -> None:
+    with open(media["ok"], "rb") as fh:
+        job_id = client.post("/segment", files={"file": ("ok.mp4", fh)}, data={"overlay": "1"}).json()["job_id"]
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    view = response.json()
+    assert set(view) == VIEW_KEYS
+    assert view["status"] == "queued"
+    assert view["progress"] == {"frames_done": 0, "frames_total": 25}
+    assert set(view["video"]) == {"width", "height", "fps", "duration_s", "frames"}
+    assert view["error"] is None
+    assert view["started_at"] is None
+    assert view["finished_at"] is None
+    assert view["created_at"] == pytest.approx(time.time(), abs=60)
+    assert view["options"] == {"fps": None, "threshold": None, "overlay": True}
+    assert view["urls"] == {"status": f"/jobs/{job_id}", "masks": f"/jobs/{job_id}/masks",
+                            "overlay": f"/jobs/{job_id}/overlay.mp4"}
+    assert (view["cancel_requested"], view["deleted"]) == (False, False)
+
+    # what a worker reports shows up as is
+    store.set_fields(job_id, status="failed", finished_at=time.time(), timings={"decode": 0.5},
+                     error={"code": "corrupt_media", "message": "broken at frame 3"})
+    view = client.get(f"/jobs/{job_id}").json()
+    assert view["error"] == {"code": "corrupt_media", "message": "broken at frame 3"}
+    assert view["timings"] == {"decode": 0.5}
+
+
+@pytest.mark.parametrize("path", ["/jobs/{missing}", "/jobs/{missing}/masks", "/jobs/{missing}/overlay.mp4",
+                                  "/jobs/not-a-job", "/jobs/..%2F..%2Fetc", "/jobs/ABCDEF", "/no/such/route"])
+def test_unknown_is_404_not_found(client: TestClient, path: str) -> None:
+    response = client.get(path.format(missing="0" * 32))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("job_id", ["f" * 32, "not-a-job", "ABCDEF"])
+def test_delete_unknown_is_404(client: TestClient, job_id: str) -> None:
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_validation_errors_are_invalid_request(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.SUCCEEDED)
+    response = client.get(f"/jobs/{job_id}/masks", params={"from_frame": "-1"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "from_frame" in response.json()["error"]["message"]
+    response = client.put(f"/jobs/{job_id}")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_masks_of_a_finished_job(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.SUCCEEDED)
+    store.masks_path(job_id).write_bytes(b"".join(mask_line(i) for i in range(6)))
+    response = client.get(f"/jobs/{job_id}/masks")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert [r["frame_index"] for r in _ndjson(response.text)] == [0, 1, 2, 3, 4, 5]
+    response = client.get(f"/jobs/{job_id}/masks", params={"from_frame": 4})
+    assert [r["frame_index"] for r in _ndjson(response.text)] == [4, 5]
+    assert client.get(f"/jobs/{job_id}/masks", params={"from_frame": 99}).text == ""
+
+
+def test_masks_of_a_failed_job_end_without_the_partial_line(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.FAILED)
+    store.masks_path(job_id).write_bytes(mask_line(0) + mask_line(1) + mask_line(2)[:20])
+    response = client.get(f"/jobs/{job_id}/masks")
+    assert response.text == (mask_line(0) + mask_line(1)).decode()
+
+
+def test_masks_of_a_job_without_masks_file(client: TestClient, store: JobStore) -> None:
+    assert client.get(f"/jobs/{add_job(store, JobStatus.CANCELLED)}/masks").text == ""
+
+
+def test_masks_follow_a_job_advanced_in_the_background(client: TestClient, store: JobStore) -> None:
+    """The worker's part is played by a thread: it starts the job, appends lines in pieces (a line cut
+    in two across writes, a rewritten duplicate frame), then finishes it while the request is open."""
+    job_id = add_job(store)
+    path = store.masks_path(job_id)
+
+    def worker() -> None:
+        time.sleep(0.3)
+        store.set_fields(job_id, status="running", started_at=time.time())
+        with open(path, "ab") as fh:
+            for i in range(5):
+                line = mask_line(i)
+                fh.write(line[:15])
+                fh.flush()
+                time.sleep(0.25)  # > the 0.2 s poll: the half line is seen, and held back
+                fh.write(line[15:])
+                fh.flush()
+                store.set_fields(job_id, progress={"frames_done": i + 1, "frames_total": 7})
+            fh.write(mask_line(4))  # a redelivered batch rewrites a frame: it is not sent twice
+            fh.write(mask_line(5) + mask_line(6))
+        store.set_fields(job_id, status="succeeded", finished_at=time.time())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        response = client.get(f"/jobs/{job_id}/masks", params={"from_frame": 2})
+    finally:
+        thread.join()
+    assert response.status_code == 200
+    lines = response.text.splitlines(keepends=True)
+    assert [json.loads(line)["frame_index"] for line in lines] == [2, 3, 4, 5, 6]
+    assert "".join(lines).encode() == b"".join(mask_line(i) for i in range(2, 7))
+
+
+def test_overlay(client: TestClient, store: JobStore) -> None:
+    plain = add_job(store, JobStatus.SUCCEEDED)
+    response = client.get(f"/jobs/{plain}/overlay.mp4")
+    assert response.status_code == 404
+    assert "not requested" in response.json()["error"]["message"]
+
+    running = add_job(store, JobStatus.RUNNING, overlay=True)
+    response = client.get(f"/jobs/{running}/overlay.mp4")
+    assert response.status_code == 404
+    assert "not ready yet" in response.json()["error"]["message"]
+
+    done = add_job(store, JobStatus.SUCCEEDED, overlay=True)
+    store.overlay_path(done).write_bytes(b"\0\0\0\x18ftypmp42 fake")
+    response = client.get(f"/jobs/{done}/overlay.mp4")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.content == b"\0\0\0\x18ftypmp42 fake"
+
+
+def test_delete_queued_cancels_at_once(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store)
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    view = response.json()
+    assert set(view) == VIEW_KEYS
+    assert (view["status"], view["deleted"], view["cancel_requested"]) == ("cancelled", True, True)
+    assert view["finished_at"] is not None
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert store.get(job_id)["status"] == "cancelled"  # the worker reads this and skips the job
+
+
+def test_delete_running_requests_cancellation(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.RUNNING)
+    store.masks_path(job_id).write_bytes(mask_line(0))
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 202
+    assert (response.json()["status"], response.json()["cancel_requested"]) == ("running", True)
+    record = store.get(job_id)
+    assert record["cancel_requested"] is True
+    assert record["status"] == "running"
+    assert store.masks_path(job_id).exists()  # the worker stops, then removes its own files
+
+
+@pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_delete_finished_keeps_a_tombstone(client: TestClient, store: JobStore, status: JobStatus) -> None:
+    job_id = add_job(store, status, overlay=True)
+    store.masks_path(job_id).write_bytes(mask_line(0))
+    store.overlay_path(job_id).write_bytes(b"mp4")
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["deleted"]) == (status.value, True)
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert client.get(f"/jobs/{job_id}").json()["deleted"] is True
+    assert client.get(f"/jobs/{job_id}/masks").status_code == 404
+    assert client.get(f"/jobs/{job_id}/overlay.mp4").status_code == 404
+    assert client.delete(f"/jobs/{job_id}").status_code == 200  # idempotent
+
+
+class _ConnectedRequest:
+    async def is_disconnected(self) -> bool:
+        return False
+
+
+def test_follow_masks_survives_a_torn_line_rewritten_by_a_redelivered_worker(
+        store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed mid-write leaves a torn line; the next worker truncates it and writes the frame
+    again (maybe with other bytes). The stream sends each frame once, whole, from the new bytes. Reads
+    are forced to 7 bytes, so every line is longer than one read."""
+    import asyncio
+
+    from app import jobs
+
+    monkeypatch.setattr(jobs, "MASKS_READ_BYTES", 7)
+    job_id = add_job(store, JobStatus.RUNNING)
+    path = store.masks_path(job_id)
+    first_try = mask_line(1).replace(b'"PQ', b'"ZZ')
+    path.write_bytes(mask_line(0) + first_try[:25])
+
+    async def run() -> list[bytes]:
+        stream = jobs.follow_masks(_ConnectedRequest(), store, job_id, 0, poll_s=0.01)
+        got = [await stream.__anext__()]
+        with open(path, "r+b") as fh:  # the redelivered worker: cut the torn line, write frames 1 and 2
+            fh.truncate(len(mask_line(0)))
+            fh.seek(0, 2)
+            fh.write(mask_line(1) + mask_line(2))
+        store.set_fields(job_id, status="succeeded")
+        got += [chunk async for chunk in stream]
+        return got
+
+    chunks = asyncio.run(run())
+    assert b"".join(chunks) == mask_line(0) + mask_line(1) + mask_line(2)

@@ -1,0 +1,234 @@
+"""POST /segment through TestClient: the accepted path, every refusal, and what is left on disk."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from api_support import FailingSender, Recorder, add_job, job_dirs, multipart
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from worker.contracts import TASK_SEGMENT, JobStatus
+from worker.jobstore import JobStore
+from worker.settings import ServiceSettings
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _post(client: TestClient, path: Path, name: str | None = None, **fields: str):
+    with open(path, "rb") as fh:
+        return client.post("/segment", files={"file": (name or path.name, fh, "application/octet-stream")},
+                           data=fields)
+
+
+def _redis_available() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def test_submit_accepts_a_video_and_queues_only_the_id(client: TestClient, recorder: Recorder,
+                                                        settings: ServiceSettings, media: dict[str, Path]) -> None:
+    response = _post(client, media["ok"], "../../holiday clip.MP4", fps="10", threshold="0.4", overlay="true")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    job_id = body["job_id"]
+    assert len(job_id) == 32
+    assert int(job_id, 16) >= 0
+    assert response.headers["location"] == f"/jobs/{job_id}"
+    assert body == {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}",
+                    "masks_url": f"/jobs/{job_id}/masks", "overlay_url": f"/jobs/{job_id}/overlay.mp4"}
+    assert recorder.calls == [(job_id,)]  # the message carries the id, nothing else
+
+    job_dir = settings.data_dir / "jobs" / job_id
+    upload = job_dir / "upload.mp4"  # the extension comes from the allow-list, lower-cased
+    assert upload.read_bytes() == media["ok"].read_bytes()
+    record = json.loads((job_dir / "job.json").read_text())
+    assert record["status"] == "queued"
+    assert record["options"] == {"fps": 10.0, "threshold": 0.4, "overlay": True}
+    assert record["upload"] == {"filename": "holiday clip.MP4", "bytes": media["ok"].stat().st_size,
+                                "path": "upload.mp4"}
+    video = record["video"]
+    assert (video["width"], video["height"]) == (64, 48)
+    assert video["fps"] == pytest.approx(25.0)
+    assert video["duration_s"] == pytest.approx(1.0, abs=0.1)
+    assert video["frames"] == 25
+    assert record["progress"] == {"frames_done": 0, "frames_total": 10}  # 1 s resampled to 10 frames/s
+
+
+def test_submit_defaults_and_unknown_extension(client: TestClient, recorder: Recorder, settings: ServiceSettings,
+                                               media: dict[str, Path]) -> None:
+    response = _post(client, media["ok"], "video.exe")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert "overlay_url" not in body
+    job_dir = settings.data_dir / "jobs" / body["job_id"]
+    assert (job_dir / "upload.bin").is_file()  # the content decides, not the name
+    record = json.loads((job_dir / "job.json").read_text())
+    assert record["options"] == {"fps": None, "threshold": None, "overlay": False}
+    assert record["progress"]["frames_total"] == 25
+
+
+@pytest.mark.parametrize(("clip", "status", "code"), [
+    ("text", 415, "not_media"),
+    ("no_audio", 422, "no_audio_track"),
+    ("audio_only", 422, "no_video_stream"),
+    ("truncated", 422, "corrupt_media"),
+])
+def test_media_refusals_leave_nothing(client: TestClient, recorder: Recorder, settings: ServiceSettings,
+                                      media: dict[str, Path], clip: str, status: int, code: str) -> None:
+    response = _post(client, media[clip])
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert str(settings.data_dir) not in error["message"]  # no server paths in messages
+    assert job_dirs(settings) == []
+    assert recorder.calls == []
+
+
+@pytest.mark.parametrize(("limits", "code"), [({"max_duration_s": 2.0}, "too_long"),
+                                              ({"max_pixels": 64 * 48 - 1}, "too_many_pixels")])
+def test_media_limits_from_settings(make_settings: Callable[..., ServiceSettings], media: dict[str, Path],
+                                    limits: dict[str, float], code: str) -> None:
+    settings = make_settings(**limits)
+    recorder = Recorder()
+    with TestClient(create_app(settings, task_sender=recorder)) as client:
+        response = _post(client, media["long"])
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert job_dirs(settings) == []
+    assert recorder.calls == []
+
+
+def test_too_large_by_content_length_and_by_streamed_bytes(make_settings: Callable[..., ServiceSettings],
+                                                           media: dict[str, Path]) -> None:
+    settings = make_settings(max_upload_bytes=1000)
+    recorder = Recorder()
+    with TestClient(create_app(settings, task_sender=recorder)) as client:
+        response = _post(client, media["ok"])  # Content-Length says it all
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "too_large"
+
+        def chunks():  # no Content-Length: the cap is enforced on the streamed bytes
+            body = multipart({}, ("a.mp4", b"\0" * 5000))
+            for i in range(0, len(body), 512):
+                yield body[i:i + 512]
+
+        response = client.post("/segment", content=chunks(),
+                               headers={"Content-Type": "multipart/form-data; boundary=avsboundary"})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "too_large"
+    assert job_dirs(settings) == []
+    assert recorder.calls == []
+
+
+@pytest.mark.parametrize(("fields", "file", "fragment"), [
+    ({"fps": "0"}, True, "fps"),
+    ({"fps": "fast"}, True, "fps"),
+    ({"fps": "nan"}, True, "fps"),
+    ({"threshold": "1"}, True, "threshold"),
+    ({"threshold": "-0.1"}, True, "threshold"),
+    ({"overlay": "maybe"}, True, "overlay"),
+    ({"colour": "red"}, True, "unknown form field"),
+    ({"fps": "1" * 2000}, True, "longer than"),
+    ({}, False, "no `file` part"),
+])
+def test_bad_form_is_invalid_request(client: TestClient, recorder: Recorder, settings: ServiceSettings,
+                                     media: dict[str, Path], fields: dict[str, str], file: bool,
+                                     fragment: str) -> None:
+    content = multipart(fields, ("ok.mp4", media["ok"].read_bytes()) if file else None)
+    response = client.post("/segment", content=content,
+                           headers={"Content-Type": "multipart/form-data; boundary=avsboundary"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert fragment in error["message"]
+    assert job_dirs(settings) == []
+    assert recorder.calls == []
+
+
+def test_not_multipart_and_truncated_multipart(client: TestClient, settings: ServiceSettings) -> None:
+    response = client.post("/segment", content=b"raw bytes", headers={"Content-Type": "video/mp4"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    body = multipart({}, ("a.mp4", b"\0" * 100))
+    response = client.post("/segment", content=body[:-30],
+                           headers={"Content-Type": "multipart/form-data; boundary=avsboundary"})
+    assert response.status_code == 422
+    assert "incomplete" in response.json()["error"]["message"]
+    assert job_dirs(settings) == []
+
+
+def test_backlog_full_is_429_with_retry_after(make_settings: Callable[..., ServiceSettings],
+                                               media: dict[str, Path]) -> None:
+    settings = make_settings(max_backlog=2, retry_after_s=11)
+    store = JobStore(settings.data_dir)
+    add_job(store, JobStatus.RUNNING)  # running jobs are not backlog
+    add_job(store)
+    recorder = Recorder()
+    with TestClient(create_app(settings, task_sender=recorder)) as client:
+        assert _post(client, media["ok"]).status_code == 202  # 1 queued < 2
+        before = set(job_dirs(settings))
+        response = _post(client, media["ok"])  # 2 queued >= 2
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "11"
+        assert response.json()["error"]["code"] == "backlog_full"
+    assert set(job_dirs(settings)) == before
+    assert len(recorder.calls) == 1
+
+
+def test_broker_down_fails_the_job_and_answers_503(make_settings: Callable[..., ServiceSettings],
+                                                    media: dict[str, Path]) -> None:
+    settings = make_settings()
+    with TestClient(create_app(settings, task_sender=FailingSender())) as client:
+        response = _post(client, media["ok"])
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    (job_dir,) = job_dirs(settings)
+    record = json.loads((job_dir / "job.json").read_text())
+    assert record["status"] == "failed"  # never an accepted-but-unsent job
+    assert record["error"]["code"] == "not_ready"
+    assert record["finished_at"] is not None
+    assert not (job_dir / "upload.mp4").exists()
+
+
+def test_real_celery_sender_with_broker_down(make_settings: Callable[..., ServiceSettings],
+                                             media: dict[str, Path]) -> None:
+    settings = make_settings(broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with TestClient(create_app(settings)) as client:
+        response = _post(client, media["ok"])
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    (job_dir,) = job_dirs(settings)
+    assert json.loads((job_dir / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.skipif(not _redis_available(), reason="no Redis on 127.0.0.1:6379")
+def test_real_celery_sender_puts_only_the_id_on_redis(make_settings: Callable[..., ServiceSettings],
+                                                      media: dict[str, Path]) -> None:
+    settings = make_settings(broker_url=REDIS_URL)
+    app = create_app(settings)
+    queue = f"avs-api-test-{uuid.uuid4().hex}"  # a private queue: never disturb other users of the db
+    app.state.task_sender._app().conf.task_default_queue = queue
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        with TestClient(app) as client:
+            response = _post(client, media["ok"])
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        messages = conn.lrange(queue, 0, -1)
+        assert len(messages) == 1
+        message = json.loads(messages[0])
+        assert message["headers"]["task"] == TASK_SEGMENT
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert (args, kwargs) == ([job_id], {})
+        assert len(messages[0]) < 10_000  # ids, never video bytes
+    finally:
+        conn.delete(queue)

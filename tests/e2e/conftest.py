@@ -1,0 +1,149 @@
+"""Real processes for end-to-end tests: uvicorn, Celery workers, Redis, `avs serve`.
+
+Each fixture starts the real command line the README documents, waits for it to be ready, and kills
+the whole process group afterwards (no stray workers between tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+BIN = Path(sys.executable).parent
+REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed per test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class Service:
+    data_dir: Path
+    env: dict[str, str]
+    base_url: str = ""
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
+        log = self.data_dir / f"{name}-{len(self.procs)}.log"
+        handle = log.open("w")
+        popen = subprocess.Popen([str(BIN / "avs"), *args], env={**self.env, **(extra_env or {})}, stdout=handle,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if not proc.alive():
+                    raise AssertionError(f"{proc.name} exited early:\n{proc.tail()}")
+            try:
+                last = httpx.get(f"{self.base_url}/readyz", timeout=2)
+                if last.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.procs)
+        raise AssertionError(f"service not ready: {last and last.text}\n{logs}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def _base_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVS_", "PROMETHEUS_"))}
+    env.update({"AVS_DATA_DIR": str(data_dir), "AVS_HEARTBEAT_S": "1", "AVS_BATCH_SIZE": "4",
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # .ci/run starts Redis; a developer machine may not have one
+        pytest.fail(f"Redis is not answering on {REDIS_URL}: {exc} (start it, see README)")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def embedded_service(tmp_path: Path) -> Iterator[Service]:
+    """`avs serve` with no broker configured: API + one worker on the filesystem broker."""
+    service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
+    service.data_dir.mkdir()
+    port = free_port()
+    service.base_url = f"http://127.0.0.1:{port}"
+    service.env["AVS_WORKER_METRICS_PORT"] = "0"
+    service.start("serve", "serve", "--port", str(port))
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def redis_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
+    """uvicorn API (`avs serve --no-worker`) and one `avs worker`, on the machine's Redis."""
+    service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
+    service.data_dir.mkdir()
+    service.env.update({"AVS_BROKER_URL": redis_url, "AVS_VISIBILITY_TIMEOUT_S": "4"})
+    port = free_port()
+    service.base_url = f"http://127.0.0.1:{port}"
+    service.env["AVS_WORKER_METRICS_PORT"] = str(free_port())
+    service.start("api", "serve", "--no-worker", "--port", str(port))
+    service.start("worker", "worker")
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
