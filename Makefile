@@ -30,13 +30,16 @@ demo: setup
 	$(AVS) bench compare --backbones pvt_v2_b0 pvt_v2_b2 --batch-sizes 1 --iters 3
 
 test: setup
+	@bash scripts/install-test-deps.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -m "not slow and not gpu"
 
 test-slow: setup
+	@bash scripts/install-test-deps.sh
 	$(VENV)/bin/pytest -m "slow"
 
 test-all: setup
+	@bash scripts/install-test-deps.sh
 	$(VENV)/bin/pytest
 
 lint: setup

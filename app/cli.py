@@ -259,7 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
     # API and worker processes write their metrics here; the API's /metrics aggregates them all.
     metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "prometheus")
     shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files of dead processes would count forever
-    metrics_dir.mkdir(parents=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)  # exist_ok: the directory may be a mount point
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["AVS_DATA_DIR"] = str(settings.data_dir)
     mode = "embedded (filesystem broker, no server)" if settings.embedded else f"broker {settings.broker_url}"
