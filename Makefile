@@ -21,13 +21,10 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
 	@set -o pipefail; $(PY) -m pip install --quiet -e '.[worker,dev]' $(QUIET_PIP)
 	@touch $@
 
-# The main job for now: list the variants, show AVESFormer's size, and measure its speed-up over the
-# AVSegFormer baseline on the same backbone (CPU, 224x224, batch 1).
+# The main job: start the service on the embedded default (no server to install), submit a synthetic
+# clip over HTTP, stream its masks, write the overlay video, print a summary, stop. Output in runs/demo/.
 demo: setup
-	$(AVS) model list
-	$(AVS) model info --variant avesformer-pvt_v2_b2
-	$(AVS) model info --variant avsegformer-pvt_v2_b2
-	$(AVS) bench compare --backbones pvt_v2_b0 pvt_v2_b2 --batch-sizes 1 --iters 3
+	$(AVS) demo --out runs/demo
 
 test: setup
 	@bash scripts/install-test-deps.sh
