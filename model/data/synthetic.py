@@ -27,7 +27,9 @@ from PIL import Image, ImageDraw
 
 SAMPLE_RATE = 16000
 SEGMENT_S = 0.96  # one VGGish window
-CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
+# Chosen to stay distinct after downscaling and rotation: a diamond is a rotated square and a hexagon a
+# circle at 15 pixels, which made a first version of this set needlessly hard to learn.
+CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "bar", "crescent", "ring")
 CLASS_NAMES: tuple[str, ...] = ("background", *CATEGORIES)  # AVSS-style: class id = category index + 1
 SEGMENTS = {"s4": 5, "ms3": 5, "avss": 10}  # AVSBench: 5 frames per S4/MS3 clip, 10 per AVSS clip
 
@@ -76,7 +78,7 @@ def make_scene(subset: str, seed: int, index: int) -> Scene:
         colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val))
         speed, heading = rng.uniform(0.0, 0.25), rng.uniform(0, 2 * math.pi)
         objects.append(SceneObject(
-            category=int(category), colour=colour, radius=float(rng.uniform(18, 38)),  # type: ignore[arg-type]
+            category=int(category), colour=colour, radius=float(rng.uniform(22, 40)),  # type: ignore[arg-type]
             start=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
             velocity=(speed * math.cos(heading), speed * math.sin(heading)),
             angle=float(rng.uniform(0, 2 * math.pi)), spin=float(rng.uniform(-1.5, 1.5)),
@@ -122,10 +124,12 @@ def _outline(category: int, cx: float, cy: float, r: float, angle: float) -> lis
         return ring_of(3, [r], -math.pi / 2)
     if name == "star":
         return ring_of(10, [r, 0.45 * r], -math.pi / 2)
-    if name == "diamond":
-        return ring_of(4, [r, 0.6 * r])
-    if name == "hexagon":
-        return ring_of(6, [r])
+    if name == "bar":  # a long thin rectangle, 3.5 : 1
+        c, s = math.cos(angle), math.sin(angle)
+        corners = [(r, 0.28 * r), (-r, 0.28 * r), (-r, -0.28 * r), (r, -0.28 * r)]
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners]
+    if name == "crescent":
+        return _crescent(cx, cy, r, angle)
     if name == "cross":
         w = 0.33 * r
         arm = [(w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w),
@@ -133,6 +137,20 @@ def _outline(category: int, cx: float, cy: float, r: float, angle: float) -> lis
         c, s = math.cos(angle), math.sin(angle)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in arm]
     return None  # circle, ring
+
+
+def _crescent(cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """A disc of radius r with a bite: the part outside a disc of radius 0.8 r centred 0.5 r towards `angle`."""
+    d, r_in = 0.5 * r, 0.8 * r
+    alpha = math.acos((r * r + d * d - r_in * r_in) / (2 * r * d))  # outer-circle angle of the two tips
+    beta = math.acos((r_in * r_in + d * d - r * r) / (2 * r_in * d))  # inner-circle angle of the two tips
+    ix, iy = cx + d * math.cos(angle), cy + d * math.sin(angle)
+    outer = [(cx + r * math.cos(a), cy + r * math.sin(a))
+             for a in np.linspace(angle + alpha, angle + 2 * math.pi - alpha, 40)]
+    # the inner arc runs back from the last outer tip to the first, through the part facing the centre
+    inner = [(ix + r_in * math.cos(a), iy + r_in * math.sin(a))
+             for a in np.linspace(angle + math.pi + beta, angle + math.pi - beta, 24)]
+    return outer + inner
 
 
 def render_frame(scene: Scene, t: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,9 +227,9 @@ def _signature(category: int, t: np.ndarray, pitch: float, rng: np.random.Genera
         return band / (np.abs(band).max() + 1e-9) * gate
     if name == "cross":  # two-tone chord
         return 0.5 * (np.sin(two_pi * 660 * pitch * t) + np.sin(two_pi * 990 * pitch * t))
-    if name == "diamond":  # amplitude-modulated high tone (8 Hz tremolo)
+    if name == "bar":  # amplitude-modulated high tone (8 Hz tremolo)
         return np.sin(two_pi * 1500 * pitch * t) * (0.5 + 0.5 * np.sin(two_pi * 8 * t))
-    if name == "hexagon":  # low sawtooth
+    if name == "crescent":  # low sawtooth
         return 2 * ((110 * pitch * t) % 1.0) - 1
     # ring: falling chirp, 3 per second
     phase = (t * 3) % 1.0

@@ -60,5 +60,8 @@ def test_unknown_variant_is_a_clear_error() -> None:
     assert result.returncode == 2
     assert "[invalid_config]" in result.stderr
     assert "avesformer-tiny" in result.stderr  # the message lists what exists
-    assert result.stdout == ""
+    # with --json the error is also the one JSON object on stdout
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "invalid_config"
+    assert "avesformer-b9" in error["message"]
     assert "Traceback" not in result.stderr
