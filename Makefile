@@ -8,7 +8,7 @@ AVS := $(VENV)/bin/avs
 # one on every call. Hide only that line, keep every other message and pip's exit status.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup demo test test-slow test-all lint format clean
+.PHONY: setup demo demo-checkpoint test test-slow test-all lint format clean
 
 # Creates .venv in the checkout and installs the pinned torch stack plus dev tools.
 # The stamp file is rebuilt whenever pyproject.toml changes.
@@ -25,6 +25,17 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
 # clip over HTTP, stream its masks, write the overlay video, print a summary, stop. Output in runs/demo/.
 demo: setup
 	$(AVS) demo --out runs/demo
+
+# Reproduces the shipped demo checkpoint (about 45 min on 2 CPU cores) and its held-out evaluation.
+DEMO_DATA := runs/synthetic-s4
+DEMO_CKPT := model/weights/avesformer-tiny-synthetic-s4.safetensors
+demo-checkpoint: setup
+	$(AVS) synth --out $(DEMO_DATA) --subset s4 --videos 500 --seed 1 --no-mp4
+	$(AVS) synth --out $(DEMO_DATA) --subset s4 --videos 100 --seed 2 --split test --no-mp4
+	$(AVS) train --data $(DEMO_DATA) --subset s4 --variant avesformer-tiny --epochs 20 --batch-size 4 --lr 5e-4 \
+		--workers 1 --save-dtype float16 --no-resume --out $(DEMO_CKPT)
+	for audio in normal silence shuffle; do \
+		$(AVS) eval --data $(DEMO_DATA) --subset s4 --checkpoint $(DEMO_CKPT) --audio $$audio --json; done
 
 test: setup
 	@bash scripts/install-test-deps.sh
