@@ -266,7 +266,10 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()])
+        # Its own session: a Ctrl-C or a group SIGTERM reaches only this process, which forwards exactly one
+        # SIGTERM below (a second signal would turn Celery's warm shutdown into a cold one).
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()],
+                                  start_new_session=True)
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
     finally:

@@ -48,6 +48,7 @@ class WorkerRuntime:
         self._started = False
         self._lock = threading.Lock()
         self.current_job: str | None = None
+        self._beat_thread: threading.Thread | None = None
         self.load_seconds: float | None = None
 
     def start(self) -> None:
@@ -75,7 +76,8 @@ class WorkerRuntime:
         self._predictor = predictor
         self._ready.set()
         log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._beat_thread.start()
 
     def predictor(self, timeout_s: float = 600.0):
         self.start()
@@ -102,4 +104,6 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=5)  # a beat in flight must not re-create the file after we remove it
         self.heartbeat_path.unlink(missing_ok=True)
