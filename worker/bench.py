@@ -60,7 +60,7 @@ def bench_segment(video: str | Path, predictor: AVSPredictor, *, batch_size: int
         "pipeline_over_model": round(pipeline / model, 3),
         "overhead_pct": round(100 * (model / pipeline - 1), 1),  # extra time per frame over the model's
         "timings": result.timings, "seconds_total": round(result.seconds_total, 3),
-        "peak_rss_mb": own_rss, "ffmpeg_peak_rss_mb": child_rss,
+        "peak_rss_mb": own_rss, "children_peak_rss_mb": child_rss,
     }
 
 
@@ -78,7 +78,7 @@ def bench_memory(durations: list[float], *, size: tuple[int, int], fps: int, bat
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
             run = json.loads(out.stdout.strip().splitlines()[-1])
             runs.append({"duration_s": duration, "frames": run["frames"], "peak_rss_mb": run["peak_rss_mb"],
-                         "ffmpeg_peak_rss_mb": run["ffmpeg_peak_rss_mb"], "pipeline_fps": run["pipeline_fps"]})
+                         "children_peak_rss_mb": run["children_peak_rss_mb"], "pipeline_fps": run["pipeline_fps"]})
     first, last = runs[0], runs[-1]
     return {"size": list(size), "fps": fps, "batch_size": batch_size, "runs": runs,
             "rss_ratio_longest_to_shortest": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)}
