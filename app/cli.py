@@ -244,6 +244,16 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate_with_parent() -> None:
+    """In a child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # not Linux/glibc: the forwarding in `_serve` still covers a normal exit
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
     import shutil
@@ -266,10 +276,15 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
     worker = None
     if not args.no_worker:
-        # Its own session: a Ctrl-C or a group SIGTERM reaches only this process, which forwards exactly one
-        # SIGTERM below (a second signal would turn Celery's warm shutdown into a cold one).
+        # Its own session, so a Ctrl-C or a group SIGTERM does not reach it twice (a second signal turns
+        # Celery's warm shutdown into a cold one); instead the kernel sends it SIGTERM when this process
+        # ends, however it ends (uvicorn re-raises the signal it caught, so a `finally` may never run).
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()],
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=_terminate_with_parent)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
+    # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
     finally:
