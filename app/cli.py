@@ -20,6 +20,15 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
 
 
+def _emit(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> int:
+    """Every command's ending: one JSON object with --json, else a human-readable line."""
+    if args.json:
+        _print_json(result)
+    else:
+        print(text())
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- model
 def _model_list(args: argparse.Namespace) -> int:
     from model.variants import VARIANTS
@@ -82,12 +91,9 @@ def _bench_model(args: argparse.Namespace) -> int:
     result = bench_model(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
                          warmup=args.warmup, device=args.device, threads=args.threads, amp=args.amp,
                          breakdown=args.breakdown)
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
-              f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads")
-    return 0
+    return _emit(args, result, lambda: (
+        f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
+        f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads"))
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
@@ -162,11 +168,8 @@ def _synth(args: argparse.Namespace) -> int:
         summary = write_synthetic_dataset(args.out, subset=args.subset, videos=args.videos, seed=args.seed,
                                           split=args.split, size=args.size, mp4=not args.no_mp4,
                                           on_clip=lambda n: bar.update(n - bar.n))
-    if args.json:
-        _print_json(summary)
-    else:
-        print(f"wrote {summary['videos']} {args.subset} clips ({args.split}) to {summary['out']}")
-    return 0
+    return _emit(args, summary, lambda: (
+        f"wrote {summary['videos']} {args.subset} clips ({args.split}) to {summary['out']}"))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -185,12 +188,9 @@ def _train(args: argparse.Namespace) -> int:
             bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
 
         summary = train(cfg, on_step=progress)
-    if args.json:
-        _print_json(summary)
-    else:
-        print(f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}: "
-              f"{args.out}")
-    return 0
+    return _emit(args, summary, lambda: (
+        f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}: "
+        f"{args.out}"))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -210,23 +210,16 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluate(model, info.config, data=args.data, subset=args.subset, split=args.split,
                           audio=args.audio, size=args.size, device=args.device, on_clip=progress)
     result["checkpoint"] = str(path)
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"{args.subset}/{args.split} ({args.audio} audio): mIoU {result['miou']:.4f}, "
-              f"F {result['fscore']:.4f} over {result['frames']} frames")
-    return 0
+    return _emit(args, result, lambda: f"{args.subset}/{args.split} ({args.audio} audio): mIoU {result['miou']:.4f}, "
+                 f"F {result['fscore']:.4f} over {result['frames']} frames")
 
 
 def _score(args: argparse.Namespace) -> int:
     from worker.scoring import score_masks
 
     result = score_masks(Path(args.masks), Path(args.ground_truth))
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"mIoU {result['miou']:.4f} over {result['frames']} frames ({result['frames_missing']} missing)")
-    return 0
+    return _emit(args, result, lambda: (
+        f"mIoU {result['miou']:.4f} over {result['frames']} frames ({result['frames_missing']} missing)"))
 
 
 # ----------------------------------------------------------------------------------- serve / worker
@@ -319,12 +312,9 @@ def _bench_service(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(args.video) if args.video else make_sample_clip(Path(tmp) / "clips")
         result = bench_service(video, Path(tmp), runs=args.runs, batch_size=args.batch_size)
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"service {result['service_fps']} frames/s vs model {result['model_fps']} frames/s "
-              f"({result['service_over_model']:.0%}); first mask after {result['seconds_to_first_mask_median']}s")
-    return 0
+    return _emit(args, result, lambda: (
+        f"service {result['service_fps']} frames/s vs model {result['model_fps']} frames/s "
+        f"({result['service_over_model']:.0%}); first mask after {result['seconds_to_first_mask_median']}s"))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -343,12 +333,9 @@ def _bench_segment(args: argparse.Namespace) -> int:
 
     predictor = _load_predictor(args)
     result = bench_segment(args.video, predictor, batch_size=args.batch_size, iters=args.iters)
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"pipeline {result['pipeline_fps']} frames/s vs model {result['model_fps']} frames/s "
-              f"(+{result['overhead_pct']}% per frame); peak RSS {result['peak_rss_mb']} MiB")
-    return 0
+    return _emit(args, result, lambda: (
+        f"pipeline {result['pipeline_fps']} frames/s vs model {result['model_fps']} frames/s "
+        f"(+{result['overhead_pct']}% per frame); peak RSS {result['peak_rss_mb']} MiB"))
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
