@@ -34,11 +34,14 @@ def celery_config(settings: ServiceSettings) -> dict[str, object]:
         queue_dir = settings.broker_dir / "queue"
         queue_dir.mkdir(parents=True, exist_ok=True)
         (settings.broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+        (settings.broker_dir / "control").mkdir(parents=True, exist_ok=True)
         conf["broker_url"] = "filesystem://"
         conf["worker_enable_remote_control"] = False  # needs fanout exchanges, which this transport lacks
         conf["broker_transport_options"] = {
             "data_folder_in": str(queue_dir), "data_folder_out": str(queue_dir),
             "processed_folder": str(settings.broker_dir / "processed"), "store_processed": False,
+            # kombu's default is ./control in the current directory: keep every broker file under broker_dir
+            "control_folder": str(settings.broker_dir / "control"),
         }
     else:
         conf["broker_url"] = settings.broker_url
