@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 123  # AVSegFormer's
     vggish: str | None = None  # converted VGGish weights: loaded and frozen
     pvt: str | None = None  # converted PVT-v2 (or ResNet-50) weights for the visual backbone
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning); a fresh optimizer and schedule
     size: int | None = None  # training frame size; default: the variant's input size
     all_train_masks: bool = True  # S4: use every mask file present (synthetic data labels all frames)
     num_workers: int = 0
@@ -151,7 +152,16 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                         num_workers=cfg.num_workers, collate_fn=_collate, drop_last=False)
-    model = build_model(model_cfg).train()
+    model = build_model(model_cfg)
+    if cfg.init:
+        # Same architecture required (load_checkpoint checks the variant, then every key and shape); the
+        # optimizer and lr schedule start fresh, as in AVSBench's S4 -> MS3 initialisation.
+        start, info = load_checkpoint(cfg.init, variant=cfg.variant)
+        if info.config.num_classes != model_cfg.num_classes:
+            raise ConfigError(f"--init {cfg.init} has {info.config.num_classes} classes, this run needs "
+                              f"{model_cfg.num_classes}")
+        model.load_state_dict(start.state_dict())
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_total = cfg.epochs * len(loader)
@@ -197,7 +207,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                 break
     summary = {"variant": cfg.variant, "subset": cfg.subset, "data": str(cfg.data), "epochs": cfg.epochs,
                "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "size": size,
-               "train_clips": len(dataset), "final_loss": last.get("loss"),
+               "train_clips": len(dataset), "init": cfg.init, "final_loss": last.get("loss"),
                "seconds": round(time.perf_counter() - started, 1)}
     dtype = torch.float16 if cfg.save_dtype == "float16" else None
     save_checkpoint(model.eval(), model_cfg, out, provenance={"training": summary}, dtype=dtype)

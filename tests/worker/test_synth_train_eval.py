@@ -88,3 +88,29 @@ def test_train_resume_eval_segment_score(dataset: Path, tmp_path: Path) -> None:
     assert score["frames"] == 48
     assert score["frames_missing"] == 0
     assert 0.0 <= score["miou"] <= 1.0
+
+
+def test_train_init_starts_from_a_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    from model.build import build_model
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.errors import ConfigError
+    from model.training import TrainConfig, train
+    from model.variants import get_config
+
+    torch.manual_seed(7)  # weights that differ from what train()'s own seed would build
+    start = build_model(get_config("avesformer-tiny"))
+    save_checkpoint(start, get_config("avesformer-tiny"), tmp_path / "start.safetensors")
+    cfg = TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "ft.safetensors"),
+                      init=str(tmp_path / "start.safetensors"), lr=0.0, size=64, batch_size=2, max_steps=1)
+    summary = train(cfg)
+    assert summary["init"] == cfg.init
+    tuned, _ = load_checkpoint(cfg.out)
+    # lr 0: one step changes no parameter, so the output holds exactly the initial weights
+    for (name, before), after in zip(start.named_parameters(), tuned.parameters(), strict=True):
+        assert torch.equal(before, after), name
+
+    with pytest.raises(ConfigError, match="avsegformer-tiny"):
+        train(TrainConfig(data=str(dataset), subset="s4", variant="avsegformer-tiny", out=str(tmp_path / "x.st"),
+                          init=str(tmp_path / "start.safetensors"), size=64, max_steps=1))
