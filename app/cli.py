@@ -179,7 +179,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(data=args.data, subset=args.subset, variant=args.variant, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, vggish=args.vggish, pvt=args.pvt,
-                      init=args.init, size=args.size, num_workers=args.workers, save_dtype=args.save_dtype,
+                      init=args.init, overrides=tuple(args.set), size=args.size, num_workers=args.workers,
+                      save_dtype=args.save_dtype,
                       resume=not args.no_resume, max_steps=args.max_steps)
     with tqdm(unit="step", desc="train", disable=None, file=sys.stderr) as bar:
         def progress(row: dict[str, Any]) -> None:
@@ -414,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--vggish", default=None, help="converted VGGish weights (frozen)")
     p.add_argument("--pvt", default=None, help="converted visual backbone weights")
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same variant)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same tensor names/shapes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the variant's config, e.g. head.upsample_last=false (repeatable)")
     p.add_argument("--size", type=int, default=None, help="training frame size (default: the variant's)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])

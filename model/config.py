@@ -187,3 +187,37 @@ def _from_dict(cls: type, data: Any, *, path: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def with_overrides(cfg: AVSConfig, overrides: list[str] | tuple[str, ...]) -> AVSConfig:
+    """A copy of `cfg` with dotted `key=value` overrides, e.g. `head.upsample_last=false`.
+
+    Values are JSON (`true`, `64`, `[1, 2]`, `"pvt_v2_b1"`; a bare word is taken as a string) and must
+    have the type of the field they replace; the result is validated like any other config.
+    """
+    data = cfg.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parents[:i + 1])} is not a config section")
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], dict):
+            fields = sorted(k for k, v in node.items() if not isinstance(v, dict))
+            raise ConfigError(f"override {item!r}: no field {key!r}; fields here are {fields}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        old = node[leaf]
+        compatible = (old is None or value is None or (isinstance(old, bool) == isinstance(value, bool)
+                      and (isinstance(value, type(old)) or (isinstance(old, float) and isinstance(value, int))
+                           or (isinstance(old, tuple | list) and isinstance(value, list)))))
+        if not compatible:
+            raise ConfigError(f"override {item!r}: {key} is a {type(old).__name__}, got {value!r}")
+        node[leaf] = float(value) if isinstance(old, float) and isinstance(value, int) else value
+    return AVSConfig.from_dict(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -25,13 +26,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.avs_model import AVSModel
 from model.build import build_model
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import AVSConfig
+from model.checkpoint import config_differences, load_checkpoint, read_checkpoint_info, save_checkpoint
+from model.config import AVSConfig, with_overrides
 from model.data import layout
 from model.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
-from model.errors import ConfigError
+from model.errors import CheckpointError, ConfigError
 from model.losses import binary_loss, semantic_loss
+from model.state_dict import load_exact
 from model.variants import get_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class TrainConfig:
     vggish: str | None = None  # converted VGGish weights: loaded and frozen
     pvt: str | None = None  # converted PVT-v2 (or ResNet-50) weights for the visual backbone
     init: str | None = None  # start from this checkpoint's weights (fine-tuning); a fresh optimizer and schedule
+    overrides: tuple[str, ...] = ()  # dotted config overrides on top of the variant, e.g. "head.upsample_last=true"
     size: int | None = None  # training frame size; default: the variant's input size
     all_train_masks: bool = True  # S4: use every mask file present (synthetic data labels all frames)
     num_workers: int = 0
@@ -68,7 +73,7 @@ def make_dataset(data: str | Path, subset: str, split: str, size: int, *, all_tr
 
 def model_config_for(cfg: TrainConfig) -> AVSConfig:
     """The variant's config, with the weight files and, for AVSS, the dataset's classes."""
-    model_cfg = get_config(cfg.variant)
+    model_cfg = with_overrides(get_config(cfg.variant), cfg.overrides) if cfg.overrides else get_config(cfg.variant)
     if cfg.subset == "avss":
         names = list(layout.read_label2idx(layout.avss_label2idx_path(cfg.data)))
         model_cfg = model_cfg.replace(num_classes=len(names), class_names=tuple(names))
@@ -153,14 +158,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                         num_workers=cfg.num_workers, collate_fn=_collate, drop_last=False)
     model = build_model(model_cfg)
+    init_differences: list[str] = []
     if cfg.init:
-        # Same architecture required (load_checkpoint checks the variant, then every key and shape); the
-        # optimizer and lr schedule start fresh, as in AVSBench's S4 -> MS3 initialisation.
-        start, info = load_checkpoint(cfg.init, variant=cfg.variant)
-        if info.config.num_classes != model_cfg.num_classes:
-            raise ConfigError(f"--init {cfg.init} has {info.config.num_classes} classes, this run needs "
-                              f"{model_cfg.num_classes}")
-        model.load_state_dict(start.state_dict())
+        init_differences = _initialise(model, model_cfg, cfg.init)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -207,11 +207,32 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                 break
     summary = {"variant": cfg.variant, "subset": cfg.subset, "data": str(cfg.data), "epochs": cfg.epochs,
                "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "size": size,
-               "train_clips": len(dataset), "init": cfg.init, "final_loss": last.get("loss"),
+               "train_clips": len(dataset), "init": cfg.init, "init_differences": init_differences,
+               "overrides": list(cfg.overrides), "final_loss": last.get("loss"),
                "seconds": round(time.perf_counter() - started, 1)}
     dtype = torch.float16 if cfg.save_dtype == "float16" else None
     save_checkpoint(model.eval(), model_cfg, out, provenance={"training": summary}, dtype=dtype)
     return summary
+
+
+def _initialise(model: AVSModel, model_cfg: AVSConfig, path: str) -> list[str]:
+    """Load a checkpoint's weights into `model` for fine-tuning; returns the config fields that differ.
+
+    Every key and shape must match (load_exact names what does not), but the configs may differ in
+    fields that change no tensor, e.g. where the mask head upsamples; those differences are returned so
+    the run's summary records them. The optimizer and lr schedule start fresh, as in AVSBench's
+    S4 -> MS3 initialisation.
+    """
+    info = read_checkpoint_info(path)
+    if info.config.num_classes != model_cfg.num_classes:
+        raise ConfigError(f"--init {path} has {info.config.num_classes} classes, this run needs "
+                          f"{model_cfg.num_classes}")
+    start, _ = load_checkpoint(path)
+    load_exact(model, start.state_dict(), source=f"--init {path}", error=CheckpointError)
+    differences = config_differences(info.config, model_cfg)
+    if differences:
+        log.warning("--init %s was trained with a different config: %s", path, "; ".join(differences))
+    return differences
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:

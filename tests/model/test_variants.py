@@ -169,3 +169,19 @@ def test_audio_changes_the_masks() -> None:
         a = model(frames, audio).mask_logits
         b = model(frames, torch.zeros_like(audio)).mask_logits
     assert (a - b).abs().max() > 1e-4
+
+
+def test_config_overrides_are_typed_and_validated() -> None:
+    from model.config import with_overrides
+    from model.errors import ConfigError
+
+    base = get_config("avesformer-tiny")
+    changed = with_overrides(base, ["decoder.dim=96", "head.fc_channels=[16, 8]", "visual.drop_path_rate=0"])
+    assert (changed.decoder.dim, changed.head.fc_channels, changed.visual.drop_path_rate) == (96, (16, 8), 0.0)
+    assert isinstance(changed.visual.drop_path_rate, float)
+    assert changed.audio == base.audio  # untouched sections stay as they were
+    for bad, message in (("head.upsample_last=3", "is a bool"), ("decoder.dim=2.5", "is a int"),
+                         ("decoder.nope=1", "no field"), ("nope.dim=1", "not a config section"),
+                         ("decoder.dim", "section.field=value"), ("decoder.dim=30", "divisible")):
+        with pytest.raises(ConfigError, match=message):
+            with_overrides(base, [bad])

@@ -95,22 +95,46 @@ def test_train_init_starts_from_a_checkpoint(dataset: Path, tmp_path: Path) -> N
 
     from model.build import build_model
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.errors import ConfigError
+    from model.config import with_overrides
+    from model.errors import CheckpointError
     from model.training import TrainConfig, train
     from model.variants import get_config
 
-    torch.manual_seed(7)  # weights that differ from what train()'s own seed would build
-    start = build_model(get_config("avesformer-tiny"))
-    save_checkpoint(start, get_config("avesformer-tiny"), tmp_path / "start.safetensors")
+    # weights that differ from what train()'s own seed would build, from a config that differs from the
+    # variant only where no tensor changes (the mask head's upsampling order)
+    torch.manual_seed(7)
+    default = get_config("avesformer-tiny").head.upsample_last
+    start_cfg = with_overrides(get_config("avesformer-tiny"), [f"head.upsample_last={str(not default).lower()}"])
+    start = build_model(start_cfg)
+    save_checkpoint(start, start_cfg, tmp_path / "start.safetensors")
     cfg = TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "ft.safetensors"),
                       init=str(tmp_path / "start.safetensors"), lr=0.0, size=64, batch_size=2, max_steps=1)
     summary = train(cfg)
     assert summary["init"] == cfg.init
-    tuned, _ = load_checkpoint(cfg.out)
+    assert summary["init_differences"] == [f"head.upsample_last: {not default!r} != {default!r}"]
+    tuned, info = load_checkpoint(cfg.out, variant="avesformer-tiny")
+    assert info.config.head.upsample_last is default  # the run's own config, not the initial one
     # lr 0: one step changes no parameter, so the output holds exactly the initial weights
     for (name, before), after in zip(start.named_parameters(), tuned.parameters(), strict=True):
         assert torch.equal(before, after), name
 
-    with pytest.raises(ConfigError, match="avsegformer-tiny"):
+    with pytest.raises(CheckpointError, match="does not fit"):  # other tensors: named, not half-loaded
         train(TrainConfig(data=str(dataset), subset="s4", variant="avsegformer-tiny", out=str(tmp_path / "x.st"),
                           init=str(tmp_path / "start.safetensors"), size=64, max_steps=1))
+
+
+def test_train_config_overrides_reach_the_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    from model.checkpoint import read_checkpoint_info
+    from model.errors import ConfigError
+    from model.training import TrainConfig, train
+
+    cfg = TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "o.safetensors"),
+                      overrides=("head.mlp_hidden=32", "decoder.num_queries=8"), size=64, batch_size=2,
+                      max_steps=1)
+    assert train(cfg)["overrides"] == list(cfg.overrides)
+    stored = read_checkpoint_info(cfg.out).config
+    assert stored.head.mlp_hidden == 32
+    assert stored.decoder.num_queries == 8
+    with pytest.raises(ConfigError, match=r"no field 'head\.upsample'"):
+        train(TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "b.st"),
+                          overrides=("head.upsample=true",), size=64, max_steps=1))
