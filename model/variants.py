@@ -17,7 +17,7 @@ _AVSEGFORMER_DECODER = DecoderConfig(kind="avsegformer", num_queries=300, ffn_di
 _AVSEGFORMER_HEAD = HeadConfig(mlp_hidden=2048, upsample_last=False)
 
 # Small enough for 2 CPU cores: PVT-v2-b0, a 0.1 M-parameter audio CNN (trained, not frozen: no
-# pretrained VGGish here), width 64, one block of each kind, 128-pixel frames. ~3.7 M parameters.
+# pretrained VGGish here), width 64, one block of each kind, 128-pixel frames. ~3.9 M parameters.
 _TINY_VISUAL = VisualConfig(backbone="pvt_v2_b0", drop_path_rate=0.0)
 _TINY_AUDIO = AudioConfig(backbone="tiny", frozen=False)
 # The last two head convs run at full resolution (AVSegFormer's order), not at 1/4 scale: at 128 pixels
