@@ -214,10 +214,20 @@ def with_overrides(cfg: AVSConfig, overrides: list[str] | tuple[str, ...]) -> AV
         except json.JSONDecodeError:
             value = raw
         old = node[leaf]
-        compatible = (old is None or value is None or (isinstance(old, bool) == isinstance(value, bool)
-                      and (isinstance(value, type(old)) or (isinstance(old, float) and isinstance(value, int))
-                           or (isinstance(old, tuple | list) and isinstance(value, list)))))
-        if not compatible:
+        if not _same_kind(old, value):
             raise ConfigError(f"override {item!r}: {key} is a {type(old).__name__}, got {value!r}")
         node[leaf] = float(value) if isinstance(old, float) and isinstance(value, int) else value
     return AVSConfig.from_dict(data)
+
+
+def _same_kind(old: Any, value: Any) -> bool:
+    """Whether `value` (parsed JSON) may replace `old`: same type, an int for a float, a list for a tuple."""
+    if old is None or value is None:
+        return True  # optional fields (weight paths)
+    if isinstance(old, bool) or isinstance(value, bool):
+        return isinstance(old, bool) and isinstance(value, bool)  # bool is an int subclass: keep them apart
+    if isinstance(old, float):
+        return isinstance(value, int | float)
+    if isinstance(old, tuple | list):
+        return isinstance(value, list)
+    return isinstance(value, type(old))

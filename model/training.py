@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.avs_model import AVSModel
 from model.build import build_model
-from model.checkpoint import config_differences, load_checkpoint, read_checkpoint_info, save_checkpoint
+from model.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from model.config import AVSConfig, with_overrides
 from model.data import layout
 from model.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
@@ -73,7 +73,7 @@ def make_dataset(data: str | Path, subset: str, split: str, size: int, *, all_tr
 
 def model_config_for(cfg: TrainConfig) -> AVSConfig:
     """The variant's config, with the weight files and, for AVSS, the dataset's classes."""
-    model_cfg = with_overrides(get_config(cfg.variant), cfg.overrides) if cfg.overrides else get_config(cfg.variant)
+    model_cfg = with_overrides(get_config(cfg.variant), cfg.overrides)
     if cfg.subset == "avss":
         names = list(layout.read_label2idx(layout.avss_label2idx_path(cfg.data)))
         model_cfg = model_cfg.replace(num_classes=len(names), class_names=tuple(names))
@@ -223,11 +223,10 @@ def _initialise(model: AVSModel, model_cfg: AVSConfig, path: str) -> list[str]:
     the run's summary records them. The optimizer and lr schedule start fresh, as in AVSBench's
     S4 -> MS3 initialisation.
     """
-    info = read_checkpoint_info(path)
+    start, info = load_checkpoint(path)
     if info.config.num_classes != model_cfg.num_classes:
         raise ConfigError(f"--init {path} has {info.config.num_classes} classes, this run needs "
                           f"{model_cfg.num_classes}")
-    start, _ = load_checkpoint(path)
     load_exact(model, start.state_dict(), source=f"--init {path}", error=CheckpointError)
     differences = config_differences(info.config, model_cfg)
     if differences:
