@@ -1,26 +1,45 @@
-"""`overlay.mp4`: the masks blended onto the original frames, with the original sound.
+"""`overlay.mp4`: the masks blended onto the original frames, with the original sound, in sync and in shape.
 
-A second streaming pass after segmentation: the original frames are decoded at the video's display
-size one at a time, each is blended with its mask read from `masks.ndjson` (also streamed), and
-written to an H.264 encoder's stdin. Memory holds one frame, whatever the video's length.
+A second streaming pass after segmentation. The original frames are decoded again (`FrameReader`, in an
+ffmpeg process: the upload is hostile input and never enters this process's own libav), each is blended
+with its mask from `masks.ndjson` (also streamed) and handed to an encoder ffmpeg. Memory holds one frame,
+whatever the video's length.
+
+Why the frames travel in NUT and not as bare pixels: a raw pipe carries no timestamps, so the encoder would
+invent a constant rate and a variable-frame-rate source would drift away from its sound (1.17 s by the end
+of an 8 s clip whose rate rises from 15 to 30 frames/s). PyAV, used only as a muxer of our own frames,
+wraps each blended frame in ffmpeg's NUT container with its source presentation time (microseconds); the
+encoder reads that with `-fps_mode passthrough` and `-copyts`, so every overlay frame keeps its source
+time, and its sound is the source's chosen audio track moved to the same timeline.
+
+Geometry: the frames are upright (the source's rotation applied by the decoder, so no rotation metadata
+is needed) and carry the source's pixel aspect ratio (`setsar`), so the overlay plays in the source's shape
+in any player. H.264 in yuv420p needs even sizes: an odd dimension is padded by one pixel.
 """
 
 from __future__ import annotations
 
 import colorsys
+import itertools
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import av
 import numpy as np
 
 from worker.contracts import ErrorCode
 from worker.errors import MediaError
 from worker.masks import decode_rle, read_mask_lines
-from worker.media.decode import FrameReader, input_url, media_input_args
-from worker.media.probe import MediaInfo, MediaLimits
+from worker.media.decode import FrameReader, input_url, media_input_args, timeline_filter
+from worker.media.probe import FFMPEG, MediaInfo, MediaLimits
 from worker.media.process import BoundedProcess
 
 ALPHA = 0.5  # mask opacity
 SOUNDING_COLOUR = np.array([255, 48, 48], dtype=np.float32)  # binary masks: red
+TIME_BASE = Fraction(1, 1_000_000)  # NUT timestamps in microseconds: finer than any source's frame times
+PTS_TOLERANCE_S = 1e-3  # a frame and its mask line must agree on the time to this much
 
 
 def class_palette(num_classes: int) -> np.ndarray:
@@ -38,36 +57,65 @@ def blend(frame: np.ndarray, mask: np.ndarray, palette: np.ndarray | None) -> np
     return out.astype(np.uint8)
 
 
+def encoder_command(info: MediaInfo, out: Path) -> list[str]:
+    """The encoder: NUT frames on stdin (input 0) + the upload's chosen audio track (input 1) -> H.264 + AAC.
+
+    `-copyts` (from `media_input_args`) keeps every timestamp as given: the frames' are already on the
+    decode timeline, the audio is moved there by `timeline_filter` and ends at most 1 s after the video."""
+    num, den = info.sample_aspect_ratio
+    audio: list[str] = []
+    if info.audio_stream_index is not None:
+        end_s = info.start_time_s + (info.duration_s or 0.0) + 1.0
+        audio = ["-map", f"1:{info.audio_stream_index}", "-af", f"{timeline_filter(info)},atrim=end={end_s:.6f}",
+                 "-c:a", "aac", "-b:a", "128k"]
+    return [
+        FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "nut", "-i", "pipe:0",
+        *media_input_args(info), "-i", input_url(info),  # the upload: allow-listed demuxer, file: URL
+        "-map", "0:v:0", *audio,
+        "-vf", f"pad=ceil(iw/2)*2:ceil(ih/2)*2,setsar={num}/{den}",
+        "-fps_mode", "passthrough", "-enc_time_base:v", "-1",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-f", "mp4", str(out),
+    ]  # fmt: skip
+
+
+def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
+                       ) -> Iterator[tuple[np.ndarray, float, dict[str, Any]]]:
+    """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree."""
+    for batch in reader.iter_batches(1):
+        record = next(masks, None)
+        if record is None:
+            return
+        pts = batch.pts_s[0]
+        if record["frame_index"] != batch.start_index or abs(float(record["pts_s"]) - pts) > PTS_TOLERANCE_S:
+            raise RuntimeError(f"overlay: frame {batch.start_index} at {pts:.6f} s does not match its mask line "
+                               f"(frame {record['frame_index']} at {record['pts_s']} s)")
+        yield batch.frames[0], pts, record
+
+
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
                   limits: MediaLimits) -> Path:
-    W, H = info.width, info.height
-    rate = fps or info.fps or 25.0
+    """Write `out_path` (an mp4) from the source `info` and its `masks_path`; see the module docstring.
+
+    `fps` must be the rate the masks were made at (None: every decoded frame). Raises `MediaError`
+    (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at `out_path` on failure.
+    """
     timeout = limits.decode_timeout(info.duration_s) * 2
     tmp = out_path.with_name(out_path.name + ".partial.mp4")
-    args = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-r", f"{rate:.6f}", "-i", "pipe:0",
-        *media_input_args(info), "-i", input_url(info),  # the upload: allow-listed demuxer, file: URL
-        "-map", "0:v:0", "-map", "1:a:0?",
-        # H.264 in yuv420p needs even sizes: pad by at most one pixel rather than fail on odd videos
-        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(tmp),
-    ]
     palette = None if num_classes == 1 else class_palette(num_classes)
-    masks = read_mask_lines(masks_path)
-    reader = FrameReader(info, size=None, fps=fps, timeout_s=timeout)
+    reader = FrameReader(info, size=None, fps=fps, timeout_s=timeout, limits=limits)
+    frames = _frames_with_masks(reader, read_mask_lines(masks_path))
     try:
-        with BoundedProcess(args, timeout_s=timeout, stdin=True, stdout=False) as encoder:
+        first = next(frames, None)
+        if first is None:
+            raise MediaError(ErrorCode.CORRUPT_MEDIA, "overlay: no frame to draw")
+        with BoundedProcess(encoder_command(info, tmp), timeout_s=timeout, stdin=True,
+                            stdout=False) as encoder:
             assert encoder.popen.stdin is not None
             try:
-                for batch in reader.iter_batches(1):
-                    record = next(masks, None)
-                    if record is None:
-                        break
-                    mask = decode_rle(record["counts"], record["size"]) if num_classes == 1 else _labels(record)
-                    encoder.popen.stdin.write(blend(batch.frames[0], mask, palette).tobytes())
-            except BrokenPipeError:
+                _mux(encoder.popen.stdin, info, first, frames, palette)
+            except (BrokenPipeError, av.error.BrokenPipeError):
                 pass  # the encoder died: its exit status and stderr below say why
             finally:
                 encoder.popen.stdin.close()
@@ -77,8 +125,27 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
                                  f"overlay encoding failed: {encoder.stderr_text()[-500:]}")
         tmp.replace(out_path)
     finally:
+        frames.close()
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def _mux(sink: Any, info: MediaInfo, first: tuple[np.ndarray, float, dict[str, Any]],
+         rest: Iterator[tuple[np.ndarray, float, dict[str, Any]]], palette: np.ndarray | None) -> None:
+    """Blend and write every frame to `sink` as NUT rawvideo with its presentation time."""
+    with av.open(sink, mode="w", format="nut") as container:
+        stream = container.add_stream("rawvideo")
+        stream.width, stream.height, stream.pix_fmt = info.width, info.height, "rgb24"
+        stream.time_base = stream.codec_context.time_base = TIME_BASE
+        last = -1
+        for frame, pts_s, record in itertools.chain([first], rest):
+            mask = decode_rle(record["counts"], record["size"]) if palette is None else _labels(record)
+            picture = av.VideoFrame.from_ndarray(blend(frame, mask, palette), format="rgb24")
+            # strictly increasing, as a muxer requires; equal source times (never in a valid file) move 1 µs
+            last = picture.pts = max(round(pts_s / TIME_BASE), last + 1)
+            picture.time_base = TIME_BASE
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
 
 
 def _labels(record: dict) -> np.ndarray:

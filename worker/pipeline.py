@@ -184,14 +184,12 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     clock.add("audio_features", time.perf_counter() - t)
 
     size = (predictor.input_size, predictor.input_size)
-    max_frames = None
-    if info.duration_s is None:  # unknown length: cap what a hostile stream can make us decode
-        max_frames = options.limits.max_frames
-    expected = _expected_frames(info, options.fps)
+    expected = info.expected_frames(options.fps)
     budget = options.limits.decode_timeout(info.duration_s)
-    budget += SECONDS_PER_FRAME_BUDGET * (expected or options.limits.max_frames)
-    reader = FrameReader(info, size=size, fps=options.fps, max_frames=max_frames, timeout_s=budget,
-                         limits=options.limits)
+    budget += SECONDS_PER_FRAME_BUDGET * (expected or options.limits.max_output_frames(options.fps))
+    # No frame cap of our own: the reader refuses (too_long) rather than stop early, so a limit can never
+    # turn into a silently truncated success.
+    reader = FrameReader(info, size=size, fps=options.fps, timeout_s=budget, limits=options.limits)
     writer = MaskWriter(out / "masks.ndjson", atomic=options.atomic, append=options.start_frame > 0)
     png_dir = out / "masks" if options.png else None
     if png_dir is not None:
@@ -246,12 +244,6 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     return SegmentResult(frames=frames_done, video=info.to_dict(), timings=clock.rounded(),
                          seconds_total=time.perf_counter() - started, masks_path=str(masks_path),
                          overlay_path=overlay_path)
-
-
-def _expected_frames(info: MediaInfo, fps: float | None) -> int | None:
-    if fps is not None and info.duration_s:
-        return max(1, round(info.duration_s * fps))
-    return info.num_frames
 
 
 def _write_pngs(directory: Path, masks: np.ndarray, start_index: int, num_classes: int) -> None:

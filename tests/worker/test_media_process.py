@@ -82,6 +82,9 @@ def test_run_bounded_cleans_up_helpers_left_by_a_child_that_exited() -> None:
     assert not result.timed_out
     assert result.returncode == 0
     pgid = int(result.stdout)
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously (see the test above)
+    while not _group_dead(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _group_dead(pgid)
 
 

@@ -110,13 +110,15 @@ def test_frames_get_the_audio_window_that_covers_them(tmp_path: Path, predictor)
 def test_resampled_fps_png_and_overlay(clips, predictor, tmp_path: Path) -> None:
     video = clips["mp4"]
     result = segment_video(video, tmp_path, predictor, SegmentOptions(batch_size=4, fps=10, png=True, overlay=True))
-    assert result.frames == 15  # 1.5 s at 10 frames/s
+    # 38 frames at 25 frames/s span 1.52 s: one output frame per 0.1 s of it, the last period included
+    assert probe_media(video).duration_s == pytest.approx(1.52)
+    assert result.frames == 16
     pngs = sorted((tmp_path / "masks").glob("*.png"))
-    assert len(pngs) == 15
+    assert len(pngs) == 16
     assert [p.name for p in pngs][:2] == ["000000.png", "000001.png"]
     overlay = Path(result.overlay_path)
     assert overlay.exists()
-    assert count_frames(overlay) == 15
+    assert count_frames(overlay) == 16
     info = probe_media(overlay)
     assert info.has_audio  # the original sound is muxed in
     assert (info.width, info.height) == (96, 72)

@@ -11,10 +11,22 @@ Design, and why:
   batch is released once all of its frames have their timestamp. Times are `pts × time_base` (exact; the
   `pts_time` text has only six significant digits), in seconds on ffmpeg's timeline, which is 0 at the
   container start. The audio from `read_audio` uses the same origin, so frame t and sample t·sr match.
-* **Every decoded frame exactly once.** `-fps_mode passthrough` (ffmpeg 5.1's spelling; `-vsync` is
-  deprecated there) stops ffmpeg from duplicating or dropping frames to fake a constant rate, so a VFR file
-  yields its real frames with their real times. With `fps=N` an `fps` filter resamples instead (a
-  constant-rate output, duplicates and drops decided by the filter) and showinfo reports the new times.
+* **Every decoded frame exactly once, whatever the frame rate.** `-fps_mode passthrough` (ffmpeg 5.1's
+  spelling; `-vsync` is deprecated there) stops ffmpeg from duplicating or dropping frames to fake a
+  constant rate. That alone is not enough for variable-frame-rate files: the raw pipe's timestamps are
+  kept in an encoder time base derived from the *guessed* frame rate (5 fps for a MediaRecorder WebM that
+  later runs at 30), so frames closer than one guessed tick collide, and the muxer reports "non
+  monotonically increasing dts". After `showinfo` has logged each frame's real time, the chain therefore
+  renumbers the frames (`settb=1,setpts=N`: frame n at n seconds, encoder time base 1 s): the pipe's
+  timestamps can never collide and no rate guess decides which frames are kept.
+* **Resampling.** With `fps=N` an `fps` filter resamples to a constant rate (frames duplicated or dropped by
+  the filter, showinfo reports the new times) with `eof_action=pass`: a video shorter than one output
+  period still yields its first frame (the sample at t = 0), so every `fps` > 0 gives at least one frame.
+* **Limits refuse, never truncate.** The decode asks ffmpeg for one frame more than the limits allow
+  (`MediaLimits.max_output_frames`); if that frame arrives, or a frame's time lies beyond
+  `max_duration_s` from the first one, the reader raises `too_long` instead of stopping quietly (the
+  probe already refuses such files from their packets; this is the check on what was really decoded).
+  Only an explicit `max_frames` from the caller stops early on purpose.
 * **Rotation from the probe, not from ffmpeg.** `-noautorotate` plus our own `transpose`/`hflip,vflip`
   from `MediaInfo.rotation`: the frames always come out at the display orientation the probe reported
   (ffmpeg 5.1's own autorotation ignores the legacy `rotate` tag, which the probe honours).
@@ -58,7 +70,8 @@ import numpy as np
 
 from worker.contracts import ErrorCode
 from worker.errors import MediaError
-from worker.media.probe import FFMPEG, FFPROBE, FORMAT_WHITELIST, MediaInfo, MediaLimits, ffmpeg_message
+from worker.media.containers import FORMAT_WHITELIST
+from worker.media.probe import FFMPEG, FFPROBE, MediaInfo, MediaLimits, ffmpeg_message
 from worker.media.process import BoundedProcess, run_bounded
 
 _SHOWINFO_FRAME = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
@@ -84,12 +97,21 @@ class FrameBatch:
 
 
 def media_input_args(info: MediaInfo) -> list[str]:
-    """Input options shared by every ffmpeg call on an upload (they must precede `-i`)."""
+    """Input options shared by every ffmpeg call on an upload (they must precede `-i`).
+
+    `-copyts` (a global option, harmless here) keeps the streams' own timestamps: each caller moves them to
+    the decode timeline by subtracting `info.origin_s` (see `MediaInfo`)."""
     return [
+        "-copyts",
         "-protocol_whitelist", "file,pipe",
         "-format_whitelist", FORMAT_WHITELIST,
         "-f", info.demuxer,
     ]  # fmt: skip
+
+
+def timeline_filter(info: MediaInfo) -> str:
+    """The audio filter that moves the stream's own timestamps to the decode timeline (0 = container start)."""
+    return f"asetpts=PTS-{info.origin_s:.6f}/TB"
 
 
 def input_url(info: MediaInfo) -> str:
@@ -105,12 +127,12 @@ class FrameReader:
     """Decode a probed video into RGB frame batches with per-frame timestamps.
 
     `size=(width, height)` scales every frame to that size (bilinear, aspect ratio not kept); None keeps
-    the display size. `fps` resamples to a constant rate with ffmpeg's `fps` filter; None yields every
-    decoded frame exactly once. `timeout_s` is the deadline of the whole decode (default:
-    `limits.decode_timeout(duration)`). The decode stops at the frame budget of `limits` (`max_duration_s`
-    worth of frames, see `frame_limit`), which is also what caps a file whose duration the probe did not
-    know; `max_frames` lowers that cap. `limits` defaults to `MediaLimits()`. `frames_read` counts the
-    frames yielded so far.
+    the display size. `fps` resamples to a constant rate with ffmpeg's `fps` filter (at least one frame);
+    None yields every decoded frame exactly once. `timeout_s` is the deadline of the whole decode (default:
+    `limits.decode_timeout(duration)`). More frames than `limits.max_output_frames(fps)`, or a frame more
+    than `limits.max_duration_s` after the first, raise `MediaError(too_long)`; `max_frames` stops the
+    decode quietly after that many frames (the caller asked for a prefix). `limits` defaults to
+    `MediaLimits()`. `frames_read` counts the frames yielded so far.
     """
 
     def __init__(
@@ -137,6 +159,7 @@ class FrameReader:
         self.max_frames = max_frames
         self.timeout_s = timeout_s if timeout_s is not None else self.limits.decode_timeout(info.duration_s)
         self.frames_read = 0
+        self._first_pts: float | None = None  # time of the first frame yielded, for the duration limit
         # State shared with the stderr thread, guarded by _cond.
         self._cond = threading.Condition()
         self._pts: deque[float] = deque()
@@ -149,16 +172,14 @@ class FrameReader:
 
     @property
     def frame_limit(self) -> int:
-        """How many frames this reader will yield at most: `max_duration_s` worth of frames at the output
-        rate (the requested fps; for a file of unknown duration its probed rate; else `max_fps`), lowered
-        further by `max_frames`. An explicit `max_frames` can only lower the cap, never lift it."""
-        if self.fps is not None:
-            budget = math.ceil(self.limits.max_duration_s * self.fps) + 1
-        elif self.info.duration_s is None and 0 < self.info.fps <= self.limits.max_fps:
-            budget = math.ceil(self.limits.max_duration_s * self.info.fps) + 1
-        else:
-            budget = self.limits.max_frames
+        """How many frames this reader yields at most: the limits' budget, lowered by `max_frames`."""
+        budget = self.limits.max_output_frames(self.fps)
         return budget if self.max_frames is None else min(budget, self.max_frames)
+
+    @property
+    def _limit_is_the_budget(self) -> bool:
+        """True when `frame_limit` is the limits' budget (passing it is `too_long`), not a caller's prefix."""
+        return self.max_frames is None or self.max_frames > self.limits.max_output_frames(self.fps)
 
     @property
     def frame_bytes(self) -> int:
@@ -168,7 +189,7 @@ class FrameReader:
         """The -vf chain: resample rate, scale (+ convert to RGB), rotate, log timestamps."""
         filters: list[str] = []
         if self.fps is not None:
-            filters.append(f"fps={self.fps:.12g}")
+            filters.append(f"fps={self.fps:.12g}:eof_action=pass")
         rotation = self.info.rotation % 360
         stored_w, stored_h = (self.height, self.width) if rotation in (90, 270) else (self.width, self.height)
         filters.append(f"scale={stored_w}:{stored_h}:flags=bilinear")
@@ -176,6 +197,9 @@ class FrameReader:
         filters.extend(_rotation_filters(rotation))
         # checksum=0: the per-plane checksums and mean/stdev cost ~7 ms per 1080p frame and we only need pts
         filters.append("showinfo=checksum=0")
+        # The real times are logged; from here on frame n is at n s, so no two frames can ever share a
+        # timestamp in the raw pipe (see the module docstring: VFR).
+        filters.extend(["settb=1", "setpts=N"])
         return ",".join(filters)
 
     def command(self) -> list[str]:
@@ -194,8 +218,9 @@ class FrameReader:
             "-map", f"0:{self.info.video_stream_index}",
             "-an", "-sn", "-dn",
             "-vf", self.filter_chain(),
-            "-fps_mode", "passthrough",
-            "-frames:v", str(self.frame_limit),
+            "-fps_mode", "passthrough", "-enc_time_base:v", "1",
+            # one frame past the limits' budget: if it arrives, the file is too long (never cut silently)
+            "-frames:v", str(self.frame_limit + (1 if self._limit_is_the_budget else 0)),
             "-f", "rawvideo", "-pix_fmt", "rgb24",
             "pipe:1",
         ]  # fmt: skip
@@ -207,9 +232,9 @@ class FrameReader:
             pts_text = match.group(2)
             with self._cond:
                 if pts_text != "NOPTS" and self._time_base > 0:
-                    pts_s = int(pts_text) * self._time_base
+                    pts_s = int(pts_text) * self._time_base - self.info.origin_s
                 elif pts_text != "NOPTS":
-                    pts_s = float(match.group(3))
+                    pts_s = float(match.group(3)) - self.info.origin_s
                 else:  # no timestamp at all: one nominal frame after the previous one
                     step = 1.0 / (self.fps or self.info.fps or 25.0)
                     pts_s = (self._last_pts + step) if self._last_pts is not None else 0.0
@@ -254,6 +279,17 @@ class FrameReader:
         reason = ffmpeg_message(detail, self.info.path, "ffmpeg failed without a message")
         return MediaError(ErrorCode.CORRUPT_MEDIA, f"{Path(self.info.path).name}: damaged video stream: {reason}")
 
+    def _too_long(self, what: str) -> MediaError:
+        return MediaError(ErrorCode.TOO_LONG, f"{Path(self.info.path).name}: the video holds {what}; the limit is "
+                                              f"{self.limits.max_duration_s:g} s at {self.limits.max_fps:g} frames/s")
+
+    def _check_duration(self, pts: list[float]) -> None:
+        """`too_long` when a frame lies more than `max_duration_s` after the first one."""
+        if self._first_pts is None and pts:
+            self._first_pts = pts[0]
+        if pts and self._first_pts is not None and max(pts) - self._first_pts > self.limits.max_duration_s + 1e-6:
+            raise self._too_long(f"a frame {max(pts) - self._first_pts:.1f} s after the first")
+
     def _take_pts(self, proc: BoundedProcess, count: int) -> list[float]:
         """Wait until the stderr thread has parsed `count` timestamps (they are logged before the frames
         are written, so they are in the pipe already) and take them."""
@@ -295,6 +331,7 @@ class FrameReader:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.frames_read = 0
+        self._first_pts = None
         with self._cond:
             self._pts.clear()
             self._time_base, self._last_pts, self._frames_announced = 0.0, None, 0
@@ -316,6 +353,10 @@ class FrameReader:
                     if len(frames) == 0:
                         break
                     pts = self._take_pts(proc, len(frames))
+                    self._check_duration(pts)
+                    if self.frames_read + len(frames) == limit and self._limit_is_the_budget \
+                            and len(self._read_frames(proc, 1)):
+                        raise self._too_long(f"more than {limit} frames")
                     batch = FrameBatch(frames=frames, pts_s=pts, start_index=self.frames_read)
                     self.frames_read += len(frames)
                     yield batch
@@ -364,8 +405,9 @@ def read_audio(
         max_seconds = limits.max_duration_s + 1.0
     deadline = timeout_s if timeout_s is not None else limits.decode_timeout(info.duration_s)
     audio_filter = (
-        "aresample=async=1:first_pts=0:rematrix_maxval=1.0,"
-        f"aformat=sample_fmts=flt:sample_rates={sample_rate}:channel_layouts=mono"
+        f"{timeline_filter(info)},aresample=async=1:first_pts=0:rematrix_maxval=1.0,"
+        f"aformat=sample_fmts=flt:sample_rates={sample_rate}:channel_layouts=mono,"
+        f"atrim=end={max_seconds:.6f}"
     )
     command = [
         FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-xerror",
@@ -374,7 +416,6 @@ def read_audio(
         "-map", f"0:{info.audio_stream_index}",
         "-vn", "-sn", "-dn",
         "-af", audio_filter,
-        "-t", f"{max_seconds:.6f}",
         "-f", "f32le",
         "pipe:1",
     ]  # fmt: skip
@@ -387,6 +428,8 @@ def read_audio(
         raise MediaError(ErrorCode.CORRUPT_MEDIA, f"{name}: damaged audio stream: {reason}")
     usable = len(result.stdout) - len(result.stdout) % 4
     samples = np.frombuffer(result.stdout[:usable], dtype="<f4").astype(np.float32)
+    if samples.size == 0:  # packets that decode to nothing: as good as no track (never silence without a word)
+        raise MediaError(ErrorCode.NO_AUDIO_TRACK, f"{name}: the audio track yields no sound")
     return np.clip(samples, -1.0, 1.0)
 
 

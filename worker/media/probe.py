@@ -2,29 +2,27 @@
 
 Every upload is hostile input to a large C codebase. The rules, each measured on ffmpeg 5.1:
 
-* **Demuxer allow-list, enforced inside ffprobe.** `-protocol_whitelist file` is not enough: an HLS
-  playlist, an ffconcat list or a DASH manifest is a local file that makes the demuxer open *other*
-  local files (or wait forever on a FIFO). ffprobe therefore gets `-format_whitelist` with the demuxers
-  below; libavformat checks it right after probing and before the demuxer reads its header, so a
-  playlist is refused before anything it names is opened (tests prove it with a FIFO as the target).
-  Allowed (ffprobe `format_name` contains one of): `mov` (mp4/mov/m4a/3gp), `matroska` (mkv/webm),
-  `avi`, `mpegts` (.ts/.m2ts), `flv`. None of them follows references to other files: mov's external
-  data references are off by default (`enable_drefs=0`) and we never turn them on. Never allowed: hls,
-  concat, dash, sdp, image2, tty, lavfi, data and every other demuxer.
+* **Demuxer allow-list, enforced inside ffprobe** (`worker.media.containers`): `-format_whitelist` with the
+  demuxers of mainstream video containers that never open another file or URL, plus sound-only
+  containers (answered `no_video_stream`). A playlist, list or manifest is refused before anything it
+  names is opened (tests prove it with a FIFO as the target).
 * **not_media vs corrupt_media.** A file ffprobe cannot open is `corrupt_media` when its first bytes carry
-  the signature of a container we accept (`ftyp`/`moov`/`mdat`/... box, EBML, `RIFF....AVI `, MPEG-TS
-  sync bytes, `FLV`): it is the right kind of file, damaged (typically an interrupted upload). Anything else
-  ffprobe cannot open, and anything it opens with a demuxer outside the allow-list, is `not_media`.
-  So an .mp3 or .wav upload is `not_media` (not a container we accept), while an audio-only .m4a, which
-  is an accepted container without video, is `no_video_stream`.
-* **What counts as video.** A probe can exit 0 and list no streams; cover art (`attached_pic`) and
-  timed thumbnails are pictures, not video. Either way: `no_video_stream`.
-* **Duration.** The video stream's own duration, never the container's (which can include a large start
-  offset or a longer audio track). When no duration is known at all we do not refuse: the decoder caps the
-  frames instead (see `worker.media.decode`). The video's start offset from the container start is
-  reported as `start_time_s`; an offset longer than the duration limit is refused too, because audio has
-  to be padded with silence up to it.
-* **Deadline.** ffprobe runs under `run_bounded` with `MediaLimits.probe_timeout_s`: `media_timeout`.
+  the signature of a video container we accept (`containers.sniff_container`): the right kind of file,
+  damaged (typically an interrupted upload). Anything else ffprobe cannot open, and anything it opens with
+  a demuxer outside the allow-list, is `not_media`.
+* **Which streams.** Cover art (`attached_pic`) and timed thumbnails are pictures, not video. Among the
+  real video streams, and among the audio streams that hold at least one packet, the one marked
+  `default` is used (what every player plays), else the first. A probe that lists no video stream, an
+  audio-only container and a video stream without a single packet are `no_video_stream`; no audio stream
+  with packets is `no_audio_track`.
+* **Duration and frame count from the packets, not the headers** (`worker.media.packets`): one demux-only
+  pass over the file gives the video stream's own span (first frame's start to last frame's end) and its
+  packet count. Headers are absent in files written to a pipe (MediaRecorder), count a start offset as
+  duration in Matroska, and guess a frame rate for VFR files; the packets are what the decoder will see.
+  So a limit is decided before any frame is decoded, in every container: span over `max_duration_s`, more
+  than `max_duration_s × max_fps` frames, or a start offset over `max_duration_s` -> `too_long`.
+* **Deadline.** ffprobe runs under a SIGKILL deadline (`probe_timeout_s`, and `scan_timeout_s` for the
+  packet pass): `media_timeout`.
 
 This module is torch-free (the API process probes uploads) and imports nothing from `app`.
 """
@@ -40,19 +38,18 @@ from typing import Any
 
 from worker.contracts import ErrorCode
 from worker.errors import MediaError
+from worker.media.containers import (
+    ACCEPTED_DESCRIPTION,
+    FORMAT_WHITELIST,
+    demuxer_for,
+    is_audio_only,
+    sniff_container,
+)
+from worker.media.packets import scan_packets
 from worker.media.process import run_bounded
 
 FFPROBE = "ffprobe"
 FFMPEG = "ffmpeg"
-
-ALLOWED_DEMUXERS: tuple[str, ...] = ("mov", "matroska", "avi", "mpegts", "flv")
-"""Demuxers we open, by libavformat name; see the module docstring for why these and no others."""
-
-FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
-"""Value of `-format_whitelist` for every ffprobe/ffmpeg call on an upload."""
-
-_MOV_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")
-
 
 @dataclass(frozen=True)
 class MediaLimits:
@@ -60,19 +57,21 @@ class MediaLimits:
 
     The decode deadline grows with the video: `decode_timeout_base_s + decode_timeout_per_media_s ×
     duration` (a 10 s clip gets 160 s, the 600 s maximum gets 6060 s). `max_fps` bounds the total work:
-    a file may hold at most `max_duration_s × max_fps` frames, and a decoder that does not know the
-    duration stops there.
+    a file may hold at most `max_duration_s × max_fps` frames (`max_frames`), checked on the packets by
+    the probe and again on the decoded frames, where passing it is `too_long`, never a silent cut.
     """
 
     max_duration_s: float = 600.0
     max_pixels: int = 3840 * 2160
     probe_timeout_s: float = 15.0
+    scan_timeout_s: float = 60.0
     decode_timeout_base_s: float = 60.0
     decode_timeout_per_media_s: float = 10.0
     max_fps: float = 240.0
 
     def __post_init__(self) -> None:
-        for name in ("max_duration_s", "max_pixels", "probe_timeout_s", "decode_timeout_base_s", "max_fps"):
+        for name in ("max_duration_s", "max_pixels", "probe_timeout_s", "scan_timeout_s", "decode_timeout_base_s",
+                     "max_fps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MediaLimits.{name} must be positive, got {getattr(self, name)!r}")
         if self.decode_timeout_per_media_s < 0:
@@ -89,24 +88,42 @@ class MediaLimits:
         """The most frames one file may hold: `max_duration_s × max_fps`."""
         return math.ceil(self.max_duration_s * self.max_fps)
 
+    def max_output_frames(self, fps: float | None) -> int:
+        """The most frames one decode may yield: `max_frames`, or with resampling to `fps` frames/s,
+        `max_duration_s` worth of them (+1: the first frame sits at time 0)."""
+        if fps is None:
+            return self.max_frames
+        return math.ceil(self.max_duration_s * fps) + 1
+
 
 @dataclass(frozen=True)
 class MediaInfo:
     """What the probe found, in the terms the decoder and the API need.
 
-    * `width`/`height`: the DISPLAY size, i.e. after the rotation metadata is applied (swapped for 90/270).
-      `coded_width`/`coded_height` are the size the frames are stored at (before rotation).
+    * `width`/`height`: the DISPLAY size in stored pixels, i.e. after the rotation metadata is applied
+      (swapped for 90/270). `coded_width`/`coded_height` are the size the frames are stored at.
+      Masks have this size.
+    * `sample_aspect_ratio`: (num, den) width of a pixel over its height, in display orientation (1:1 for
+      square pixels; an anamorphic DVD frame of 720x576 shown at 16:9 has 64:45). A player shows the video
+      at `display_aspect_ratio` = width × num / (height × den).
     * `rotation`: clockwise degrees (0/90/180/270) a player turns the stored frame to display it; the same
       sense as the legacy `rotate` tag (an upright phone video is 90). Angles are rounded to a right angle;
       mirroring in a display matrix is ignored.
-    * `fps`: the average frame rate (for VFR files, frames / duration); 0.0 when ffprobe knows none.
-    * `duration_s`: the video stream's duration, None when unknown. `start_time_s`: when the video stream
-      starts on the decode timeline, which is 0 at the container start (frame timestamps and audio samples
-      from `worker.media.decode` use that timeline).
-    * `num_frames`: the container's frame count, else round(duration × fps), else None. An estimate: the
-      decoder's count is the truth.
-    * `video_stream_index`/`audio_stream_index`: absolute stream indexes, so the decoder reads exactly the
-      streams that were probed (not, say, a cover-art picture listed first).
+    * `duration_s`: the video stream's own span from its packets (first frame's start to last frame's
+      end), None only when no packet carries a timestamp. `start_time_s`: when the video stream starts
+      on the decode timeline, which is 0 at the container start (frame timestamps and audio samples from
+      `worker.media.decode` use that timeline).
+    * `num_frames`: the video stream's packet count (one packet is one frame in every container we
+      accept; the decoder's count is the truth). `fps`: num_frames / duration_s, the true average rate
+      (for a VFR file the header's rate is a guess); else the header's rate; 0.0 when unknown.
+    * `origin_s`: the container start in the streams' own timestamps: the zero of the decode timeline.
+      The decoder and the audio reader run ffmpeg with `-copyts` and subtract it themselves, because
+      ffmpeg's own shift is per process and, for MPEG-TS/PS (formats with timestamp discontinuities),
+      follows the first packet of whichever stream the process reads: audio that starts 1 s after the
+      video would otherwise be moved to 0 and heard 1 s early.
+    * `video_stream_index`/`audio_stream_index`: absolute stream indexes of the streams in use, so the
+      decoder reads exactly the streams that were probed. `audio_tracks`: how many audio streams with
+      packets the file has; `audio_language`: the used track's language tag, if any.
     """
 
     path: str
@@ -128,10 +145,49 @@ class MediaInfo:
     audio_channels: int | None
     video_stream_index: int = 0
     audio_stream_index: int | None = None
+    audio_tracks: int = 0
+    audio_language: str | None = None
+    sample_aspect_ratio: tuple[int, int] = (1, 1)
+    origin_s: float = 0.0
+
+    @property
+    def display_aspect_ratio(self) -> float:
+        """Width over height of the picture as a player shows it (pixel aspect applied)."""
+        num, den = self.sample_aspect_ratio
+        return self.width * num / (self.height * den)
+
+    def expected_frames(self, fps: float | None = None) -> int | None:
+        """How many frames a decode yields: every frame (`num_frames`), or, resampled to `fps` frames/s,
+        one per 1/fps seconds of the span, at least the first (see `worker.media.decode`). An estimate
+        for progress; None when unknown."""
+        if fps is None:
+            return self.num_frames
+        if self.duration_s is None:
+            return None
+        return max(1, math.ceil(self.duration_s * fps - 1e-6))
+
+    def summary(self) -> dict[str, Any]:
+        """The public description of the video (a job's `video`): size, rate, duration, geometry, the
+        container, and which audio track is heard. No server-side path."""
+        return {
+            "width": self.width, "height": self.height, "fps": self.fps, "duration_s": self.duration_s,
+            "frames": self.num_frames, "start_time_s": self.start_time_s, "rotation": self.rotation,
+            "sample_aspect_ratio": list(self.sample_aspect_ratio),
+            "display_aspect_ratio": round(self.display_aspect_ratio, 6),
+            "container": self.demuxer, "video_codec": self.video_codec, "video_stream_index": self.video_stream_index,
+            "audio": None if self.audio_stream_index is None else {
+                "stream_index": self.audio_stream_index, "codec": self.audio_codec,
+                "sample_rate": self.audio_sample_rate, "channels": self.audio_channels,
+                "language": self.audio_language, "tracks": self.audio_tracks,
+            },
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of every field (job records, `--json` output)."""
-        return asdict(self)
+        """A JSON-serialisable dict of every field (`avs segment --json` output)."""
+        data = asdict(self)
+        data["sample_aspect_ratio"] = list(self.sample_aspect_ratio)
+        data["display_aspect_ratio"] = round(self.display_aspect_ratio, 6)
+        return data
 
 
 # ------------------------------------------------------------------------------- parsing helpers
@@ -185,40 +241,6 @@ def _tag(stream: dict[str, Any], name: str) -> Any:
     for key, value in tags.items():
         if isinstance(key, str) and key.lower() == name.lower():
             return value
-    return None
-
-
-def demuxer_for(format_name: str) -> str | None:
-    """The allowed demuxer to force with `-f` for ffprobe's `format_name`, or None if none is allowed."""
-    for name in format_name.split(","):
-        if name.strip() in ALLOWED_DEMUXERS:
-            return name.strip()
-    return None
-
-
-def sniff_container(path: str | Path) -> str | None:
-    """Guess the allowed container from the file's first bytes (its magic), without ffmpeg.
-
-    Used only to classify files ffprobe cannot open: a recognised signature means "right kind of file,
-    damaged" (corrupt_media), anything else "not a video we accept" (not_media).
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None
-    if len(head) >= 8 and head[4:8] in _MOV_BOXES:
-        return "mov"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "matroska"
-    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX", b"AVI\x19"):
-        return "avi"
-    if head[:3] == b"FLV":
-        return "flv"
-    if len(head) >= 377 and head[0] == head[188] == head[376] == 0x47:
-        return "mpegts"
-    if len(head) >= 389 and head[4] == head[196] == head[388] == 0x47:  # M2TS: 4-byte prefix per packet
-        return "mpegts"
     return None
 
 
@@ -324,7 +346,7 @@ def probe_media(
         detected = _refused_format(result.stderr) or "unknown"
         raise MediaError(
             ErrorCode.NOT_MEDIA,
-            f"{path.name}: format {detected!r} is not accepted (allowed: mp4/mov, mkv/webm, avi, mpeg-ts, flv)",
+            f"{path.name}: format {detected!r} is not accepted (accepted: {ACCEPTED_DESCRIPTION})",
         )
     data: dict[str, Any] = {}
     if result.returncode == 0:
@@ -348,6 +370,38 @@ def probe_media(
     return _media_info(path, fmt, format_name, demuxer, streams, limits, require_audio)
 
 
+def _pick(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The stream a player would use: the first one marked default, else the first one."""
+    for stream in streams:
+        disposition = stream.get("disposition")
+        if isinstance(disposition, dict) and disposition.get("default"):
+            return stream
+    return streams[0] if streams else None
+
+
+def _sample_aspect(stream: dict[str, Any], rotation: int) -> tuple[int, int]:
+    """ffprobe's "64:45" as (64, 45), turned with the picture for 90/270; (1, 1) when unknown or 0:1."""
+    num, _, den = str(stream.get("sample_aspect_ratio") or "").partition(":")
+    sar = (_int(num) or 0, _int(den) or 0)
+    if sar[0] <= 0 or sar[1] <= 0:
+        return (1, 1)
+    divisor = math.gcd(*sar)
+    sar = (sar[0] // divisor, sar[1] // divisor)
+    return (sar[1], sar[0]) if rotation in (90, 270) else sar
+
+
+def _header_duration(video: dict[str, Any], fmt: dict[str, Any], start_time_s: float) -> float | None:
+    """The headers' idea of the video's duration: only used when no packet carries a timestamp."""
+    duration_s = _float(video.get("duration"))
+    if duration_s is None:
+        duration_s = _hms(_tag(video, "DURATION"))
+    if duration_s is None:
+        container_duration = _float(fmt.get("duration"))
+        if container_duration is not None:
+            duration_s = container_duration - start_time_s
+    return duration_s if duration_s is not None and duration_s > 0 else None
+
+
 def _media_info(
     path: Path,
     fmt: dict[str, Any],
@@ -358,13 +412,13 @@ def _media_info(
     require_audio: bool,
 ) -> MediaInfo:
     videos = [s for s in streams if s.get("codec_type") == "video" and not _is_picture(s)]
-    audios = [s for s in streams if s.get("codec_type") == "audio"]
-    if not videos:
+    if is_audio_only(demuxer) or not videos:
         pictures = " (only cover art)" if any(s.get("codec_type") == "video" for s in streams) else ""
         raise MediaError(ErrorCode.NO_VIDEO_STREAM, f"{path.name}: no video stream{pictures}")
-    video = videos[0]
-    audio = audios[0] if audios else None
-    if audio is None and require_audio:
+    video = _pick(videos)
+    assert video is not None
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    if not audios and require_audio:
         raise MediaError(ErrorCode.NO_AUDIO_TRACK, f"{path.name}: no audio track (the model needs sound)")
 
     coded_width, coded_height = _int(video.get("width")) or 0, _int(video.get("height")) or 0
@@ -381,28 +435,41 @@ def _media_info(
             f"{path.name}: {width}x{height} = {width * height} pixels per frame, the limit is {limits.max_pixels}",
         )
 
+    # What the streams really hold: one demux-only pass (worker.media.packets).
+    video_index = _int(video.get("index")) or 0
+    scan = scan_packets(path, demuxer=demuxer, format_whitelist=FORMAT_WHITELIST, watch=video_index,
+                        max_packets=limits.max_frames, timeout_s=limits.scan_timeout_s)
+    if scan.timed_out:
+        raise MediaError(ErrorCode.MEDIA_TIMEOUT,
+                         f"{path.name}: reading the packets did not finish within {limits.scan_timeout_s:g} s")
+    if scan.stopped_early:
+        raise MediaError(ErrorCode.TOO_LONG, f"{path.name}: more than {limits.max_frames} frames, the limit is "
+                                             f"{limits.max_duration_s:g} s at {limits.max_fps:g} frames/s")
+    video_packets = scan.packets(video_index)
+    if video_packets.count == 0:
+        raise MediaError(ErrorCode.NO_VIDEO_STREAM, f"{path.name}: the video stream holds no frame")
+    # A track without a single packet is no track: a player plays nothing from it, and neither do we.
+    audio = _pick([s for s in audios if scan.packets(_int(s.get("index")) or 0).count > 0])
+    if audio is None and require_audio:
+        raise MediaError(ErrorCode.NO_AUDIO_TRACK,
+                         f"{path.name}: no audio track with sound in it ({len(audios)} empty; the model needs sound)")
+
     # Timeline: ffmpeg puts 0 at the container start (its start_time, else the earliest stream start).
     stream_starts = [t for t in (_float(s.get("start_time")) for s in streams) if t is not None]
     container_start = _float(fmt.get("start_time"))
     if container_start is None:
         container_start = min(stream_starts, default=0.0)
-    video_start = _float(video.get("start_time"))
+    video_start = video_packets.first_s
+    if video_start is None:
+        video_start = _float(video.get("start_time"))
     start_time_s = max(0.0, video_start - container_start) if video_start is not None else 0.0
 
-    duration_s = _float(video.get("duration"))
+    num_frames = video_packets.count
+    duration_s = video_packets.span_s()
     if duration_s is None:
-        duration_s = _hms(_tag(video, "DURATION"))
-    if duration_s is None:
-        container_duration = _float(fmt.get("duration"))
-        if container_duration is not None:
-            duration_s = container_duration - start_time_s
-    if duration_s is not None and duration_s <= 0:
-        duration_s = None
-
-    fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) or 0.0
-    num_frames = _int(video.get("nb_frames"))
-    if num_frames is None or num_frames <= 0:
-        num_frames = round(duration_s * fps) if duration_s is not None and fps > 0 else None
+        duration_s = _header_duration(video, fmt, start_time_s)
+    header_fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) or 0.0
+    fps = num_frames / duration_s if duration_s is not None and num_frames > 1 else header_fps
 
     if duration_s is not None and duration_s > limits.max_duration_s:
         raise MediaError(
@@ -415,13 +482,8 @@ def _media_info(
             f"{path.name}: the video starts {start_time_s:.1f} s into the file, the limit is "
             f"{limits.max_duration_s:g} s",
         )
-    if num_frames is not None and num_frames > limits.max_frames:
-        raise MediaError(
-            ErrorCode.TOO_LONG,
-            f"{path.name}: {num_frames} frames, the limit is {limits.max_frames} "
-            f"({limits.max_duration_s:g} s at {limits.max_fps:g} frames/s)",
-        )
 
+    language = _tag(audio, "language") if audio is not None else None
     return MediaInfo(
         path=str(path.resolve()),
         format_name=format_name,
@@ -431,15 +493,19 @@ def _media_info(
         coded_width=coded_width,
         coded_height=coded_height,
         rotation=rotation,
-        fps=fps,
-        duration_s=duration_s,
-        start_time_s=start_time_s,
+        fps=round(fps, 6),
+        duration_s=round(duration_s, 6) if duration_s is not None else None,
+        start_time_s=round(start_time_s, 6),
         num_frames=num_frames,
         video_codec=video_codec,
         has_audio=audio is not None,
         audio_codec=(audio.get("codec_name") or None) if audio is not None else None,
         audio_sample_rate=_int(audio.get("sample_rate")) if audio is not None else None,
         audio_channels=_int(audio.get("channels")) if audio is not None else None,
-        video_stream_index=_int(video.get("index")) or 0,
+        video_stream_index=video_index,
         audio_stream_index=_int(audio.get("index")) if audio is not None else None,
+        audio_tracks=sum(1 for s in audios if scan.packets(_int(s.get("index")) or 0).count > 0),
+        audio_language=str(language) if isinstance(language, str) and language not in ("", "und") else None,
+        sample_aspect_ratio=_sample_aspect(video, rotation),
+        origin_s=container_start,
     )
