@@ -29,6 +29,22 @@ class ApiError(RuntimeError):
         self.status, self.code = status, error.get("code")
 
 
+class IncompleteStream(RuntimeError):
+    """A mask stream that did not end with a successful end line: the job failed or was cancelled (`end` is
+    its end line), or the connection was cut before the end (`end` is None; resume with `from_frame`)."""
+
+    def __init__(self, job_id: str, end: dict[str, Any] | None, received: int) -> None:
+        if end is None:
+            message = f"job {job_id}: the mask stream was cut after {received} frames (no end line)"
+        else:
+            error = end.get("error") or {}
+            message = (f"job {job_id} {end.get('status')} after {end.get('frames')} frames"
+                       + (f" [{error.get('code')}]: {error.get('message')}" if error else ""))
+        super().__init__(message)
+        self.end, self.received = end, received
+        self.code = (end.get("error") or {}).get("code") if end else None
+
+
 class Client:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -67,11 +83,24 @@ class Client:
             return json.loads(response.read())
 
     def stream_masks(self, job_id: str, *, from_frame: int = 0) -> Iterator[dict[str, Any]]:
-        """GET /jobs/{id}/masks: yields one record per frame as the worker writes them, until the job ends."""
+        """GET /jobs/{id}/masks: yields one record per frame as the worker writes them, until the job ends.
+
+        Returns normally only when the stream's end line says the job succeeded and every frame from
+        `from_frame` on arrived; otherwise raises `IncompleteStream` after yielding what did arrive."""
+        end: dict[str, Any] | None = None
+        received = 0
         with self._request("GET", f"/jobs/{job_id}/masks?from_frame={from_frame}", timeout=3600) as response:
             for line in response:
-                if line.strip():
-                    yield json.loads(line)
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if record.get("end") is True:
+                    end = record
+                    break
+                received += 1
+                yield record
+        if end is None or end.get("status") != "succeeded" or received != max(0, end["frames"] - from_frame):
+            raise IncompleteStream(job_id, end, received)
 
     def download(self, path: str, out: Path) -> Path:
         with self._request("GET", path) as response:

@@ -8,6 +8,7 @@ single source of truth that the API and the workers share; every read-modify-wri
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -28,13 +29,13 @@ from app.uploads import FORM_OVERHEAD_BYTES, invalid, receive_upload, too_large
 from worker.contracts import JobStatus, ServiceErrorCode
 from worker.errors import MediaError
 from worker.jobstore import RECORD, JobNotFound, JobStore, new_job_id
-from worker.media.probe import MediaInfo, MediaLimits, probe_media
+from worker.media.probe import MediaLimits, probe_media
 from worker.settings import ServiceSettings
 
 log = logging.getLogger("avs.api")
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_FPS = 240.0  # MediaLimits.max_fps: the most frames per second a job may ask for
+MAX_FPS = MediaLimits().max_fps  # the most frames per second a job may ask for
 FORM_FIELDS = frozenset({"fps", "threshold", "overlay"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -140,12 +141,6 @@ def _reject(code: str) -> None:
     metrics.JOBS_REJECTED.labels(str(code)).inc()
 
 
-def _frames_estimate(info: MediaInfo, fps: float | None) -> int | None:
-    if fps is not None and info.duration_s is not None:
-        return max(1, round(info.duration_s * fps))
-    return info.num_frames
-
-
 async def submit(request: Request, settings: ServiceSettings, store: JobStore, send_task: TaskSender) -> dict[str, Any]:
     """POST /segment: cap check, backlog check, streamed upload, probe, record, queue. Returns the 202 body.
 
@@ -194,10 +189,9 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
         # 5. The record, then the message (ids only).
         record = {
             "options": options,
-            "video": {"width": info.width, "height": info.height, "fps": info.fps, "duration_s": info.duration_s,
-                      "frames": info.num_frames},
+            "video": info.summary(),
             "upload": {"filename": upload.filename, "bytes": upload.bytes, "path": upload.path.name},
-            "progress": {"frames_done": 0, "frames_total": _frames_estimate(info, options["fps"])},
+            "progress": {"frames_done": 0, "frames_total": info.expected_frames(options["fps"])},
             "deleted": False,
         }
         await anyio.to_thread.run_sync(store.create, job_id, record)
@@ -311,15 +305,31 @@ def _frame_index(line: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def end_line(record: dict[str, Any]) -> bytes:
+    """The last line of every complete mask stream: `{"end": true, "status", "frames", "error", "deleted"}`.
+
+    `frames` is how many frame lines the job's result holds (frame_index 0 .. frames-1): all of them when
+    `status` is "succeeded", those written before the failure when "failed" (kept, readable), those written
+    before the cancel when "cancelled". `deleted`: the client deleted the job, its frame lines are gone. A
+    stream that ends without this line was cut (the connection, the server): resume with `from_frame`.
+    Frame readers recognise frame lines by `frame_index` and skip this one.
+    """
+    view = job_view(record)
+    end = {"end": True, "status": view["status"], "frames": view["progress"]["frames_done"],
+           "error": view["error"], "deleted": view["deleted"]}
+    return json.dumps(end, separators=(",", ":")).encode() + b"\n"
+
+
 async def follow_masks(request: Request, store: JobStore, job_id: str, from_frame: int,
                        poll_s: float = MASKS_POLL_S) -> AsyncIterator[bytes]:
-    """The complete lines of `masks.ndjson` with frame_index >= from_frame, following a live job.
+    """The complete lines of `masks.ndjson` with frame_index >= from_frame, following a live job, then the
+    end line (`end_line`) once the job has finished.
 
     Polls the record and the file every `poll_s` while the job is queued or running; ends when the job
-    is finished and the file is exhausted, when the record disappears, or when the client goes away.
-    A partial last line is held back until its newline arrives (and never sent if it never does).
-    Frames are sent at most once, in increasing order: if the worker rewrites the file (a redelivered
-    job), already-sent frames are skipped.
+    is finished and the file is exhausted (with the end line), or without the end line when the record
+    disappears or the client goes away. A partial last line is held back until its newline arrives (and
+    never sent if it never does). Frames are sent at most once, in increasing order: if the worker rewrites
+    the file (a redelivered job), already-sent frames are skipped.
     """
     offset = 0
     last_sent = -1
@@ -327,7 +337,7 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
         record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset)
         if record is None:
             return
-        if size < offset:  # the file was rewritten shorter: read it again, skip what was sent
+        if size < offset:  # the file was rewritten shorter (or removed): read it again, skip what was sent
             offset = 0
             continue
         if data:
@@ -346,15 +356,11 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
                 yield b"\n".join(out) + b"\n"
             continue
         if JobStatus(record["status"]).finished:
+            yield end_line(record)
             return
         if await request.is_disconnected():
             return
         await asyncio.sleep(poll_s)
-
-
-def masks_available(record: dict[str, Any]) -> None:
-    if record.get("deleted") and JobStatus(record["status"]).finished:
-        raise not_found(f"job {record['job_id']!r} was deleted; its masks are gone")
 
 
 # ------------------------------------------------------------------------------------- overlay

@@ -34,12 +34,32 @@ class Progress(BaseModel):
     frames_total: int | None
 
 
+class AudioTrack(BaseModel):
+    stream_index: int = Field(description="the container's stream index of the track that is heard")
+    codec: str | None
+    sample_rate: int | None
+    channels: int | None
+    language: str | None
+    tracks: int = Field(description="audio tracks with sound in the file; the default-disposition one is used, "
+                                    "else the first")
+
+
 class VideoInfo(BaseModel):
-    width: int
+    """The probed video. Fields after `frames` are None in records written before they existed."""
+
+    width: int = Field(description="stored width in pixels, upright (rotation applied); masks have this size")
     height: int
-    fps: float
-    duration_s: float | None
-    frames: int | None
+    fps: float = Field(description="average frame rate: frames / duration (variable rates included)")
+    duration_s: float | None = Field(description="the video stream's own span, from its packets")
+    frames: int | None = Field(description="frames in the video stream (packets); the decoder's count is final")
+    start_time_s: float | None = Field(None, description="when the first frame is shown, from the container start")
+    rotation: int | None = Field(None, description="clockwise degrees the source's metadata turns the stored frame")
+    sample_aspect_ratio: list[int] | None = Field(None, description="[num, den]: pixel width over height")
+    display_aspect_ratio: float | None = None
+    container: str | None = Field(None, description="the demuxer (mov, matroska, mpegts, ...)")
+    video_codec: str | None = None
+    video_stream_index: int | None = None
+    audio: AudioTrack | None = Field(None, description="the audio track that is heard")
 
 
 class JobOptions(BaseModel):

@@ -36,6 +36,7 @@ from starlette.requests import Request
 
 from app.errors import ApiError
 from worker.contracts import ServiceErrorCode
+from worker.media.containers import FILE_EXTENSIONS
 
 FILE_FIELD = "file"
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -43,8 +44,7 @@ MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16
 FLUSH_BYTES = 1 << 20
 
-ALLOWED_EXTENSIONS = frozenset({".mp4", ".m4v", ".m4a", ".mov", ".3gp", ".mkv", ".webm", ".avi", ".ts", ".m2ts",
-                                ".mts", ".flv"})
+ALLOWED_EXTENSIONS = FILE_EXTENSIONS
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -128,9 +128,14 @@ def _finish_failed(store: JobStore, job_id: str, code: str, message: str) -> dic
     from worker import metrics
 
     finished = time.time()
+    kept = complete_lines(store.masks_path(job_id))  # exactly the frame lines a reader will get
     record = store.update(job_id, lambda r: r.update(
-        status=JobStatus.FAILED.value, finished_at=finished, error={"code": code, "message": message}))
-    store.remove_files(job_id)  # no half-written result is ever served as if complete
+        status=JobStatus.FAILED.value, finished_at=finished, error={"code": code, "message": message},
+        progress={**(r.get("progress") or {}), "frames_done": kept}))
+    # The frames written before the failure stay readable: the mask stream's end line says "failed" and how
+    # many frames there are, so they are never taken for a complete result. The upload and any partial
+    # overlay go.
+    store.remove_files(job_id, keep=(store.masks_path(job_id).name,))
     metrics.JOB_SECONDS.observe(finished - record["created_at"])
     metrics.JOBS_FINISHED.labels(status="failed").inc()
     metrics.JOBS_FAILED.labels(code=code).inc()

@@ -108,8 +108,9 @@ class JobStore:
         return counts
 
     # ------------------------------------------------------------------------------------ files
-    def remove_files(self, job_id: str, *, keep_record: bool = True) -> None:
-        """Delete the job's media and results; keep `job.json` (a tombstone that says what happened)."""
+    def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
+        """Delete the job's media and results; keep `job.json` (a tombstone that says what happened) and the
+        files named in `keep` (a failed job keeps the mask lines it wrote)."""
         directory = self.job_dir(job_id)
         if not directory.exists():
             return
@@ -117,7 +118,7 @@ class JobStore:
             shutil.rmtree(directory, ignore_errors=True)
             return
         for entry in directory.iterdir():
-            if entry.name not in (RECORD, "job.lock"):
+            if entry.name not in (RECORD, "job.lock", *keep):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

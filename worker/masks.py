@@ -10,6 +10,11 @@ ASCII string, the compressed form every COCO tool reads):
 In the semantic form `counts` is the union of the non-background classes, so a client that only wants
 "where is the sound" reads both forms the same way; `segments` has one RLE per class present
 (background, id 0, is the complement and is left out).
+
+The service's mask stream (`GET /jobs/{id}/masks`) ends with one more line once the job has finished,
+`{"end": true, "status": ..., "frames": ..., "error": ..., "deleted": ...}` (see `app.jobs.end_line`).
+Frame lines are the ones with a `frame_index`; readers here skip every other line, so a saved stream
+reads like a file.
 """
 
 from __future__ import annotations
@@ -103,11 +108,17 @@ class MaskWriter:
             self._file = None
 
 
+def is_frame_record(record: Any) -> bool:
+    """True for a frame line (it has a `frame_index`), False for the stream's end line or anything else."""
+    return isinstance(record, dict) and isinstance(record.get("frame_index"), int)
+
+
 def read_mask_lines(path: Path, *, from_frame: int = 0) -> Iterator[dict[str, Any]]:
-    """Stream the records of a masks.ndjson file (one at a time: never the whole file in memory)."""
+    """Stream the frame records of a masks.ndjson file (one at a time: never the whole file in memory);
+    other lines (a saved stream's end line) are skipped."""
     with path.open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 record = json.loads(line)
-                if record["frame_index"] >= from_frame:
+                if is_frame_record(record) and record["frame_index"] >= from_frame:
                     yield record

@@ -26,13 +26,15 @@ def get_job(job_id: str, request: Request, store: StoreDep) -> dict[str, Any]:
 
 @router.get("/{job_id}/masks", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}},
-                             "description": "one line per frame: {frame_index, pts_s, size:[h,w], counts}"}},
+                             "description": "one line per frame: {frame_index, pts_s, size:[h,w], counts}, then "
+                                            "one end line {end: true, status, frames, error, deleted} once the "
+                                            "job has finished; a stream without it was cut (resume with "
+                                            "from_frame)"}},
             summary="Per-frame masks (COCO RLE) as NDJSON; follows a running job until it ends")
 async def get_masks(job_id: str, request: Request, store: StoreDep,
                     from_frame: Annotated[int, Query(ge=0, description="skip frames before this index")] = 0,
                     ) -> StreamingResponse:
-    record = await anyio.to_thread.run_sync(jobs.get_record, store, job_id)
-    jobs.masks_available(record)
+    await anyio.to_thread.run_sync(jobs.get_record, store, job_id)  # 404 for unknown ids, before streaming
     return StreamingResponse(jobs.follow_masks(request, store, job_id, from_frame),
                              media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

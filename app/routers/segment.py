@@ -13,6 +13,7 @@ from app.deps import SettingsDep, StoreDep, TaskSenderDep
 from app.errors import ApiError
 from app.schemas import ErrorBody, SubmitResponse
 from worker.contracts import ServiceErrorCode
+from worker.media.containers import ACCEPTED_DESCRIPTION
 
 router = APIRouter(tags=["jobs"])
 
@@ -24,9 +25,10 @@ _FORM_SCHEMA: dict[str, Any] = {
             "required": ["file"],
             "properties": {
                 "file": {"type": "string", "format": "binary",
-                         "description": "the video (mp4/mov, mkv/webm, avi, mpeg-ts, flv) with an audio track"},
+                         "description": f"the video ({ACCEPTED_DESCRIPTION}) with an audio track"},
                 "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": jobs.MAX_FPS,
-                        "description": "resample to this frame rate first (default: every frame)"},
+                        "description": "resample to this frame rate first (default: every frame); "
+                                       "the first frame is always kept, so any rate gives at least one"},
                 "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
                               "description": "binary masks: sigmoid threshold (default: the model's)"},
                 "overlay": {"type": "boolean", "default": False,

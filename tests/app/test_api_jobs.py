@@ -28,6 +28,18 @@ def _ndjson(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def _frames_and_end(text: str) -> tuple[list[int], dict]:
+    """(frame indexes, the end line) of a complete mask stream; the end line must come last, once."""
+    *frames, end = _ndjson(text)
+    assert end.pop("end") is True
+    assert all("end" not in r for r in frames)
+    return [r["frame_index"] for r in frames], end
+
+
+def _end(status: str, frames: int, *, error: dict | None = None, deleted: bool = False) -> dict:
+    return {"status": status, "frames": frames, "error": error, "deleted": deleted}
+
+
 def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[str, Path]) -> None:
     with open(media["ok"], "rb") as fh:
         job_id = client.post("/segment", files={"file": ("ok.mp4", fh)}, data={"overlay": "1"}).json()["job_id"]
@@ -37,7 +49,13 @@ def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[s
     assert set(view) == VIEW_KEYS
     assert view["status"] == "queued"
     assert view["progress"] == {"frames_done": 0, "frames_total": 25}
-    assert set(view["video"]) == {"width", "height", "fps", "duration_s", "frames"}
+    assert set(view["video"]) == {"width", "height", "fps", "duration_s", "frames", "start_time_s", "rotation",
+                                  "sample_aspect_ratio", "display_aspect_ratio", "container", "video_codec",
+                                  "video_stream_index", "audio"}
+    assert (view["video"]["frames"], view["video"]["container"], view["video"]["sample_aspect_ratio"]) == (
+        25, "mov", [1, 1])
+    assert view["video"]["audio"] == {"stream_index": 1, "codec": "aac", "sample_rate": 44100, "channels": 1,
+                                      "language": None, "tracks": 1}
     assert view["error"] is None
     assert view["started_at"] is None
     assert view["finished_at"] is None
@@ -82,26 +100,31 @@ def test_validation_errors_are_invalid_request(client: TestClient, store: JobSto
 
 
 def test_masks_of_a_finished_job(client: TestClient, store: JobStore) -> None:
-    job_id = add_job(store, JobStatus.SUCCEEDED)
+    job_id = add_job(store, JobStatus.SUCCEEDED, progress={"frames_done": 6, "frames_total": 6})
     store.masks_path(job_id).write_bytes(b"".join(mask_line(i) for i in range(6)))
     response = client.get(f"/jobs/{job_id}/masks")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-ndjson"
-    assert [r["frame_index"] for r in _ndjson(response.text)] == [0, 1, 2, 3, 4, 5]
+    assert _frames_and_end(response.text) == ([0, 1, 2, 3, 4, 5], _end("succeeded", 6))
     response = client.get(f"/jobs/{job_id}/masks", params={"from_frame": 4})
-    assert [r["frame_index"] for r in _ndjson(response.text)] == [4, 5]
-    assert client.get(f"/jobs/{job_id}/masks", params={"from_frame": 99}).text == ""
+    assert _frames_and_end(response.text) == ([4, 5], _end("succeeded", 6))
+    response = client.get(f"/jobs/{job_id}/masks", params={"from_frame": 99})
+    assert _frames_and_end(response.text) == ([], _end("succeeded", 6))
 
 
-def test_masks_of_a_failed_job_end_without_the_partial_line(client: TestClient, store: JobStore) -> None:
-    job_id = add_job(store, JobStatus.FAILED)
-    store.masks_path(job_id).write_bytes(mask_line(0) + mask_line(1) + mask_line(2)[:20])
+def test_masks_of_a_failed_job_are_what_was_kept_and_say_so(client: TestClient, store: JobStore) -> None:
+    error = {"code": "corrupt_media", "message": "broken at frame 2"}
+    job_id = add_job(store, JobStatus.FAILED, error=error, progress={"frames_done": 2, "frames_total": 25})
+    store.masks_path(job_id).write_bytes(mask_line(0) + mask_line(1) + mask_line(2)[:20])  # a torn line: not sent
     response = client.get(f"/jobs/{job_id}/masks")
-    assert response.text == (mask_line(0) + mask_line(1)).decode()
+    assert response.status_code == 200
+    assert response.text.startswith((mask_line(0) + mask_line(1)).decode())
+    assert _frames_and_end(response.text) == ([0, 1], _end("failed", 2, error=error))
 
 
-def test_masks_of_a_job_without_masks_file(client: TestClient, store: JobStore) -> None:
-    assert client.get(f"/jobs/{add_job(store, JobStatus.CANCELLED)}/masks").text == ""
+def test_masks_of_a_cancelled_job_without_masks_file(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.CANCELLED, deleted=True)
+    assert _frames_and_end(client.get(f"/jobs/{job_id}/masks").text) == ([], _end("cancelled", 0, deleted=True))
 
 
 def test_masks_follow_a_job_advanced_in_the_background(client: TestClient, store: JobStore) -> None:
@@ -133,9 +156,10 @@ def test_masks_follow_a_job_advanced_in_the_background(client: TestClient, store
     finally:
         thread.join()
     assert response.status_code == 200
-    lines = response.text.splitlines(keepends=True)
+    *lines, end = response.text.splitlines(keepends=True)
     assert [json.loads(line)["frame_index"] for line in lines] == [2, 3, 4, 5, 6]
     assert "".join(lines).encode() == b"".join(mask_line(i) for i in range(2, 7))
+    assert json.loads(end)["status"] == "succeeded"
 
 
 def test_overlay(client: TestClient, store: JobStore) -> None:
@@ -191,7 +215,9 @@ def test_delete_finished_keeps_a_tombstone(client: TestClient, store: JobStore, 
     assert (response.json()["status"], response.json()["deleted"]) == (status.value, True)
     assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
     assert client.get(f"/jobs/{job_id}").json()["deleted"] is True
-    assert client.get(f"/jobs/{job_id}/masks").status_code == 404
+    # the tombstone's stream: no frame line any more, and an end line that says why
+    frames, end = _frames_and_end(client.get(f"/jobs/{job_id}/masks").text)
+    assert (frames, end["status"], end["deleted"]) == ([], status.value, True)
     assert client.get(f"/jobs/{job_id}/overlay.mp4").status_code == 404
     assert client.delete(f"/jobs/{job_id}").status_code == 200  # idempotent
 
@@ -228,4 +254,6 @@ def test_follow_masks_survives_a_torn_line_rewritten_by_a_redelivered_worker(
         return got
 
     chunks = asyncio.run(run())
-    assert b"".join(chunks) == mask_line(0) + mask_line(1) + mask_line(2)
+    *frames, end = b"".join(chunks).splitlines(keepends=True)
+    assert b"".join(frames) == mask_line(0) + mask_line(1) + mask_line(2)
+    assert json.loads(end)["status"] == "succeeded"

@@ -166,7 +166,13 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/x-ndjson"
         for line in response.iter_lines():
-            index = json.loads(line)["frame_index"]  # every line is complete JSON
+            record = json.loads(line)  # every line is complete JSON
+            if record.get("end"):
+                assert record["status"] == "succeeded"
+                assert record == {"end": True, "status": "succeeded", "frames": record["frames"], "error": None,
+                                  "deleted": False}
+                continue
+            index = record["frame_index"]
             received.append((time.monotonic(), index))
             lines.append(line)
             if index == 2:

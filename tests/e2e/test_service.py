@@ -58,10 +58,15 @@ def _wait(service: Service, job_id: str, predicate, timeout: float = 180) -> dic
 
 
 def _stream_masks(service: Service, job_id: str, **params: int) -> list[dict]:
+    """The frame lines of a complete stream; the stream must end with a succeeded end line covering them."""
     with service.client() as http, http.stream("GET", f"/jobs/{job_id}/masks", params=params, timeout=300) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
-        return [json.loads(line) for line in r.iter_lines() if line]
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    *frames, end = lines
+    assert end == {"end": True, "status": "succeeded", "frames": end["frames"], "error": None, "deleted": False}
+    assert len(frames) == end["frames"] - params.get("from_frame", 0)
+    return frames
 
 
 def _same_masks_as_offline(service: Service, clip: Path, streamed: list[dict], tmp_path: Path) -> None:
@@ -153,3 +158,31 @@ def test_sigkill_mid_job_is_redelivered_without_duplicates(redis_service: Servic
     assert record["attempts"] == 2
     lines = list(read_mask_lines(redis_service.data_dir / "jobs" / job["job_id"] / "masks.ndjson"))
     assert [r["frame_index"] for r in lines] == list(range(count_frames(long_clip)))
+
+
+def test_a_job_that_fails_midway_says_so_at_the_end_of_its_stream(embedded_service: Service, long_clip: Path,
+                                                                   tmp_path: Path) -> None:
+    """Issue #10, kind 8: a follower can tell from the stream alone that it did not get every frame, and the
+    frames written before the failure stay readable, with the same end line."""
+    damaged = tmp_path / "damaged.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(long_clip), "-c", "copy", "-movflags", "+faststart",
+                    str(damaged)], check=True, timeout=60)
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) * 2 // 3])  # an interrupted upload: the index (first) is whole, the data
+    # ends two thirds in, so the probe accepts it and decoding breaks there
+    job = _submit(embedded_service, damaged)
+    with embedded_service.client() as http, \
+            http.stream("GET", f"/jobs/{job['job_id']}/masks", timeout=300) as response:
+        assert response.status_code == 200
+        *frames, end = [json.loads(line) for line in response.iter_lines() if line]
+    assert end["end"] is True
+    assert end["status"] == "failed"
+    assert end["error"]["code"] == "corrupt_media"
+    assert 0 < end["frames"] == len(frames) < count_frames(long_clip)
+    assert [r["frame_index"] for r in frames] == list(range(len(frames)))
+    with embedded_service.client() as http:
+        again = [json.loads(line) for line in http.get(f"/jobs/{job['job_id']}/masks").text.splitlines()]
+        record = http.get(f"/jobs/{job['job_id']}").json()
+    assert again == [*frames, end]  # what was kept, and the same final word
+    assert record["status"] == "failed"
+    assert record["progress"]["frames_done"] == len(frames)
