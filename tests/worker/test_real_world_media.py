@@ -83,9 +83,10 @@ def test_vfr_every_decoded_frame_comes_out_with_its_own_time(rw: RealWorldClips,
 def test_vfr_reproducer_one_mask_line_per_frame(rw: RealWorldClips, predictor: AVSPredictor, tmp_path: Path) -> None:
     path = rw("vfr.webm")
     assert ffprobe_stream(path)["avg_frame_rate"] == "5/1"  # the guess that used to decide what was kept
-    result = segment_video(path, tmp_path, predictor, SegmentOptions(batch_size=8))
+    result = segment_video(path, tmp_path, predictor, SegmentOptions(batch_size=8, png=True))
     lines = list(read_mask_lines(Path(result.masks_path)))
     assert result.frames == len(lines) == 160 == count_frames(path)
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 160  # one PNG per decoded frame too
     assert [r["frame_index"] for r in lines] == list(range(160))
     assert max_time_error([r["pts_s"] for r in lines], ffprobe_frame_times(path)) < 1e-3
     # the true average rate, not the header's guess: 40 frames in 8 s, then 120 in 4 s

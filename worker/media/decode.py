@@ -416,6 +416,7 @@ def read_audio(
         "-map", f"0:{info.audio_stream_index}",
         "-vn", "-sn", "-dn",
         "-af", audio_filter,
+        "-t", f"{max_seconds:.6f}",  # the same end as atrim, but it also stops ffmpeg reading a longer track
         "-f", "f32le",
         "pipe:1",
     ]  # fmt: skip
