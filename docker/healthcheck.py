@@ -4,7 +4,7 @@
     python healthcheck.py worker   # this container's worker heartbeat is fresh and its model is warm
 
 A worker writes `AVS_DATA_DIR/workers/<hostname>-<pid>.json` every `AVS_HEARTBEAT_S` seconds once its
-model is loaded and warmed up (worker/runtime.py), so "healthy" means "warm and alive", not only "the
+model is loaded and warmed up (worker/heartbeat.py), so "healthy" means "warm and alive", not only "the
 process exists". The hostname of a container is its own, so replicas sharing the data volume do not
 vouch for each other. Exit status 0 = healthy, 1 = unhealthy (Docker's HEALTHCHECK contract).
 """

@@ -6,17 +6,17 @@ from pathlib import Path
 
 from torch import nn
 
-from model.audio_encoder import TinyAudioEncoder, VGGish
-from model.avs_model import AVSModel
-from model.avsegformer_transformer import AVSegFormerDecoder
 from model.config import AVSConfig
-from model.elf_decoder import ELFDecoder
 from model.errors import WeightImportError
-from model.mask_head import MaskHead
-from model.neck import MultiScaleNeck
+from model.modeling.audio_encoder import TinyAudioEncoder, VGGish
+from model.modeling.avs_model import AVSModel
+from model.modeling.avsegformer_transformer import AVSegFormerDecoder
+from model.modeling.elf_decoder import ELFDecoder
+from model.modeling.mask_head import MaskHead
+from model.modeling.neck import MultiScaleNeck
+from model.modeling.visual_encoder import build_visual_encoder
 from model.state_dict import load_exact
 from model.variants import get_config
-from model.visual_encoder import build_visual_encoder
 
 
 def build_model(cfg: AVSConfig) -> AVSModel:

@@ -25,9 +25,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from model.avs_model import AVSModel
 from model.config import AVSConfig
 from model.errors import CheckpointError, ConfigError
+from model.modeling.avs_model import AVSModel
 from model.state_dict import load_exact
 from model.variants import get_config
 

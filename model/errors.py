@@ -19,3 +19,7 @@ class CheckpointError(ModelError):
 
 class WeightImportError(ModelError):
     """A public weight file (PVT-v2, ResNet-50, VGGish) does not have the expected layout."""
+
+
+class DatasetError(ModelError):
+    """A dataset folder does not hold what was asked for (a missing metadata file, an empty split)."""

@@ -13,48 +13,80 @@ thresholding all happen here and nowhere else.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.audio_frontend import SAMPLE_RATE, waveform_to_examples
-from model.avs_model import AVSModel
 from model.build import build_model
 from model.class_names import class_names_for
 from model.config import AVSConfig
-from model.variants import get_config
+from model.modeling.audio_frontend import SAMPLE_RATE, waveform_to_examples
+from model.modeling.avs_model import AVSModel
+from model.variants import DEFAULT_VARIANT, DEMO_CHECKPOINT, get_config
 
 AUDIO_BATCH = 64  # log-mel examples per audio-encoder call: VGGish's 48 MB of FC weights are read once per call
+DEFAULT_THRESHOLD = 0.5
+
+log = logging.getLogger("avs.model")
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit cut equivalent to `sigmoid(x) > threshold`: log(t / (1 - t)), so masks skip the sigmoid.
+
+    Raises ValueError unless 0 < threshold < 1 (0 and 1 would be -inf / +inf: every pixel or none).
+    """
+    if not (isinstance(threshold, int | float) and 0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold!r}")
+    return math.log(threshold / (1.0 - threshold))
+
+
+def load_predictor(*, checkpoint: str | Path | None = None, variant: str | None = None, device: str = "cpu",
+                   threshold: float = DEFAULT_THRESHOLD,
+                   warn: Callable[[str], None] = log.warning) -> AVSPredictor:
+    """The model the CLI and the workers run, chosen one way everywhere:
+
+    `checkpoint` when given (checked against `variant` when both are); else the shipped demo checkpoint when
+    `variant` is None or its own variant; else `variant` with random weights, after `warn(...)` says that
+    its masks mean nothing. Raises `CheckpointError`, `ConfigError` or `ValueError` (threshold).
+    """
+    logit_threshold(threshold)  # fail before loading anything
+    if checkpoint:
+        return AVSPredictor.from_checkpoint(checkpoint, variant=variant, device=device, threshold=threshold)
+    if variant in (None, DEFAULT_VARIANT) and DEMO_CHECKPOINT.exists():
+        return AVSPredictor.from_checkpoint(DEMO_CHECKPOINT, device=device, threshold=threshold)
+    variant = variant or DEFAULT_VARIANT
+    warn(f"no checkpoint for {variant}: using random weights, the masks mean nothing")
+    return AVSPredictor.from_variant(variant, device=device, threshold=threshold)
 
 
 class AVSPredictor:
     def __init__(self, model: AVSModel, cfg: AVSConfig, *, device: str | torch.device = "cpu",
-                 threshold: float = 0.5, amp: bool = True) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+                 threshold: float = DEFAULT_THRESHOLD, amp: bool = True) -> None:
+        self._logit_threshold = logit_threshold(threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         self.threshold = threshold
-        # sigmoid(x) > t  <=>  x > log(t / (1 - t)): compare logits, skip the sigmoid
-        self._logit_threshold = math.log(threshold / (1.0 - threshold))
         self.amp = amp and self.device.type == "cuda"
         self.class_names = class_names_for(cfg)
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, variant: str | None = None, device: str = "cpu",
-                        threshold: float = 0.5) -> AVSPredictor:
+                        threshold: float = DEFAULT_THRESHOLD) -> AVSPredictor:
         from model.checkpoint import load_checkpoint
 
         model, info = load_checkpoint(path, variant=variant)
         return cls(model, info.config, device=device, threshold=threshold)
 
     @classmethod
-    def from_variant(cls, variant: str, *, device: str = "cpu", threshold: float = 0.5, seed: int = 0) -> AVSPredictor:
+    def from_variant(cls, variant: str, *, device: str = "cpu", threshold: float = DEFAULT_THRESHOLD,
+                     seed: int = 0) -> AVSPredictor:
         """Randomly initialised weights: for benchmarks and plumbing tests, not for real masks."""
         torch.manual_seed(seed)
         cfg = get_config(variant)
@@ -112,7 +144,8 @@ class AVSPredictor:
     @torch.inference_mode()
     def postprocess(self, logits: torch.Tensor, out_size: tuple[int, int], *,
                     threshold: float | None = None) -> np.ndarray:
-        """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W).
+        """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W). `threshold` (binary only)
+        overrides the predictor's; ValueError unless it is strictly between 0 and 1.
 
         Binary: the logits are upsampled bilinearly, then thresholded, which gives smooth edges at any
         size. Semantic (K > 1): argmax at the model's size, then nearest-neighbour upsampling of the class
@@ -120,7 +153,7 @@ class AVSPredictor:
         """
         H, W = out_size
         if logits.shape[1] == 1:
-            cut = self._logit_threshold if threshold is None else math.log(threshold / (1.0 - threshold))
+            cut = self._logit_threshold if threshold is None else logit_threshold(threshold)
             up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
             masks = (up[:, 0] > cut).to(torch.uint8)
         else:

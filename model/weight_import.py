@@ -23,10 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.audio_encoder import VGGish, remap_vggish_state_dict
 from model.errors import WeightImportError
+from model.modeling.audio_encoder import VGGish, remap_vggish_state_dict
+from model.modeling.visual_encoder import ResNet50Encoder, build_visual_encoder
 from model.state_dict import load_exact
-from model.visual_encoder import ResNet50Encoder, build_visual_encoder
 
 WEIGHTS_FORMAT = "avesformer-backbone-weights"
 

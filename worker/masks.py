@@ -12,7 +12,7 @@ In the semantic form `counts` is the union of the non-background classes, so a c
 (background, id 0, is the complement and is left out).
 
 The service's mask stream (`GET /jobs/{id}/masks`) ends with one more line once the job has finished,
-`{"end": true, "status": ..., "frames": ..., "error": ..., "deleted": ...}` (see `app.jobs.end_line`).
+`{"end": true, "status": ..., "frames": ..., "error": ..., "deleted": ...}` (see `app.api.mask_stream.end_line`).
 Frame lines are the ones with a `frame_index`; readers here skip every other line, so a saved stream
 reads like a file.
 """

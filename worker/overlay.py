@@ -29,12 +29,14 @@ from typing import Any
 import av
 import numpy as np
 
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.media_info import MediaInfo, MediaLimits
+from worker.core.media.probe import FFMPEG
+from worker.core.media.process import BoundedProcess
 from worker.masks import decode_rle, read_mask_lines
-from worker.media.decode import FrameReader, input_url, media_input_args, timeline_filter
-from worker.media.probe import FFMPEG, MediaInfo, MediaLimits
-from worker.media.process import BoundedProcess
+from worker.media.decode import FrameReader
+from worker.media.ffmpeg_input import input_url, media_input_args, timeline_filter
 
 ALPHA = 0.5  # mask opacity
 SOUNDING_COLOUR = np.array([255, 48, 48], dtype=np.float32)  # binary masks: red

@@ -3,7 +3,7 @@
 This is the only implementation: `avs segment` calls it in-process and the Celery task calls it in a
 worker. Stages (each timed, names shared with the Prometheus metrics):
 
-    probe           ffprobe, allow-listed demuxers, limits                    (worker.media.probe)
+    probe           ffprobe, allow-listed demuxers, limits                    (worker.core.media.probe)
     decode          frames streamed from one ffmpeg pipe, scaled by ffmpeg    (worker.media.decode)
                     + the audio track demuxed to 16 kHz mono
     audio_features  log-mel + audio encoder, once per 0.96 s window           (model.predictor)
@@ -36,13 +36,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.audio_frontend import example_index_for_time
+from model.modeling.audio_frontend import SAMPLE_RATE, example_index_for_time
 from model.predictor import AVSPredictor
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.media_info import MediaInfo, MediaLimits
+from worker.core.media.probe import probe_media
 from worker.masks import MaskWriter, mask_records
-from worker.media.decode import FrameBatch, FrameReader, read_audio
-from worker.media.probe import MediaInfo, MediaLimits, probe_media
+from worker.media.audio import read_audio
+from worker.media.decode import FrameBatch, FrameReader
 
 PREFETCH_BATCHES = 2  # decoded batches waiting for the model: enough to hide decode latency, bounded memory
 # The decoder's deadline is wall-clock for the whole pass, model time included (ffmpeg waits on a full
@@ -174,7 +176,8 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     clock.add("probe", time.perf_counter() - t)
 
     t = time.perf_counter()
-    wave = read_audio(info, timeout_s=options.limits.decode_timeout(info.duration_s), limits=options.limits)
+    wave = read_audio(info, sample_rate=SAMPLE_RATE, timeout_s=options.limits.decode_timeout(info.duration_s),
+                      limits=options.limits)
     clock.add("decode", time.perf_counter() - t)
 
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Celery tasks: thin adapters from a message (a job id) to `worker.jobs.run_job`.
+"""Celery tasks: thin adapters from a message (a job id) to `worker.job_runner.run_job`.
 
 Started as `avs worker` (Celery's solo pool: the task runs in the process that loaded the model; run
 one worker per GPU and scale with more of them).
@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from worker.celery_app import app
-from worker.contracts import TASK_SEGMENT
-from worker.jobs import run_job
-from worker.jobstore import JobStore
-from worker.runtime import WorkerRuntime
-from worker.settings import get_settings
+from worker.core.celery_app import create_celery, ensure_broker_dirs
+from worker.core.contracts import TASK_SEGMENT
+from worker.core.jobstore import JobStore
+from worker.core.settings import get_settings
+from worker.heartbeat import WorkerRuntime
+from worker.job_runner import run_job
 
 log = logging.getLogger("avs.worker")
+app = create_celery(prepare=False)  # no file at import time; the folders come at worker start
 runtime = WorkerRuntime(get_settings())
+
+
+@worker_init.connect
+def _prepare_broker(**_: object) -> None:
+    ensure_broker_dirs(get_settings())
 
 
 @worker_ready.connect
 def _warm_up(**_: object) -> None:
-    from worker.metrics import serve_worker_metrics
+    from worker.prometheus import serve_worker_metrics
 
     settings = get_settings()
     try:

@@ -9,15 +9,15 @@ import json
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from worker.contracts import JobStatus
-from worker.jobstore import JobStore
-from worker.settings import ServiceSettings
+from worker.core.contracts import JobStatus
+from worker.core.job_record import JobOptions, JobRecord, Progress, UploadInfo, new_job_id
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings
 
 
 class Recorder:
@@ -49,19 +49,15 @@ def write_heartbeat(settings: ServiceSettings, name: str = "worker-1", *, warm: 
 def add_job(store: JobStore, status: JobStatus | str = JobStatus.QUEUED, *, overlay: bool = False,
             **fields: Any) -> str:
     """A job record (and an upload file) as the API would have left it, moved to `status`."""
-    job_id = uuid.uuid4().hex
-    store.create(job_id, {
-        "options": {"fps": None, "threshold": None, "overlay": overlay},
-        "video": {"width": 64, "height": 48, "fps": 25.0, "duration_s": 1.0, "frames": 25},
-        "upload": {"filename": "clip.mp4", "bytes": 3, "path": "upload.mp4"},
-        "progress": {"frames_done": 0, "frames_total": 25},
-        "deleted": False,
-    })
+    job_id = new_job_id()
+    store.create(JobRecord(job_id=job_id, options=JobOptions(overlay=overlay),
+                           upload=UploadInfo(filename="clip.mp4", bytes=3, path="upload.mp4"),
+                           progress=Progress(frames_total=25)))
     (store.job_dir(job_id) / "upload.mp4").write_bytes(b"abc")
     status = JobStatus(status)
     if status is not JobStatus.QUEUED:
         now = time.time()
-        store.set_fields(job_id, status=status.value, started_at=now,
+        store.set_fields(job_id, status=status, started_at=now,
                          finished_at=now if status.finished else None, **fields)
     elif fields:
         store.set_fields(job_id, **fields)

@@ -12,9 +12,9 @@ import pytest
 from api_support import Recorder
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.api.main import create_app
+from worker.core.settings import ServiceSettings
 from worker.media.samples import make_audio, make_video
-from worker.settings import ServiceSettings
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import pytest
 from api_support import add_job, mask_line
 from fastapi.testclient import TestClient
 
-from worker.contracts import JobStatus
-from worker.jobstore import JobStore
-from worker.settings import ServiceSettings
+from worker.core.contracts import JobStatus
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings
 
 VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
              "options", "urls", "attempts", "cancel_requested", "deleted"}
@@ -190,7 +190,7 @@ def test_delete_queued_cancels_at_once(client: TestClient, store: JobStore) -> N
     assert (view["status"], view["deleted"], view["cancel_requested"]) == ("cancelled", True, True)
     assert view["finished_at"] is not None
     assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
-    assert store.get(job_id)["status"] == "cancelled"  # the worker reads this and skips the job
+    assert store.get(job_id).status == "cancelled"  # the worker reads this and skips the job
 
 
 def test_delete_running_requests_cancellation(client: TestClient, store: JobStore) -> None:
@@ -200,8 +200,8 @@ def test_delete_running_requests_cancellation(client: TestClient, store: JobStor
     assert response.status_code == 202
     assert (response.json()["status"], response.json()["cancel_requested"]) == ("running", True)
     record = store.get(job_id)
-    assert record["cancel_requested"] is True
-    assert record["status"] == "running"
+    assert record.cancel_requested is True
+    assert record.status == "running"
     assert store.masks_path(job_id).exists()  # the worker stops, then removes its own files
 
 
@@ -234,16 +234,16 @@ def test_follow_masks_survives_a_torn_line_rewritten_by_a_redelivered_worker(
     are forced to 7 bytes, so every line is longer than one read."""
     import asyncio
 
-    from app import jobs
+    from app.api import mask_stream
 
-    monkeypatch.setattr(jobs, "MASKS_READ_BYTES", 7)
+    monkeypatch.setattr(mask_stream, "MASKS_READ_BYTES", 7)
     job_id = add_job(store, JobStatus.RUNNING)
     path = store.masks_path(job_id)
     first_try = mask_line(1).replace(b'"PQ', b'"ZZ')
     path.write_bytes(mask_line(0) + first_try[:25])
 
     async def run() -> list[bytes]:
-        stream = jobs.follow_masks(_ConnectedRequest(), store, job_id, 0, poll_s=0.01)
+        stream = mask_stream.follow_masks(_ConnectedRequest(), store, job_id, 0, poll_s=0.01)
         got = [await stream.__anext__()]
         with open(path, "r+b") as fh:  # the redelivered worker: cut the torn line, write frames 1 and 2
             fh.truncate(len(mask_line(0)))

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from api_support import LiveServer, Recorder, add_job, job_dirs, mask_line, multipart
 
-from app import metrics
-from app.main import create_app
-from worker.contracts import JobStatus
-from worker.jobstore import JobStore
-from worker.settings import ServiceSettings
+from app.api import prometheus
+from app.api.main import create_app
+from worker.core.contracts import JobStatus
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings
 
 CAP = 256 * 1024
 MULTIPART = "multipart/form-data; boundary=avsboundary"
@@ -99,7 +99,7 @@ def test_backlog_full_is_refused_before_the_body(live) -> None:
 
 def test_client_disconnect_mid_upload_removes_the_partial_upload(live) -> None:
     server, settings, recorder = live
-    aborted = metrics.UPLOADS_ABORTED._value.get()
+    aborted = prometheus.UPLOADS_ABORTED._value.get()
     conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     conn.sendall(_head(CAP) + _PREAMBLE + b"\0" * 100_000)
     deadline = time.monotonic() + 5
@@ -111,7 +111,7 @@ def test_client_disconnect_mid_upload_removes_the_partial_upload(live) -> None:
     while job_dirs(settings):
         assert time.monotonic() < deadline, "the partial upload was not removed"
         time.sleep(0.02)
-    assert metrics.UPLOADS_ABORTED._value.get() == aborted + 1
+    assert prometheus.UPLOADS_ABORTED._value.get() == aborted + 1
     assert recorder.calls == []
 
 
@@ -193,12 +193,12 @@ def test_mask_stream_stops_when_the_client_disconnects(live) -> None:
     store = JobStore(settings.data_dir)
     job_id = add_job(store, JobStatus.RUNNING)
     store.masks_path(job_id).write_bytes(mask_line(0))
-    requests_before = metrics.HTTP_REQUESTS.labels("/jobs/{job_id}/masks", "GET", "200")._value.get()
+    requests_before = prometheus.HTTP_REQUESTS.labels("/jobs/{job_id}/masks", "GET", "200")._value.get()
     with httpx.stream("GET", f"{server.url}/jobs/{job_id}/masks", timeout=10) as response:
         assert json.loads(next(response.iter_lines()))["frame_index"] == 0
     # the job is still running, but the server ends its loop and finishes the request
     deadline = time.monotonic() + 5
-    while metrics.HTTP_REQUESTS.labels("/jobs/{job_id}/masks", "GET", "200")._value.get() == requests_before:
+    while prometheus.HTTP_REQUESTS.labels("/jobs/{job_id}/masks", "GET", "200")._value.get() == requests_before:
         assert time.monotonic() < deadline, "the stream kept running after the client left"
         time.sleep(0.05)
 
@@ -207,12 +207,12 @@ def test_client_gone_before_the_answer_queues_nothing(live, media: dict[str, Pat
     """The whole body is sent and the connection closed at once: whether the server notices during the
     upload or right after the probe, nothing stays on disk and nothing is queued."""
     server, settings, recorder = live
-    aborted = metrics.UPLOADS_ABORTED._value.get()
+    aborted = prometheus.UPLOADS_ABORTED._value.get()
     body = multipart({}, ("ok.mp4", media["ok"].read_bytes()))
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
         conn.sendall(_head(len(body)) + body)
     deadline = time.monotonic() + 5
-    while metrics.UPLOADS_ABORTED._value.get() == aborted:
+    while prometheus.UPLOADS_ABORTED._value.get() == aborted:
         assert time.monotonic() < deadline, "the abandoned submission was not noticed"
         time.sleep(0.02)
     assert job_dirs(settings) == []

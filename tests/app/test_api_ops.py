@@ -16,10 +16,10 @@ from api_support import Recorder, add_job, write_heartbeat
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.main import create_app
-from worker.contracts import JobStatus
-from worker.jobstore import JobStore
-from worker.settings import ServiceSettings
+from app.api.main import create_app
+from worker.core.contracts import JobStatus
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
@@ -215,8 +215,8 @@ def test_metrics(client: TestClient, settings: ServiceSettings, media: dict[str,
 _MP_CHILD = textwrap.dedent("""
     import sys
     from fastapi.testclient import TestClient
-    from app.main import create_app
-    from worker.settings import ServiceSettings
+    from app.api.main import create_app
+    from worker.core.settings import ServiceSettings
 
     data_dir, healthz, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     client = TestClient(create_app(ServiceSettings(data_dir=data_dir, broker_url=None), task_sender=print))
@@ -262,9 +262,9 @@ def test_api_process_never_imports_torch(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys
         from fastapi.testclient import TestClient
-        import app.main
-        from app.main import create_app
-        from worker.settings import ServiceSettings
+        import app.api.main
+        from app.api.main import create_app
+        from worker.core.settings import ServiceSettings
 
         client = TestClient(create_app(ServiceSettings(data_dir=sys.argv[1], broker_url=None), task_sender=print))
         for path in ("/healthz", "/readyz", "/metrics", "/jobs/" + "0" * 32, "/openapi.json"):
@@ -275,7 +275,7 @@ def test_api_process_never_imports_torch(tmp_path: Path) -> None:
                             timeout=120, check=True)
     loaded = set(result.stdout.split())
     assert "fastapi" in loaded
-    assert "app.main" in loaded
+    assert "app.api.main" in loaded
     forbidden = {"torch", "torchvision", "torchaudio", "timm", "pycocotools", "worker.pipeline", "worker.tasks",
                  "worker.masks"}
     assert not forbidden & loaded
@@ -283,7 +283,7 @@ def test_api_process_never_imports_torch(tmp_path: Path) -> None:
 
 
 def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> None:
-    from app.counts import StatusCounter
+    from app.api.counts import StatusCounter
 
     store = JobStore(settings.data_dir)
     queued, done = add_job(store), add_job(store, JobStatus.SUCCEEDED)

@@ -12,8 +12,8 @@ import pytest
 from api_support import Recorder, job_dirs
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from worker.settings import ServiceSettings
+from app.api.main import create_app
+from worker.core.settings import ServiceSettings
 
 FF = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y"]
 SINE = "sine=frequency=440:sample_rate"

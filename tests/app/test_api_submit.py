@@ -13,10 +13,11 @@ import redis
 from api_support import FailingSender, Recorder, add_job, job_dirs, multipart
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from worker.contracts import TASK_SEGMENT, JobStatus
-from worker.jobstore import JobStore
-from worker.settings import ServiceSettings
+from app.api.main import create_app
+from worker.core.contracts import TASK_SEGMENT, JobStatus
+from worker.core.job_record import JobRecord
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -55,12 +56,14 @@ def test_submit_accepts_a_video_and_queues_only_the_id(client: TestClient, recor
     assert record["options"] == {"fps": 10.0, "threshold": 0.4, "overlay": True}
     assert record["upload"] == {"filename": "holiday clip.MP4", "bytes": media["ok"].stat().st_size,
                                 "path": "upload.mp4"}
-    video = record["video"]
-    assert (video["width"], video["height"]) == (64, 48)
-    assert video["fps"] == pytest.approx(25.0)
-    assert video["duration_s"] == pytest.approx(1.0, abs=0.1)
-    assert video["frames"] == 25
+    media_info = record["media"]  # the full probe result, stored once: the worker does not probe again
+    assert (media_info["width"], media_info["height"]) == (64, 48)
+    assert media_info["fps"] == pytest.approx(25.0)
+    assert media_info["duration_s"] == pytest.approx(1.0, abs=0.1)
+    assert media_info["num_frames"] == 25
+    assert media_info["audio_stream_index"] == 1
     assert record["progress"] == {"frames_done": 0, "frames_total": 10}  # 1 s resampled to 10 frames/s
+    assert JobRecord.model_validate(record).media_info(job_dir).path == str(upload)
 
 
 def test_submit_defaults_and_unknown_extension(client: TestClient, recorder: Recorder, settings: ServiceSettings,

@@ -21,12 +21,12 @@ PROJECT_FILES = ["pyproject.toml", "README.md", "app", "worker", "model"]
 
 _PROBE = """
 import importlib.util, json, sys
-import app.main, app.cli, worker.celery_app, worker.settings
+import app.api.main, app.cli, worker.core.celery_app, worker.core.settings
 print(json.dumps({
     "torch_imported": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")),
     "torch_installed": importlib.util.find_spec("torch") is not None,
     "heavy_installed": [m for m in ("torchvision", "torchaudio", "timm") if importlib.util.find_spec(m)],
-    "routes": sorted(app.main.app.openapi()["paths"]),
+    "routes": sorted(app.api.main.app.openapi()["paths"]),
 }))
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema  # the [dev] extra
 import pytest
 
-from worker.settings import ServiceSettings
+from worker.core.settings import ServiceSettings
 
 from .conftest import (
     COMPOSE,
@@ -128,7 +128,7 @@ def test_service_environments_are_valid_settings(base: dict[str, Any], cpu: dict
         env = _env(model["services"][service])
         avs = {k: v for k, v in env.items() if k.startswith("AVS_")}
         unknown = sorted(set(avs) - SETTINGS_FIELDS)
-        assert not unknown, f"{service}: not settings of worker/settings.py: {unknown}"
+        assert not unknown, f"{service}: not settings of worker/core/settings.py: {unknown}"
         for key in SETTINGS_FIELDS:
             monkeypatch.delenv(key, raising=False)
         for key, value in avs.items():

@@ -134,7 +134,7 @@ def test_build_context_holds_what_the_dockerfiles_copy() -> None:
     for source in sorted(_copy_sources()):
         assert (REPO / source).exists(), f"COPY {source}: missing in the repository"
         assert not dockerignore_excludes(patterns, source), f"COPY {source}: excluded by .dockerignore"
-    for kept in ("app/cli.py", "worker/settings.py", "model/variants.py",
+    for kept in ("app/cli.py", "worker/core/settings.py", "model/variants.py",
                  "model/weights/avesformer-tiny-synthetic-s4.safetensors"):  # the demo checkpoint is package data
         assert not dockerignore_excludes(patterns, kept), kept
 
@@ -176,8 +176,8 @@ def test_constraints_pin_every_requirement_as_pyproject_does() -> None:
 # ------------------------------------------------------------------------------------- healthcheck.py
 def test_worker_healthcheck_reads_the_runtime_heartbeat(tmp_path: Path) -> None:
     """The heartbeat the real worker runtime writes is the one the container health check finds."""
-    from worker.runtime import WorkerRuntime
-    from worker.settings import ServiceSettings
+    from worker.core.settings import ServiceSettings
+    from worker.heartbeat import WorkerRuntime
 
     settings = ServiceSettings(_env_file=None, data_dir=tmp_path, heartbeat_s=5)
     runtime = WorkerRuntime(settings)

@@ -143,7 +143,7 @@ def _clip(path: Path) -> bytes:
 # Observes one sample of every metric the worker module defines, in the shared multiprocess directory.
 _WORKER_SAMPLES = """
 from prometheus_client.metrics import MetricWrapperBase
-import worker.metrics as m
+import worker.prometheus as m
 
 names = []
 for obj in vars(m).values():

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from worker.core.media.probe import count_frames
 from worker.masks import read_mask_lines
-from worker.media.decode import count_frames
 
 AVS = str(Path(sys.executable).with_name("avs"))
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.core.media.probe import count_frames
+from worker.mask_scoring import score_masks
 from worker.masks import read_mask_lines
-from worker.media.decode import count_frames
 from worker.media.samples import make_video
-from worker.scoring import score_masks
 
 from .conftest import Service
 

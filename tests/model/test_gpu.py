@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.bench import bench_model
 from model.build import build_model
+from model.lab.model_bench import bench_model
 from model.variants import get_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.avs_model import AVSModel
 from model.build import build_model
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.modeling.avs_model import AVSModel
 from model.variants import VARIANTS, get_config
 
 VGGISH_PARAMS = 72_141_184

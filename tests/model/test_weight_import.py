@@ -17,8 +17,8 @@ import torchvision
 from app.cli import main as avs
 from model.build import build_model
 from model.errors import WeightImportError
+from model.modeling.visual_encoder import PVTv2Encoder
 from model.variants import get_config
-from model.visual_encoder import PVTv2Encoder
 from model.weight_import import import_pvt, import_resnet50, load_torch_file, read_converted_weights
 
 
@@ -142,7 +142,7 @@ def test_import_resnet50_torchvision_and_avsbench_layouts(tmp_path: Path) -> Non
 
 def test_import_vggish_and_build_with_it(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    from model.audio_encoder import VGGish
+    from model.modeling.audio_encoder import VGGish
 
     source = VGGish()
     src = tmp_path / "vggish-10086976.pth"

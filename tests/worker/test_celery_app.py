@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.celery_app import create_celery
-from worker.settings import ServiceSettings
+from worker.core.celery_app import create_celery
+from worker.core.settings import ServiceSettings
 
 
 def test_embedded_broker_writes_nothing_in_the_working_directory(tmp_path: Path,

@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from media_clips import MATRIX, Clips
 
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
-from worker.media.decode import FrameReader, count_frames, read_audio
-from worker.media.probe import FORMAT_WHITELIST, MediaInfo, MediaLimits, probe_media
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.containers import FORMAT_WHITELIST
+from worker.core.media.media_info import MediaInfo, MediaLimits
+from worker.core.media.probe import count_frames, probe_media
+from worker.media.audio import read_audio
+from worker.media.decode import FrameReader
 
 SR = 16000
 
@@ -73,9 +76,8 @@ def test_media_modules_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, worker.media.probe, worker.media.process, worker.media.decode, worker.media.samples, "
-            "worker.media.containers, worker.media.packets, worker.errors, worker.contracts; "
-            "print('torch' in sys.modules, 'app' in sys.modules)")
+    modules = ["worker.media.decode", "worker.media.audio", "worker.media.ffmpeg_input", "worker.media.samples"]
+    code = f"import sys, {', '.join(modules)}; print('torch' in sys.modules, 'app' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["False", "False"]
 
@@ -110,7 +112,7 @@ def test_probe_and_decode_every_kind_of_file(clip: Clips, name: str) -> None:
     assert frames.shape == (expected, info.height, info.width, 3)
     assert frames.std() > 10, "a real picture, not a blank"
 
-    audio = read_audio(info)
+    audio = read_audio(info, sample_rate=SR)
     assert audio.dtype == np.float32
     assert audio.ndim == 1
     assert abs(audio.size - 2.0 * SR) < 0.1 * SR
@@ -201,14 +203,14 @@ def test_container_start_offset_is_not_duration(clip: Clips) -> None:
     _, pts = _decode_all(info, size=(16, 16))
     assert pts[0] < 0.1
     assert pts[-1] < 2.1
-    audio = read_audio(info)
+    audio = read_audio(info, sample_rate=SR)
     assert abs(audio.size - 2 * SR) < 0.1 * SR
 
 
 # -------------------------------------------------------------------------------- alignment
 def test_sound_start_is_where_the_audio_says(clip: Clips) -> None:
     info = probe_media(clip("gate"))
-    audio = read_audio(info)
+    audio = read_audio(info, sample_rate=SR)
     assert _rms(audio[: int(0.95 * SR)]) < 1e-3
     assert _rms(audio[int(1.05 * SR) : int(1.95 * SR)]) > 0.3
     onset = int(np.argmax(np.abs(audio) > 0.05)) / SR
@@ -220,7 +222,7 @@ def test_audio_stream_that_starts_late_gets_leading_silence(clip: Clips, name: s
     info = probe_media(clip(name))
     _, pts = _decode_all(info, size=(16, 16))
     assert pts[0] == pytest.approx(0.0, abs=1e-6)  # video starts at the container start
-    audio = read_audio(info)
+    audio = read_audio(info, sample_rate=SR)
     onset = int(np.argmax(np.abs(audio) > 0.05)) / SR
     assert onset == pytest.approx(delay, abs=0.03)
     assert _rms(audio[: int((delay - 0.05) * SR)]) < 1e-3
@@ -321,7 +323,7 @@ def test_no_audio_track(clip: Clips) -> None:
     assert info.audio_codec is None
     assert info.audio_sample_rate is None
     with pytest.raises(MediaError) as caught:
-        read_audio(info)
+        read_audio(info, sample_rate=SR)
     assert caught.value.code is ErrorCode.NO_AUDIO_TRACK
 
 
@@ -337,7 +339,7 @@ def test_truncated_media_data_fails_while_decoding(clip: Clips) -> None:
     assert caught.value.code is ErrorCode.CORRUPT_MEDIA
     # Audio is lenient on purpose: the demuxer reports the cut at error level but ends the stream normally,
     # and what was read is valid sound; the job fails on the frames anyway.
-    audio = read_audio(info)
+    audio = read_audio(info, sample_rate=SR)
     assert 0 < audio.size < 1.9 * SR
 
 
@@ -374,11 +376,11 @@ def test_stream_cut_mid_gop_decodes_from_the_next_keyframe(clip: Clips) -> None:
     frames, pts = _decode_all(info, size=(32, 32))
     assert 0 < len(frames) == count_frames(path) < 100
     assert all(b > a for a, b in itertools.pairwise(pts))
-    assert read_audio(info).size > SR
+    assert read_audio(info, sample_rate=SR).size > SR
 
 
 def test_rotation_parsing_conventions() -> None:
-    from worker.media.probe import _rotation_cw
+    from worker.core.media.probe import _rotation_cw
 
     def matrix(ccw: float) -> dict[str, object]:
         return {"side_data_list": [{"side_data_type": "Display Matrix", "rotation": ccw}]}
@@ -422,7 +424,7 @@ def test_decode_deadline_is_media_timeout(clip: Clips, tmp_path: Path) -> None:
         _decode_all(info, size=(16, 16), timeout_s=1.0)
     assert caught.value.code is ErrorCode.MEDIA_TIMEOUT
     with pytest.raises(MediaError) as caught:
-        read_audio(info, timeout_s=1.0)
+        read_audio(info, sample_rate=SR, timeout_s=1.0)
     assert caught.value.code is ErrorCode.MEDIA_TIMEOUT
     assert time.monotonic() - started < 6.0
     assert not _ffmpeg_children()

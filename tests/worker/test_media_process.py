@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.media.process import STDERR_TAIL_BYTES, BoundedProcess, run_bounded
+from worker.core.media.process import STDERR_TAIL_BYTES, BoundedProcess, run_bounded
 
 
 def _gone(pid: int) -> bool:

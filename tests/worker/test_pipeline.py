@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from model.predictor import AVSPredictor
+from worker.core.media.probe import count_frames, probe_media
 from worker.masks import decode_rle, read_mask_lines
-from worker.media.decode import count_frames
-from worker.media.probe import probe_media
 from worker.media.samples import make_video
 from worker.pipeline import Cancelled, SegmentOptions, segment_video
 

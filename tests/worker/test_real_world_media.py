@@ -23,12 +23,14 @@ import pytest
 from real_world_clips import RealWorldClips, ffprobe_frame_times, ffprobe_json, ffprobe_stream, max_time_error
 
 from model.predictor import AVSPredictor
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.containers import ALLOWED_DEMUXERS, VIDEO_DEMUXERS
+from worker.core.media.media_info import MediaInfo, MediaLimits
+from worker.core.media.probe import count_frames, probe_media
 from worker.masks import read_mask_lines
-from worker.media.containers import ALLOWED_DEMUXERS, VIDEO_DEMUXERS
-from worker.media.decode import FrameReader, count_frames, read_audio
-from worker.media.probe import MediaInfo, MediaLimits, probe_media
+from worker.media.audio import read_audio
+from worker.media.decode import FrameReader
 from worker.pipeline import SegmentOptions, segment_video
 
 SR = 16000
@@ -153,7 +155,7 @@ def test_a_start_offset_is_not_duration(rw: RealWorldClips, name: str, offset: f
     pts = _decode(info)
     assert pts[0] < 0.1
     assert pts[-1] < seconds
-    assert abs(read_audio(info).size - seconds * SR) < 0.1 * SR
+    assert abs(read_audio(info, sample_rate=SR).size - seconds * SR) < 0.1 * SR
 
 
 def test_audio_starting_late_in_mpeg_ts_is_heard_late(tmp_path: Path) -> None:
@@ -166,7 +168,7 @@ def test_audio_starting_late_in_mpeg_ts_is_heard_late(tmp_path: Path) -> None:
     info = probe_media(path)
     audio_start = float(ffprobe_stream(path, "a:0")["start_time"]) - float(ffprobe_stream(path)["start_time"])
     assert audio_start == pytest.approx(1.0, abs=0.05)
-    assert _onset_s(read_audio(info), SR) == pytest.approx(audio_start, abs=0.03)
+    assert _onset_s(read_audio(info, sample_rate=SR), SR) == pytest.approx(audio_start, abs=0.03)
     assert _decode(info)[0] == pytest.approx(0.0, abs=0.01)
 
 
@@ -219,7 +221,8 @@ def test_everyday_containers_are_accepted(rw: RealWorldClips, name: str, demuxer
     assert info.demuxer == demuxer
     assert demuxer in VIDEO_DEMUXERS
     assert len(_decode(info)) == count_frames(path) == info.num_frames
-    tone = read_audio(info)[SR // 4: -SR // 4]  # ffmpeg's sine source (amplitude 1/8, RMS 0.088 in mono)
+    # ffmpeg's sine source: amplitude 1/8, RMS 0.088 in mono
+    tone = read_audio(info, sample_rate=SR)[SR // 4: -SR // 4]
     assert 0.04 < float(np.sqrt(np.mean(np.square(tone)))) < 0.1
     assert _dominant_hz(tone) == pytest.approx(440, abs=5)
 
@@ -275,7 +278,7 @@ def test_the_default_audio_track_is_the_one_heard(rw: RealWorldClips, predictor:
     assert ffprobe_stream(path, "a:1")["disposition"]["default"] == 1
     info = probe_media(path)
     assert (info.audio_stream_index, info.audio_tracks) == (2, 2)
-    assert _dominant_hz(read_audio(info)) == pytest.approx(1760, abs=5)  # not the first track's 220 Hz
+    assert _dominant_hz(read_audio(info, sample_rate=SR)) == pytest.approx(1760, abs=5)  # not the first track's 220 Hz
     result = segment_video(path, tmp_path, predictor, SegmentOptions(batch_size=16))
     assert result.video["audio_stream_index"] == 2  # reported with the result
 
@@ -293,7 +296,7 @@ def test_an_empty_default_track_gives_way_to_a_track_with_sound(rw: RealWorldCli
     assert ffprobe_stream(path, "a:0")["disposition"]["default"] == 1
     info = probe_media(path)
     assert (info.audio_stream_index, info.audio_tracks) == (2, 1)
-    assert _dominant_hz(read_audio(info)) == pytest.approx(1760, abs=5)
+    assert _dominant_hz(read_audio(info, sample_rate=SR)) == pytest.approx(1760, abs=5)
 
 
 def count_frames_of(path: Path, stream: str) -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from model.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
-from model.data.synthetic import CLASS_NAMES
+from model.lab.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
+from model.lab.data.synthetic_scenes import CLASS_NAMES
+from worker.core.media.probe import count_frames
 from worker.masks import read_mask_lines
-from worker.media.decode import count_frames
 
 AVS = str(Path(sys.executable).with_name("avs"))
 
@@ -97,7 +97,7 @@ def test_train_init_starts_from_a_checkpoint(dataset: Path, tmp_path: Path) -> N
     from model.checkpoint import load_checkpoint, save_checkpoint
     from model.config import with_overrides
     from model.errors import CheckpointError
-    from model.training import TrainConfig, train
+    from model.lab.training import TrainConfig, train
     from model.variants import get_config
 
     # weights that differ from what train()'s own seed would build, from a config that differs from the
@@ -126,7 +126,7 @@ def test_train_init_starts_from_a_checkpoint(dataset: Path, tmp_path: Path) -> N
 def test_train_config_overrides_reach_the_checkpoint(dataset: Path, tmp_path: Path) -> None:
     from model.checkpoint import read_checkpoint_info
     from model.errors import ConfigError
-    from model.training import TrainConfig, train
+    from model.lab.training import TrainConfig, train
 
     cfg = TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "o.safetensors"),
                       overrides=("head.mlp_hidden=32", "decoder.num_queries=8"), size=64, batch_size=2,

@@ -57,7 +57,6 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -68,11 +67,12 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
-from worker.media.containers import FORMAT_WHITELIST
-from worker.media.probe import FFMPEG, FFPROBE, MediaInfo, MediaLimits, ffmpeg_message
-from worker.media.process import BoundedProcess, run_bounded
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.media_info import MediaInfo, MediaLimits
+from worker.core.media.probe import FFMPEG, ffmpeg_message
+from worker.core.media.process import BoundedProcess
+from worker.media.ffmpeg_input import input_url, media_input_args
 
 _SHOWINFO_FRAME = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
 _SHOWINFO_CONFIG = re.compile(r"Parsed_showinfo.*config in time_base:\s*(\d+)/(\d+)")
@@ -94,28 +94,6 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
-
-
-def media_input_args(info: MediaInfo) -> list[str]:
-    """Input options shared by every ffmpeg call on an upload (they must precede `-i`).
-
-    `-copyts` (a global option, harmless here) keeps the streams' own timestamps: each caller moves them to
-    the decode timeline by subtracting `info.origin_s` (see `MediaInfo`)."""
-    return [
-        "-copyts",
-        "-protocol_whitelist", "file,pipe",
-        "-format_whitelist", FORMAT_WHITELIST,
-        "-f", info.demuxer,
-    ]  # fmt: skip
-
-
-def timeline_filter(info: MediaInfo) -> str:
-    """The audio filter that moves the stream's own timestamps to the decode timeline (0 = container start)."""
-    return f"asetpts=PTS-{info.origin_s:.6f}/TB"
-
-
-def input_url(info: MediaInfo) -> str:
-    return f"file:{Path(info.path).resolve()}"
 
 
 def _rotation_filters(rotation: int) -> list[str]:
@@ -376,79 +354,3 @@ class FrameReader:
         """Frames one by one ([H, W, 3] uint8), for convenience; batches are the efficient path."""
         for batch in self.iter_batches(32):
             yield from batch.frames
-
-
-def read_audio(
-    info: MediaInfo,
-    *,
-    sample_rate: int = 16000,
-    timeout_s: float | None = None,
-    limits: MediaLimits | None = None,
-) -> np.ndarray:
-    """The audio track as float32 mono in [-1, 1] at `sample_rate`, on the frames' timeline.
-
-    Sample k is at k / sample_rate seconds from the container start, like the frame timestamps of
-    `FrameReader`: `aresample=async=1:first_pts=0` pads an audio stream that starts late with leading
-    silence (and fills gaps inside the stream), any channel layout is downmixed to mono (`rematrix_maxval=1`
-    keeps the mix from clipping; the result is clipped to [-1, 1] anyway) and any input rate is resampled.
-    The output ends where the audio ends, at most 1 s after the end of the video (so a hostile timestamp gap
-    cannot make the silence padding grow without bound).
-    """
-    if not info.has_audio or info.audio_stream_index is None:
-        raise MediaError(ErrorCode.NO_AUDIO_TRACK, f"{Path(info.path).name}: no audio track")
-    if not (isinstance(sample_rate, int) and 1000 <= sample_rate <= 384000):
-        raise ValueError(f"sample_rate must be an integer in [1000, 384000], got {sample_rate!r}")
-    limits = limits if limits is not None else MediaLimits()
-    if info.duration_s is not None:
-        max_seconds = min(info.start_time_s + info.duration_s, 2 * limits.max_duration_s) + 1.0
-    else:
-        max_seconds = limits.max_duration_s + 1.0
-    deadline = timeout_s if timeout_s is not None else limits.decode_timeout(info.duration_s)
-    audio_filter = (
-        f"{timeline_filter(info)},aresample=async=1:first_pts=0:rematrix_maxval=1.0,"
-        f"aformat=sample_fmts=flt:sample_rates={sample_rate}:channel_layouts=mono,"
-        f"atrim=end={max_seconds:.6f}"
-    )
-    command = [
-        FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-xerror",
-        *media_input_args(info),
-        "-i", input_url(info),
-        "-map", f"0:{info.audio_stream_index}",
-        "-vn", "-sn", "-dn",
-        "-af", audio_filter,
-        "-t", f"{max_seconds:.6f}",  # the same end as atrim, but it also stops ffmpeg reading a longer track
-        "-f", "f32le",
-        "pipe:1",
-    ]  # fmt: skip
-    result = run_bounded(command, timeout_s=deadline)
-    name = Path(info.path).name
-    if result.timed_out:
-        raise MediaError(ErrorCode.MEDIA_TIMEOUT, f"{name}: reading the audio did not finish within {deadline:g} s")
-    if result.returncode != 0:
-        reason = ffmpeg_message(result.stderr, info.path, "ffmpeg failed")
-        raise MediaError(ErrorCode.CORRUPT_MEDIA, f"{name}: damaged audio stream: {reason}")
-    usable = len(result.stdout) - len(result.stdout) % 4
-    samples = np.frombuffer(result.stdout[:usable], dtype="<f4").astype(np.float32)
-    if samples.size == 0:  # packets that decode to nothing: as good as no track (never silence without a word)
-        raise MediaError(ErrorCode.NO_AUDIO_TRACK, f"{name}: the audio track yields no sound")
-    return np.clip(samples, -1.0, 1.0)
-
-
-def count_frames(path: str | Path, *, timeout_s: float = 120.0) -> int:
-    """How many frames ffprobe decodes from the first video stream (`-count_frames`); for tests and checks."""
-    command = [
-        FFPROBE, "-hide_banner", "-v", "error",
-        "-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST,
-        "-count_frames", "-select_streams", "v:0",
-        "-show_entries", "stream=nb_read_frames", "-print_format", "json",
-        "-i", f"file:{Path(path).resolve()}",
-    ]  # fmt: skip
-    result = run_bounded(command, timeout_s=timeout_s)
-    if result.timed_out:
-        raise MediaError(ErrorCode.MEDIA_TIMEOUT, f"counting frames took longer than {timeout_s:g} s")
-    try:
-        streams = json.loads(result.stdout.decode("utf-8", errors="replace")).get("streams") or []
-        return int(streams[0]["nb_read_frames"])
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        reason = ffmpeg_message(result.stderr, path, "ffprobe could not count frames")
-        raise MediaError(ErrorCode.CORRUPT_MEDIA, reason) from None

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.contracts import ErrorCode
-from worker.errors import MediaError
-from worker.media.process import BoundedProcess
+from worker.core.contracts import ErrorCode
+from worker.core.errors import MediaError
+from worker.core.media.process import BoundedProcess
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.media.probe import FFMPEG
-from worker.media.process import run_bounded
+from worker.core.media.probe import FFMPEG
+from worker.core.media.process import run_bounded
 
 _CONTAINERS: dict[str, tuple[str, str]] = {
     # container -> (default video codec, default audio codec)

@@ -1,0 +1,113 @@
+"""Dependencies shared by the routers, as `Annotated` aliases (the full-stack FastAPI template's style).
+
+* `SettingsDep`: `worker.core.settings.get_settings`, which `create_app(settings)` overrides for its app, and
+  tests may override through `app.dependency_overrides[get_settings]`.
+* `StoreDep`: the `JobStore` over `settings.data_dir` (one per data directory, created on first use).
+* `TaskSenderDep`: a callable `(job_id) -> None` that queues `avs.segment(job_id)`; the app keeps it in
+  `app.state.task_sender` (the real Celery sender, or a test's recorder).
+* `require_api_key`: the auth guard of the job routes (health, readiness, metrics and docs stay open).
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.api.errors import ApiError
+from worker.core.contracts import TASK_SEGMENT, ServiceErrorCode
+from worker.core.jobstore import JobStore
+from worker.core.settings import ServiceSettings, get_settings
+
+TaskSender = Callable[[str], None]
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+
+
+@lru_cache(maxsize=16)
+def _store_for(data_dir: str) -> JobStore:
+    return JobStore(Path(data_dir))
+
+
+def get_store(settings: SettingsDep) -> JobStore:
+    return _store_for(str(settings.data_dir))
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def get_task_sender(request: Request) -> TaskSender:
+    return request.app.state.task_sender
+
+
+TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
+
+
+class CelerySender:
+    """Sends `avs.segment(job_id)` through the project's Celery app, built lazily for these settings.
+
+    Lazy so that importing or creating the API touches no broker (and creates no broker directory);
+    the publish retries briefly, so a broker that is down fails the request in about a second (503)
+    instead of hanging it.
+    """
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self._celery = None
+        self._lock = threading.Lock()
+
+    def _app(self):  # -> celery.Celery
+        with self._lock:
+            if self._celery is None:
+                from worker.core.celery_app import create_celery  # torch-free; imported on first send only
+
+                self._celery = create_celery(self.settings)
+            return self._celery
+
+    def __call__(self, job_id: str) -> None:
+        self._app().send_task(
+            TASK_SEGMENT, args=[job_id],
+            # The job record is the result: no result-backend subscription per task in the API process
+            # (with Redis it would also make a send block ~20 s on its reconnect loop when Redis is down).
+            ignore_result=True,
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5,
+                                      "interval_max": 0.5},
+        )
+
+
+def _presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """401 `unauthorized` unless `X-API-Key: <key>` (or `Authorization: Bearer <key>`) names a configured key.
+
+    Every configured key is compared, in constant time, so the answer's timing says nothing about which
+    prefix matched.
+    """
+    if not settings.api_keys:
+        return
+    presented = _presented_key(request)
+    if presented is None:
+        raise ApiError(ServiceErrorCode.UNAUTHORIZED, "an API key is required (X-API-Key header)",
+                       headers={"WWW-Authenticate": "Bearer"})
+    given = presented.encode("utf-8", "surrogateescape")
+    ok = False
+    for key in settings.api_keys:
+        ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
+    if not ok:
+        raise ApiError(ServiceErrorCode.UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+ApiKeyGuard = Depends(require_api_key)

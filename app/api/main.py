@@ -1,0 +1,83 @@
+"""The HTTP API (FastAPI): `create_app()` factory and the module-level `app` that uvicorn serves.
+
+    POST   /segment                 upload (streamed, capped), probe, record, queue -> 202 + Location
+    GET    /jobs/{job_id}           status, progress, video, timings, error
+    GET    /jobs/{job_id}/masks     NDJSON, one line per frame; follows a running job (?from_frame=N)
+    GET    /jobs/{job_id}/overlay.mp4
+    DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone)
+    GET    /healthz /readyz /metrics /docs
+
+This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
+only streams, probes, writes records and sends ids to the queue. The lifespan runs the cleanup loop
+that expires finished jobs after `AVS_RESULT_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from app.api import prometheus
+from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store
+from app.api.errors import install_error_handlers
+from app.api.job_service import cleanup_once
+from app.api.routers import jobs as jobs_router
+from app.api.routers import ops, segment
+from worker.core.settings import ServiceSettings, get_settings
+
+log = logging.getLogger("avs.api")
+
+
+async def cleanup_loop(settings: ServiceSettings) -> None:
+    """Expire finished jobs (and dead uploads) once at start, then every `cleanup_interval_s`."""
+    store = get_store(settings)
+    while True:
+        try:
+            removed = await anyio.to_thread.run_sync(cleanup_once, store, settings.result_ttl_s)
+            if removed:
+                log.info("expired %d job(s)", len(removed))
+        except Exception:
+            log.exception("job cleanup failed")
+        await asyncio.sleep(settings.cleanup_interval_s)
+
+
+def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSender | None = None) -> FastAPI:
+    """Build the API. `settings` defaults to `get_settings()` (the `AVS_` environment); `task_sender`,
+    a callable `(job_id) -> None`, defaults to sending `avs.segment(job_id)` through Celery."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cleaner = asyncio.create_task(cleanup_loop(settings), name="avs-job-cleanup")
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+            prometheus.mark_process_dead()
+
+    app = FastAPI(
+        title="AVESFormer segmentation service",
+        summary="Segments the objects that make the sound in a video: per-frame COCO-RLE masks as NDJSON.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.task_sender = task_sender if task_sender is not None else CelerySender(settings)
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(prometheus.MetricsMiddleware)
+    app.include_router(ops.router)
+    app.include_router(segment.router, dependencies=[ApiKeyGuard])
+    app.include_router(jobs_router.router, dependencies=[ApiKeyGuard])
+    return app
+
+
+app = create_app()

@@ -1,0 +1,118 @@
+"""GET /jobs/{id}/masks: the complete lines of `masks.ndjson`, followed while the job runs, then the end line.
+
+The worker appends lines as batches finish; this reads only whole lines (a torn last line waits for its
+newline), sends each frame at most once and in order (a redelivered job may rewrite the file), and ends with
+`end_line` once the record says the job has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.requests import Request
+
+from worker.core.job_record import JobRecord
+from worker.core.jobstore import JobNotFound, JobStore
+
+MASKS_POLL_S = 0.2
+MASKS_READ_BYTES = 1 << 20
+MAX_LINE_BYTES = 256 << 20  # a frame's line is KBs; this only bounds a runaway file
+_FRAME_INDEX = re.compile(rb'"frame_index"\s*:\s*(-?\d+)')
+
+
+def _poll_masks(store: JobStore, job_id: str, offset: int) -> tuple[JobRecord | None, bytes, int]:
+    """(record, the COMPLETE lines from `offset`, file size).
+
+    The record is read BEFORE the file, so a record that says "finished" guarantees that the read after
+    it saw every line the worker wrote. Only whole lines are returned, so `offset` always sits just after
+    a newline: a torn last line is read again at the next poll (and a worker that truncates it after a
+    crash and writes it anew is followed exactly).
+    """
+    try:
+        record = store.get(job_id)
+    except (JobNotFound, ValueError):
+        return None, b"", 0
+    try:
+        with open(store.masks_path(job_id), "rb") as fh:
+            size = fh.seek(0, 2)
+            if size <= offset:
+                return record, b"", size
+            fh.seek(offset)
+            data = fh.read(MASKS_READ_BYTES)
+            cut = data.rfind(b"\n")
+            while cut < 0 and len(data) < min(size - offset, MAX_LINE_BYTES):  # one line longer than a read
+                more = fh.read(MASKS_READ_BYTES)
+                if not more:
+                    break
+                found = more.rfind(b"\n")
+                cut = len(data) + found if found >= 0 else -1
+                data += more
+            return record, data[:cut + 1], size
+    except FileNotFoundError:
+        return record, b"", 0
+
+
+def _frame_index(line: bytes) -> int | None:
+    match = _FRAME_INDEX.search(line, 0, 96)
+    return int(match.group(1)) if match else None
+
+
+def end_line(record: JobRecord) -> bytes:
+    """The last line of every complete mask stream: `{"end": true, "status", "frames", "error", "deleted"}`.
+
+    `frames` is how many frame lines the job's result holds (frame_index 0 .. frames-1): all of them when
+    `status` is "succeeded", those written before the failure when "failed" (kept, readable), those written
+    before the cancel when "cancelled". `deleted`: the client deleted the job, its frame lines are gone. A
+    stream that ends without this line was cut (the connection, the server): resume with `from_frame`.
+    Frame readers recognise frame lines by `frame_index` and skip this one.
+    """
+    end = {"end": True, "status": record.status.value, "frames": record.progress.frames_done,
+           "error": record.error.model_dump() if record.error is not None else None, "deleted": record.deleted}
+    return json.dumps(end, separators=(",", ":")).encode() + b"\n"
+
+
+async def follow_masks(request: Request, store: JobStore, job_id: str, from_frame: int,
+                       poll_s: float = MASKS_POLL_S) -> AsyncIterator[bytes]:
+    """The complete lines of `masks.ndjson` with frame_index >= from_frame, following a live job, then the
+    end line (`end_line`) once the job has finished.
+
+    Polls the record and the file every `poll_s` while the job is queued or running; ends when the job
+    is finished and the file is exhausted (with the end line), or without the end line when the record
+    disappears or the client goes away. A partial last line is held back until its newline arrives (and
+    never sent if it never does). Frames are sent at most once, in increasing order: if the worker rewrites
+    the file (a redelivered job), already-sent frames are skipped.
+    """
+    offset = 0
+    last_sent = -1
+    while True:
+        record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset)
+        if record is None:
+            return
+        if size < offset:  # the file was rewritten shorter (or removed): read it again, skip what was sent
+            offset = 0
+            continue
+        if data:
+            offset += len(data)
+            out = []
+            for line in data.split(b"\n"):
+                if not line.strip():
+                    continue
+                index = _frame_index(line)
+                if index is not None:
+                    if index < from_frame or index <= last_sent:
+                        continue
+                    last_sent = index
+                out.append(line)
+            if out:
+                yield b"\n".join(out) + b"\n"
+            continue
+        if record.finished:
+            yield end_line(record)
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(poll_s)

@@ -1,0 +1,104 @@
+"""Response shapes, for the OpenAPI document (`/docs`).
+
+Routes return plain dicts built from the job record (`app.api.job_service.job_view`); these models describe
+them for clients and are kept in step by the tests, which check the exact key sets. The job's options,
+progress and error are the record's own models (`worker.core.job_record`): one definition each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from worker.core.job_record import JobError, JobOptions, Progress
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable error code (worker.core.contracts.ErrorCode / ServiceErrorCode)")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    masks_url: str
+    overlay_url: str | None = Field(None, description="present only when overlay was asked for")
+
+
+class AudioTrack(BaseModel):
+    stream_index: int = Field(description="the container's stream index of the track that is heard")
+    codec: str | None
+    sample_rate: int | None
+    channels: int | None
+    language: str | None
+    tracks: int = Field(description="audio tracks with sound in the file; the default-disposition one is used, "
+                                    "else the first")
+
+
+class VideoInfo(BaseModel):
+    """The probed video (`MediaInfo.summary()`), stored with the job when it was submitted."""
+
+    width: int = Field(description="stored width in pixels, upright (rotation applied); masks have this size")
+    height: int
+    fps: float = Field(description="average frame rate: frames / duration (variable rates included)")
+    duration_s: float | None = Field(description="the video stream's own span, from its packets")
+    frames: int | None = Field(description="frames in the video stream (packets); the decoder's count is final")
+    start_time_s: float = Field(description="when the first frame is shown, from the container start")
+    rotation: int = Field(description="clockwise degrees the source's metadata turns the stored frame")
+    sample_aspect_ratio: list[int] = Field(description="[num, den]: pixel width over height")
+    display_aspect_ratio: float
+    container: str = Field(description="the demuxer (mov, matroska, mpegts, ...)")
+    video_codec: str
+    video_stream_index: int
+    audio: AudioTrack | None = Field(description="the audio track that is heard")
+
+
+class JobUrls(BaseModel):
+    status: str
+    masks: str
+    overlay: str | None
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: str = Field(description="queued / running / succeeded / failed / cancelled")
+    progress: Progress
+    video: VideoInfo | None
+    timings: dict[str, Any] = Field(description="seconds per stage, as the worker reports them")
+    error: JobError | None
+    created_at: float = Field(description="Unix time, seconds")
+    started_at: float | None
+    finished_at: float | None
+    options: JobOptions
+    urls: JobUrls
+    attempts: int = Field(description="deliveries to a worker so far (2 after a worker died mid-job)")
+    cancel_requested: bool
+    deleted: bool = Field(description="the client deleted the job: its files are (being) removed")
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    hostname: str | None
+    pid: int | None
+    variant: str | None
+    device: str | None
+    age_s: float
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    broker: str
+    workers: list[WorkerInfo]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "`unauthorized`"},
+    404: {"model": ErrorBody, "description": "`not_found`"},
+    422: {"model": ErrorBody, "description": "`invalid_request`"},
+}

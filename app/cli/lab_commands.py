@@ -1,0 +1,123 @@
+"""`avs synth`, `avs train`, `avs eval`: data, training and AVSBench-exact evaluation.
+
+Torch is imported inside the handlers, never at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from app.cli.output import HelpFormatter, add_json_flag, emit
+
+SUBSETS = ("s4", "ms3", "avss")
+SPLITS = ("train", "val", "test")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker.synthetic_dataset import write_synthetic_dataset
+
+    with tqdm(total=args.videos, unit="clip", desc=f"synth {args.subset}", disable=None, file=sys.stderr) as bar:
+        summary = write_synthetic_dataset(args.out, subset=args.subset, videos=args.videos, seed=args.seed,
+                                          split=args.split, size=args.size, mp4=not args.no_mp4,
+                                          on_clip=lambda n: bar.update(n - bar.n))
+    return emit(args, summary, lambda: (
+        f"wrote {summary['videos']} {args.subset} clips ({args.split}) to {summary['out']}"))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.lab.training import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, subset=args.subset, variant=args.variant, out=args.out, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, vggish=args.vggish, pvt=args.pvt,
+                      init=args.init, overrides=tuple(args.set), size=args.size, num_workers=args.workers,
+                      save_dtype=args.save_dtype, resume=not args.no_resume, max_steps=args.max_steps)
+    with tqdm(unit="step", desc="train", disable=None, file=sys.stderr) as bar:
+        def progress(row: dict[str, Any]) -> None:
+            bar.total = row["steps_total"]
+            bar.update(row["step"] - bar.n)
+            bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
+
+        summary = train(cfg, on_step=progress)
+    return emit(args, summary, lambda: (
+        f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}: "
+        f"{args.out}"))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.checkpoint import load_checkpoint
+    from model.lab.evaluation import evaluate
+    from model.variants import DEMO_CHECKPOINT
+
+    path = args.checkpoint or DEMO_CHECKPOINT
+    model, info = load_checkpoint(path)
+    with tqdm(unit="clip", desc="eval", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate(model, info.config, data=args.data, subset=args.subset, split=args.split,
+                          audio=args.audio, size=args.size, device=args.device, on_clip=progress)
+    result["checkpoint"] = str(path)
+    return emit(args, result, lambda: f"{args.subset}/{args.split} ({args.audio} audio): mIoU {result['miou']:.4f}, "
+                f"F {result['fscore']:.4f} over {result['frames']} frames")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="the subset's folder in the AVSBench layout (real or `avs synth`)")
+    p.add_argument("--subset", required=True, choices=SUBSETS, help="AVSBench subset: s4, ms3 or avss")
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Add `synth`, `train` and `eval` to the root parser's subcommands."""
+    del bench  # no lab benchmark here: `avs bench model` lives with the model commands
+    p = sub.add_parser("synth", help="synthetic audio-visual scenes (AVSBench layout + playable mp4)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True, help="folder to write the subset's layout into (created)")
+    p.add_argument("--subset", required=True, choices=SUBSETS, help="which AVSBench subset's layout and task")
+    p.add_argument("--videos", type=int, required=True, help="number of clips to make")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same clips")
+    p.add_argument("--split", default="train", choices=SPLITS, help="the split the clips are listed under")
+    p.add_argument("--size", type=int, default=224, help="frame side (pixels)")
+    p.add_argument("--no-mp4", action="store_true", help="skip the playable mp4 + gt.ndjson (faster)")
+    add_json_flag(p)
+    p.set_defaults(handler=_synth)
+
+    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic)", formatter_class=HelpFormatter)
+    _data_args(p)
+    p.add_argument("--variant", default="avesformer-tiny", help="a name from `avs model list`")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors); its state beside it")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per step (5 frames each for S4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (cosine decay to 5 %%)")
+    p.add_argument("--seed", type=int, default=123, help="random seed")
+    p.add_argument("--vggish", default=None, help="converted VGGish weights (.safetensors; frozen)")
+    p.add_argument("--pvt", default=None, help="converted visual backbone weights (.safetensors)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same tensor names/shapes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the variant's config, e.g. head.upsample_last=false (repeatable)")
+    p.add_argument("--size", type=int, default=None, help="training frame side in pixels (default: the variant's)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"], help="checkpoint tensor type")
+    p.add_argument("--no-resume", action="store_true", help="ignore a saved state and start over")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
+    add_json_flag(p)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="AVSBench-exact mIoU and F-score", formatter_class=HelpFormatter)
+    _data_args(p)
+    p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="the split to score")
+    p.add_argument("--audio", default="normal", choices=["normal", "silence", "shuffle"],
+                   help="the clip's own sound, silence, or another clip's sound (does the sound decide?)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
+    add_json_flag(p)
+    p.set_defaults(handler=_eval)

@@ -1,0 +1,143 @@
+"""`avs model`, `avs weights`, `avs bench model|compare`: the network's variants, weights and speed.
+
+Torch is imported inside the handlers, never at module level (`avs --help` and the API stay torch-free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from app.cli.output import HelpFormatter, add_json_flag, emit, print_json
+
+
+def _model_list(args: argparse.Namespace) -> int:
+    from model.variants import VARIANTS
+
+    rows = [{"variant": name, "visual": cfg.visual.backbone, "audio": cfg.audio.backbone,
+             "decoder": cfg.decoder.kind, "input_size": cfg.input_size} for name, cfg in VARIANTS.items()]
+    if args.json:
+        print_json({"variants": rows})
+    else:
+        for row in rows:
+            print(f"{row['variant']:24s} visual={row['visual']:10s} audio={row['audio']:7s} "
+                  f"decoder={row['decoder']:12s} input={row['input_size']}")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from model.build import build_model
+    from model.variants import get_config
+
+    cfg = get_config(args.variant, num_classes=args.num_classes)
+    model = build_model(cfg)
+    groups = model.parameter_groups()
+    info = {"variant": cfg.variant, "params_total": sum(groups.values()), "params": groups,
+            "input_size": cfg.input_size, "num_classes": cfg.num_classes}
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{info['variant']}: {info['params_total']:,} parameters "
+              f"(visual {groups['visual']:,}, audio {groups['audio']:,}, decoder {groups['decoder']:,}); "
+              f"input {cfg.input_size}x{cfg.input_size}, {cfg.num_classes} class(es)")
+        if args.config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+def _weights_import(kind: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        from model import weight_import
+
+        src, out = Path(args.file), Path(args.out)
+        if kind == "vggish":
+            info = weight_import.import_vggish(src, out)
+        elif kind == "pvt":
+            info = weight_import.import_pvt(src, out, backbone=args.backbone)
+        else:
+            info = weight_import.import_resnet50(src, out)
+        return emit(args, info, lambda: (
+            f"wrote {info['out']}: {info['backbone']} weights, {int(info['num_params']):,} parameters"))
+    return handler
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from model.lab.model_bench import bench_model
+
+    result = bench_model(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
+                         warmup=args.warmup, device=args.device, threads=args.threads, amp=args.amp,
+                         breakdown=args.breakdown)
+    return emit(args, result, lambda: (
+        f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
+        f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads"))
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from model.lab.model_bench import bench_compare
+
+    result = bench_compare(args.backbones, args.batch_sizes, size=args.size, iters=args.iters, warmup=args.warmup,
+                           device=args.device, threads=args.threads)
+    if args.json:
+        print_json(result)
+    else:
+        for row in result["rows"]:
+            print(f"{row['backbone']:10s} batch {row['batch_size']}: AVESFormer {row['avesformer_fps']} fps, "
+                  f"AVSegFormer {row['avsegformer_fps']} fps, speed-up x{row['speedup']}")
+    return 0
+
+
+def _timing_args(p: argparse.ArgumentParser, *, iters: int, warmup: int) -> None:
+    p.add_argument("--size", type=int, default=224, help="frame side in pixels (square input)")
+    p.add_argument("--iters", type=int, default=iters, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed runs first")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Add `model`, `weights` and `bench model|compare` to the root parser's subcommands."""
+    model_p = sub.add_parser("model", help="model variants", formatter_class=HelpFormatter).add_subparsers(
+        dest="action", required=True)
+    p = model_p.add_parser("list", help="list the variants", formatter_class=HelpFormatter)
+    add_json_flag(p)
+    p.set_defaults(handler=_model_list)
+    p = model_p.add_parser("info", help="parameter counts of a variant", formatter_class=HelpFormatter)
+    p.add_argument("--variant", required=True, help="a name from `avs model list`")
+    p.add_argument("--num-classes", type=int, default=None, help="1 (S4/MS3, the default) or 71 (AVSS)")
+    p.add_argument("--config", action="store_true", help="also print the full config (text mode)")
+    add_json_flag(p)
+    p.set_defaults(handler=_model_info)
+
+    weights_p = sub.add_parser("weights", help="convert public weight files", formatter_class=HelpFormatter
+                               ).add_subparsers(dest="action", required=True)
+    for kind, helptext in (("vggish", "torchvggish vggish-10086976.pth"),
+                           ("pvt", "PVT-v2 release file (pvt_v2_b*.pth) or an AVSegFormer checkpoint"),
+                           ("resnet50", "torchvision resnet50 state dict")):
+        p = weights_p.add_parser(f"import-{kind}", help=f"convert {helptext} to safetensors",
+                                 formatter_class=HelpFormatter)
+        p.add_argument("file", help=f"the {helptext}")
+        p.add_argument("--out", required=True, help="the .safetensors file to write")
+        if kind == "pvt":
+            p.add_argument("--backbone", default=None, help="expected variant, e.g. pvt_v2_b5 (checked)")
+        add_json_flag(p)
+        p.set_defaults(handler=_weights_import(kind))
+
+    p = bench.add_parser("model", help="model frames/s (full forward incl. audio encoder)",
+                         formatter_class=HelpFormatter)
+    p.add_argument("--variant", required=True, help="a name from `avs model list`")
+    p.add_argument("--batch-size", type=int, default=1, help="frames per forward pass")
+    _timing_args(p, iters=10, warmup=2)
+    p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
+    add_json_flag(p)
+    p.set_defaults(handler=_bench_model)
+    p = bench.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones",
+                         formatter_class=HelpFormatter)
+    p.add_argument("--backbones", nargs="+", default=["pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "r50"],
+                   help="visual backbones to compare on")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="frames per forward pass, each")
+    _timing_args(p, iters=5, warmup=1)
+    add_json_flag(p)
+    p.set_defaults(handler=_bench_compare)

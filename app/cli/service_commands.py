@@ -1,0 +1,139 @@
+"""`avs serve`, `avs worker`, `avs demo`, `avs bench service`: the HTTP service and its workers.
+
+Settings come from `AVS_*` variables and are validated before anything starts (`SettingsError`, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.cli.output import HelpFormatter, add_json_flag, emit, print_json
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    from worker.core.settings import get_settings
+
+    settings = get_settings()  # invalid settings stop here, before Celery starts
+    from worker.tasks import app
+
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={args.loglevel}",
+            "-n", args.name or f"avs-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    if settings.embedded:
+        argv.append("--without-heartbeat")  # the filesystem transport has no fanout for Celery's heartbeats
+    app.worker_main(argv)
+    return 0
+
+
+def _terminate_with_parent() -> None:
+    """In a child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # not Linux/glibc: the forwarding in `_serve` still covers a normal exit
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    from worker.core.settings import get_settings
+
+    settings = get_settings()  # invalid settings stop here, before anything starts
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # API and worker processes write their metrics here; the API's /metrics aggregates them all.
+    metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "prometheus")
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files of dead processes would count forever
+    metrics_dir.mkdir(parents=True, exist_ok=True)  # exist_ok: the directory may be a mount point
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ["AVS_DATA_DIR"] = str(settings.data_dir)
+    mode = "embedded (filesystem broker, no server)" if settings.embedded else f"broker {settings.broker_url}"
+    sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
+    worker = None
+    if not args.no_worker:
+        # Its own session, so a Ctrl-C or a group SIGTERM does not reach it twice (a second signal turns
+        # Celery's warm shutdown into a cold one); instead the kernel sends it SIGTERM when this process
+        # ends, however it ends (uvicorn re-raises the signal it caught, so a `finally` may never run).
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()],
+                                  start_new_session=True, preexec_fn=_terminate_with_parent)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
+    # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
+    try:
+        uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # warm shutdown: the current batch ends, the job is handed back
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.cli.demo import run_demo
+
+    summary = run_demo(Path(args.out))
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"segmented {summary['frames']} frames over HTTP: first mask after "
+              f"{summary['seconds_to_first_mask']}s, all in {summary['seconds_total']}s; "
+              f"mIoU against the clip's ground truth {summary['miou_vs_ground_truth']}")
+        print(f"masks:   {summary['masks']}\noverlay: {summary['overlay']}  (the sounding object in red, with sound)")
+    return 0
+
+
+def _bench_service(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from app.cli.demo import bench_service, make_sample_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(args.video) if args.video else make_sample_clip(Path(tmp) / "clips")
+        result = bench_service(video, Path(tmp), runs=args.runs, batch_size=args.batch_size)
+    return emit(args, result, lambda: (
+        f"service {result['service_fps']} frames/s vs model {result['model_fps']} frames/s "
+        f"({result['service_over_model']:.0%}); first mask after {result['seconds_to_first_mask_median']}s"))
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Add `serve`, `worker`, `demo` and `bench service` to the root parser's subcommands."""
+    p = sub.add_parser("serve", help="the HTTP API + one worker (embedded broker unless AVS_BROKER_URL is set)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="API processes (uvicorn workers)")
+    p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    p.add_argument("--loglevel", default="info", help="uvicorn and Celery log level")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("worker", help="a Celery worker: one process, one model, one GPU", formatter_class=HelpFormatter)
+    p.add_argument("--loglevel", default="INFO", help="Celery log level")
+    p.add_argument("--name", default=None, help="Celery node name (default: avs-<pid>@<host>)")
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("demo", help="serve, submit a synthetic clip over HTTP, stream masks, write the overlay",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="folder for the clip, masks.ndjson and overlay.mp4")
+    add_json_flag(p)
+    p.set_defaults(handler=_demo)
+
+    p = bench.add_parser("service", help="frames/s through HTTP + Celery vs the model alone; time to first mask",
+                         formatter_class=HelpFormatter)
+    p.add_argument("--video", default=None, help="the video to submit (default: a synthetic sample clip)")
+    p.add_argument("--runs", type=int, default=3, help="submissions, one after the other")
+    p.add_argument("--batch-size", type=int, default=8, help="the worker's frames per inference call")
+    add_json_flag(p)
+    p.set_defaults(handler=_bench_service)

@@ -1,0 +1,117 @@
+"""The job record: the one shape of `job.json`, shared by the API, the workers and the tests.
+
+A pydantic model, so a field is declared once with its type and its rule, a record read from disk is
+validated, and a change that breaks a rule fails where it is made (`validate_assignment`). The public view
+of a job (`GET /jobs/{id}`, `app.api.schemas.JobView`) is built from it; the worker reads its options and the
+probe result stored here (`media`), so it does not probe the upload again.
+
+Unknown fields in a file are ignored (a record written by a newer version still reads); fields added later
+get defaults. Torch-free: the API imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.core.contracts import JobStatus
+from worker.core.media.media_info import MediaInfo, MediaLimits
+
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A job id: 32 lower-case hex digits (a UUID4 without dashes). Ids arrive in URLs: nothing else is ever
+turned into a path."""
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_job_id(text: str) -> bool:
+    """True for a well-formed job id (see `JOB_ID_PATTERN`)."""
+    return bool(_JOB_ID.match(text))
+
+
+class JobOptions(BaseModel):
+    """What the client asked for. The rules live here once; the API and the CLI report their messages."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    fps: float | None = Field(None, gt=0, le=MediaLimits.max_fps,
+                              description="resample to this many frames/s first (None: every decoded frame)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
+    overlay: bool = Field(False, description="also render overlay.mp4")
+
+
+class UploadInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    filename: str | None = Field(None, description="the client's file name, sanitised")
+    bytes: int = Field(0, ge=0)
+    path: str = Field(description="the stored upload's name inside the job directory")
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    frames_done: int = Field(0, ge=0)
+    frames_total: int | None = Field(None, ge=0, description="an estimate until the job has finished")
+
+
+class JobError(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str = Field(description="stable error code (worker.core.contracts.ErrorCode / ServiceErrorCode)")
+    message: str = ""
+
+
+class JobRecord(BaseModel):
+    """`job.json`. Times are Unix seconds. `media` is the full probe result (its `path` is where the API saw
+    the upload: use `media_info(job_dir)`)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+    upload: UploadInfo | None = None
+    media: MediaInfo | None = None
+    progress: Progress = Field(default_factory=Progress)
+    timings: dict[str, float] = Field(default_factory=dict)
+    error: JobError | None = None
+    attempts: int = Field(0, ge=0, description="deliveries to a worker so far")
+    cancel_requested: bool = False
+    deleted: bool = Field(False, description="the client deleted the job: its files are (being) removed")
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _error_of_any_shape(cls, value: Any) -> Any:
+        """A bare string (never written by this version) still reads as an internal error."""
+        if isinstance(value, str):
+            return {"code": "internal_error", "message": value}
+        return value
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def media_info(self, job_dir: Path) -> MediaInfo | None:
+        """The stored probe result, pointing at this job's upload in `job_dir` (None when not stored)."""
+        if self.media is None or self.upload is None:
+            return None
+        return dataclasses.replace(self.media, path=str(job_dir / self.upload.path))
+
+    def video_summary(self) -> dict[str, Any] | None:
+        """The public description of the video (`MediaInfo.summary`), None when unknown."""
+        return self.media.summary() if self.media is not None else None

@@ -1,0 +1,88 @@
+"""Service settings shared by the API and the workers (pydantic-settings, `AVS_` environment prefix).
+
+One class for both processes: they must agree on the data directory, the broker and the limits, and
+a field defined twice is a field that drifts. Torch-free (the API imports it).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.core.media.media_info import MediaLimits
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("avs-data")  # uploads, job records, masks; shared volume in Docker Compose
+    # None = embedded default: Celery's filesystem transport under data_dir/broker, no server needed.
+    broker_url: str | None = None
+    result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
+    # Upload and media limits (the API enforces them before a job exists); media defaults are MediaLimits'.
+    max_upload_bytes: int = Field(1 << 30, gt=0)  # 1 GiB, enforced while the body streams in
+    max_duration_s: float = Field(MediaLimits.max_duration_s, gt=0)
+    max_pixels: int = Field(MediaLimits.max_pixels, gt=0)
+    max_backlog: int = Field(100, ge=1)  # queued jobs; more are refused with 429 + Retry-After
+    retry_after_s: int = Field(30, ge=1)
+    result_ttl_s: float = Field(24 * 3600.0, gt=0)  # finished jobs (records, masks, overlay) are deleted after this
+    cleanup_interval_s: float = Field(300.0, gt=0)
+    # Comma-separated keys; when set, every route except health and metrics needs one (X-API-Key).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Worker side.
+    variant: str | None = None  # None: the shipped demo checkpoint's variant
+    checkpoint: str | None = None  # None: the shipped demo checkpoint
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")  # "cuda" on a GPU worker (one process per GPU)
+    batch_size: int = Field(8, ge=1)
+    # Longer than the longest job: Redis redelivers an unacknowledged task after this (acks_late).
+    visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
+    heartbeat_s: float = Field(5.0, gt=0)  # a warm worker refreshes its heartbeat file this often
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus endpoint of a worker process (0 = off)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    def media_limits(self) -> MediaLimits:
+        """The media limits these settings set (the one place they are turned into `MediaLimits`)."""
+        return MediaLimits(max_duration_s=self.max_duration_s, max_pixels=self.max_pixels)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.data_dir / "workers"
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    """The process's settings from the environment, validated once (`SettingsError` when invalid)."""
+    try:
+        return ServiceSettings()
+    except ValidationError as exc:
+        raise SettingsError(exc) from None
+
+
+class SettingsError(ValueError):
+    """Invalid `AVS_*` settings, with one line per problem naming the environment variable."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        lines = []
+        for error in exc.errors():
+            name = "AVS_" + "_".join(str(part) for part in error["loc"]).upper()
+            given = error.get("input")
+            lines.append(f"{name}={given!r}: {error['msg']}" if given is not None else f"{name}: {error['msg']}")
+        super().__init__("invalid settings: " + "; ".join(lines))

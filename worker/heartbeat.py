@@ -1,0 +1,100 @@
+"""Per-worker-process runtime: the model (loaded once, after fork, then warmed up) and the heartbeat that
+says the worker is ready.
+
+Celery's `worker_process_init` handlers are killed after 4 s, and CUDA must not be touched before a
+fork, so the model loads in a background thread started when the worker is ready (the `solo` pool runs
+tasks in that same process: one process per GPU). The first task waits for it if it arrives early.
+Once warm, a thread rewrites `AVS_DATA_DIR/workers/<name>.json` every `heartbeat_s`; `/readyz` counts
+a worker as present while that file is fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.core.settings import ServiceSettings
+
+log = logging.getLogger("avs.worker")
+
+
+class WorkerRuntime:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.heartbeat_path: Path = settings.workers_dir / f"{self.name}.json"
+        self._predictor: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
+        self.current_job: str | None = None
+        self._beat_thread: threading.Thread | None = None
+        self.load_seconds: float | None = None
+
+    def start(self) -> None:
+        """Load and warm the model in the background, then start the heartbeat (idempotent)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        from model.predictor import load_predictor
+        from worker.prometheus import MODEL_LOAD_SECONDS
+
+        start = time.perf_counter()
+        try:
+            settings = self.settings
+            predictor = load_predictor(checkpoint=settings.checkpoint, variant=settings.variant,
+                                       device=settings.device)
+            predictor.warmup(self.settings.batch_size)  # first batch pays no allocator/kernel set-up
+        except BaseException as exc:  # reported to every task that asks for the model
+            log.exception("model load failed")
+            self._error = exc
+            self._ready.set()
+            return
+        self.load_seconds = time.perf_counter() - start
+        MODEL_LOAD_SECONDS.observe(self.load_seconds)
+        self._predictor = predictor
+        self._ready.set()
+        log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
+        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    def predictor(self, timeout_s: float = 600.0):
+        self.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the model did not load in time")
+        if self._error is not None:
+            raise RuntimeError(f"model load failed: {self._error}") from self._error
+        return self._predictor
+
+    def _beat(self) -> None:
+        self.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+        while not self._stop.is_set():
+            self.write_heartbeat()
+            self._stop.wait(self.settings.heartbeat_s)
+
+    def write_heartbeat(self) -> None:
+        record = {"hostname": socket.gethostname(), "pid": os.getpid(), "warm": self._predictor is not None,
+                  "last_seen": time.time(), "variant": getattr(getattr(self._predictor, "cfg", None), "variant", None),
+                  "device": str(getattr(self._predictor, "device", self.settings.device)),
+                  "current_job": self.current_job, "model_load_seconds": self.load_seconds}
+        tmp = self.heartbeat_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, self.heartbeat_path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=5)  # a beat in flight must not re-create the file after we remove it
+        self.heartbeat_path.unlink(missing_ok=True)
