@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from model.modeling.audio_frontend import SAMPLE_RATE, example_index_for_time
-from model.predictor import AVSPredictor
+from model.predictor import AVSPredictor, logit_threshold
 from worker.core.contracts import ErrorCode
 from worker.core.errors import MediaError
 from worker.core.media.media_info import MediaInfo, MediaLimits
@@ -68,6 +68,17 @@ class SegmentOptions:
     threshold: float | None = None  # binary masks: overrides the predictor's sigmoid threshold
     atomic: bool = True  # offline: write .partial and rename; the service appends as batches finish
     start_frame: int = 0  # resume: frames before this index are decoded but not written again
+
+    def __post_init__(self) -> None:
+        """Every option checked here, once, for every caller (CLI, worker, tests): ValueError naming it."""
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.fps is not None and not 0 < self.fps <= self.limits.max_fps:
+            raise ValueError(f"fps must be > 0 and at most {self.limits.max_fps:g}, got {self.fps:g}")
+        if self.threshold is not None:
+            logit_threshold(self.threshold)
+        if self.start_frame < 0:
+            raise ValueError(f"start_frame must not be negative, got {self.start_frame}")
 
 
 @dataclass
@@ -163,8 +174,6 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         MediaError: the file is refused or fails to decode (its `.code` is stable).
         Cancelled: `should_cancel()` returned True between two batches.
     """
-    if options.batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

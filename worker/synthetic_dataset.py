@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model.lab.data import layout
+from model.lab.data import files, layout
 from model.lab.data.synthetic_scenes import (
     CATEGORIES,
     CLASS_NAMES,
@@ -75,22 +75,22 @@ def _write_avsbench_clip(root: Path, scene: Scene, audio: np.ndarray, *, split: 
     if scene.subset == "s4":
         category = _s4_category(scene)
         for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
-            layout.write_frame(layout.s4_frame_path(root, split, category, name, t), frame)
-            layout.write_binary_mask(layout.s4_mask_path(root, split, category, name, t), mask)
-        layout.write_wav(layout.s4_audio_wav_path(root, split, category, name), audio, SAMPLE_RATE)
-        layout.write_log_mel(layout.s4_audio_pkl_path(root, split, category, name), examples)
+            files.write_frame(layout.s4_frame_path(root, split, category, name, t), frame)
+            files.write_binary_mask(layout.s4_mask_path(root, split, category, name, t), mask)
+        files.write_wav(layout.s4_audio_wav_path(root, split, category, name), audio, SAMPLE_RATE)
+        files.write_log_mel(layout.s4_audio_pkl_path(root, split, category, name), examples)
     elif scene.subset == "ms3":
         for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
-            layout.write_frame(layout.ms3_frame_path(root, name, t), frame)
-            layout.write_binary_mask(layout.ms3_mask_path(root, split, name, t), mask)
-        layout.write_wav(layout.ms3_audio_wav_path(root, split, name), audio, SAMPLE_RATE)
-        layout.write_log_mel(layout.ms3_audio_pkl_path(root, split, name), examples)
+            files.write_frame(layout.ms3_frame_path(root, name, t), frame)
+            files.write_binary_mask(layout.ms3_mask_path(root, split, name, t), mask)
+        files.write_wav(layout.ms3_audio_wav_path(root, split, name), audio, SAMPLE_RATE)
+        files.write_log_mel(layout.ms3_audio_pkl_path(root, split, name), examples)
     else:
         assert palette is not None
         for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
-            layout.write_frame(layout.avss_frame_path(root, "v2", name, t), frame)
-            layout.write_colour_label(layout.avss_label_path(root, "v2", name, t), mask, palette)
-        layout.write_wav(layout.avss_audio_path(root, "v2", name), audio, SAMPLE_RATE)
+            files.write_frame(layout.avss_frame_path(root, "v2", name, t), frame)
+            files.write_colour_label(layout.avss_label_path(root, "v2", name, t), mask, palette)
+        files.write_wav(layout.avss_audio_path(root, "v2", name), audio, SAMPLE_RATE)
 
 
 def _s4_category(scene: Scene) -> str:
@@ -128,11 +128,11 @@ def _write_metadata(root: Path, subset: str, scenes: list[Scene], split: str) ->
         new = [{"vid": s.name, "uid": s.name, "s_min": 0, "s_sec": 0,
                 "a_obj": "_".join(sorted({CATEGORIES[o.category] for o in s.objects})), "split": split,
                 "label": "v2"} for s in scenes]
-        layout.write_label2idx(layout.avss_label2idx_path(root), CLASS_NAMES)
+        files.write_label2idx(layout.avss_label2idx_path(root), CLASS_NAMES)
     key = "uid" if subset == "avss" else columns[0]
     names = {row[key] for row in new}
     kept: list[dict[str, object]] = []
     if path.exists():
-        header, rows = layout.read_csv_rows(path)
+        header, rows = files.read_csv_rows(path)
         kept = [dict(zip(header, row, strict=False)) for row in rows if row[header.index(key)] not in names]
-    layout.write_csv(path, columns, [*kept, *new])
+    files.write_csv(path, columns, [*kept, *new])

@@ -16,16 +16,15 @@ import sys
 from collections.abc import Sequence
 
 from app.cli import lab_commands, media_commands, model_commands, service_commands
-from app.cli.output import EXIT_ERROR, HelpFormatter, error_code, print_json
+from app.cli.output import EXIT_ERROR, Parser, error_code, print_json
 
 GROUPS = (model_commands, media_commands, lab_commands, service_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avs", description="AVESFormer audio-visual segmentation",
-                                     formatter_class=HelpFormatter)
+    parser = Parser(prog="avs", description="AVESFormer audio-visual segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmarks (JSON out)", formatter_class=HelpFormatter).add_subparsers(
+    bench = sub.add_parser("bench", help="benchmarks (JSON out)").add_subparsers(
         dest="action", required=True)
     for group in GROUPS:
         group.register(sub, bench)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from app.cli.output import HelpFormatter, add_json_flag, emit
+from app.cli.output import add_json_flag, emit
 
 SUBSETS = ("s4", "ms3", "avss")
 SPLITS = ("train", "val", "test")
@@ -78,8 +78,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `synth`, `train` and `eval` to the root parser's subcommands."""
     del bench  # no lab benchmark here: `avs bench model` lives with the model commands
-    p = sub.add_parser("synth", help="synthetic audio-visual scenes (AVSBench layout + playable mp4)",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("synth", help="synthetic audio-visual scenes (AVSBench layout + playable mp4)")
     p.add_argument("--out", required=True, help="folder to write the subset's layout into (created)")
     p.add_argument("--subset", required=True, choices=SUBSETS, help="which AVSBench subset's layout and task")
     p.add_argument("--videos", type=int, required=True, help="number of clips to make")
@@ -90,7 +89,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_json_flag(p)
     p.set_defaults(handler=_synth)
 
-    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic)", formatter_class=HelpFormatter)
+    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic)")
     _data_args(p)
     p.add_argument("--variant", default="avesformer-tiny", help="a name from `avs model list`")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors); its state beside it")
@@ -111,7 +110,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_json_flag(p)
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("eval", help="AVSBench-exact mIoU and F-score", formatter_class=HelpFormatter)
+    p = sub.add_parser("eval", help="AVSBench-exact mIoU and F-score")
     _data_args(p)
     p.add_argument("--checkpoint", default=None, help="our safetensors checkpoint (default: the shipped demo)")
     p.add_argument("--split", default="test", choices=SPLITS, help="the split to score")

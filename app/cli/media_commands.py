@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.output import HelpFormatter, add_json_flag, emit, print_json
+from app.cli.output import add_json_flag, emit, print_json
 
 
 def load_predictor(args: argparse.Namespace):  # -> model.predictor.AVSPredictor (torch: imported lazily)
@@ -104,8 +104,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `segment`, `score` and `bench segment|memory` to the root parser's subcommands."""
-    p = sub.add_parser("segment", help="segment the sounding objects of every frame of a video (offline)",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("segment", help="segment the sounding objects of every frame of a video (offline)")
     p.add_argument("video", help="the video file (with sound)")
     p.add_argument("--out", required=True, help="output directory: masks.ndjson [+ masks/*.png, overlay.mp4]")
     add_model_args(p)
@@ -114,22 +113,19 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_json_flag(p)
     p.set_defaults(handler=_segment)
 
-    p = sub.add_parser("score", help="mIoU of a masks.ndjson against a ground-truth .gt.ndjson",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("score", help="mIoU of a masks.ndjson against a ground-truth .gt.ndjson")
     p.add_argument("masks", help="the masks.ndjson (or a saved mask stream) to score")
     p.add_argument("ground_truth", help="the clip's .gt.ndjson (written by `avs synth`)")
     add_json_flag(p)
     p.set_defaults(handler=_score)
 
-    p = bench.add_parser("segment", help="end-to-end pipeline frames/s vs the model alone, same run",
-                         formatter_class=HelpFormatter)
+    p = bench.add_parser("segment", help="end-to-end pipeline frames/s vs the model alone, same run")
     p.add_argument("video", help="the video file to segment")
     add_model_args(p)
     p.add_argument("--iters", type=int, default=5, help="timed runs of the model alone")
     add_json_flag(p)
     p.set_defaults(handler=_bench_segment)
-    p = bench.add_parser("memory", help="peak RSS of the pipeline on synthetic videos of several lengths",
-                         formatter_class=HelpFormatter)
+    p = bench.add_parser("memory", help="peak RSS of the pipeline on synthetic videos of several lengths")
     p.add_argument("--durations", nargs="+", type=float, default=[10.0, 60.0], help="video lengths (seconds)")
     p.add_argument("--size", default="640x360", help="video size, WIDTHxHEIGHT (pixels)")
     p.add_argument("--fps", type=int, default=25, help="video frame rate (frames/s)")

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from app.cli.output import HelpFormatter, add_json_flag, emit, print_json
+from app.cli.output import add_json_flag, emit, print_json
 
 
 def _model_list(args: argparse.Namespace) -> int:
@@ -98,25 +98,24 @@ def _timing_args(p: argparse.ArgumentParser, *, iters: int, warmup: int) -> None
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `model`, `weights` and `bench model|compare` to the root parser's subcommands."""
-    model_p = sub.add_parser("model", help="model variants", formatter_class=HelpFormatter).add_subparsers(
+    model_p = sub.add_parser("model", help="model variants").add_subparsers(
         dest="action", required=True)
-    p = model_p.add_parser("list", help="list the variants", formatter_class=HelpFormatter)
+    p = model_p.add_parser("list", help="list the variants")
     add_json_flag(p)
     p.set_defaults(handler=_model_list)
-    p = model_p.add_parser("info", help="parameter counts of a variant", formatter_class=HelpFormatter)
+    p = model_p.add_parser("info", help="parameter counts of a variant")
     p.add_argument("--variant", required=True, help="a name from `avs model list`")
     p.add_argument("--num-classes", type=int, default=None, help="1 (S4/MS3, the default) or 71 (AVSS)")
     p.add_argument("--config", action="store_true", help="also print the full config (text mode)")
     add_json_flag(p)
     p.set_defaults(handler=_model_info)
 
-    weights_p = sub.add_parser("weights", help="convert public weight files", formatter_class=HelpFormatter
-                               ).add_subparsers(dest="action", required=True)
+    weights_p = sub.add_parser("weights", help="convert public weight files").add_subparsers(dest="action",
+                                                                                             required=True)
     for kind, helptext in (("vggish", "torchvggish vggish-10086976.pth"),
                            ("pvt", "PVT-v2 release file (pvt_v2_b*.pth) or an AVSegFormer checkpoint"),
                            ("resnet50", "torchvision resnet50 state dict")):
-        p = weights_p.add_parser(f"import-{kind}", help=f"convert {helptext} to safetensors",
-                                 formatter_class=HelpFormatter)
+        p = weights_p.add_parser(f"import-{kind}", help=f"convert {helptext} to safetensors")
         p.add_argument("file", help=f"the {helptext}")
         p.add_argument("--out", required=True, help="the .safetensors file to write")
         if kind == "pvt":
@@ -124,8 +123,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
         add_json_flag(p)
         p.set_defaults(handler=_weights_import(kind))
 
-    p = bench.add_parser("model", help="model frames/s (full forward incl. audio encoder)",
-                         formatter_class=HelpFormatter)
+    p = bench.add_parser("model", help="model frames/s (full forward incl. audio encoder)")
     p.add_argument("--variant", required=True, help="a name from `avs model list`")
     p.add_argument("--batch-size", type=int, default=1, help="frames per forward pass")
     _timing_args(p, iters=10, warmup=2)
@@ -133,8 +131,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
     add_json_flag(p)
     p.set_defaults(handler=_bench_model)
-    p = bench.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones",
-                         formatter_class=HelpFormatter)
+    p = bench.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones")
     p.add_argument("--backbones", nargs="+", default=["pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "r50"],
                    help="visual backbones to compare on")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="frames per forward pass, each")

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.output import HelpFormatter, add_json_flag, emit, print_json
+from app.cli.output import add_json_flag, emit, print_json
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -110,8 +110,7 @@ def _bench_service(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `serve`, `worker`, `demo` and `bench service` to the root parser's subcommands."""
-    p = sub.add_parser("serve", help="the HTTP API + one worker (embedded broker unless AVS_BROKER_URL is set)",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("serve", help="the HTTP API + one worker (embedded broker unless AVS_BROKER_URL is set)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--workers", type=int, default=1, help="API processes (uvicorn workers)")
@@ -119,19 +118,17 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--loglevel", default="info", help="uvicorn and Celery log level")
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("worker", help="a Celery worker: one process, one model, one GPU", formatter_class=HelpFormatter)
+    p = sub.add_parser("worker", help="a Celery worker: one process, one model, one GPU")
     p.add_argument("--loglevel", default="INFO", help="Celery log level")
     p.add_argument("--name", default=None, help="Celery node name (default: avs-<pid>@<host>)")
     p.set_defaults(handler=_worker)
 
-    p = sub.add_parser("demo", help="serve, submit a synthetic clip over HTTP, stream masks, write the overlay",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("demo", help="serve, submit a synthetic clip over HTTP, stream masks, write the overlay")
     p.add_argument("--out", default="runs/demo", help="folder for the clip, masks.ndjson and overlay.mp4")
     add_json_flag(p)
     p.set_defaults(handler=_demo)
 
-    p = bench.add_parser("service", help="frames/s through HTTP + Celery vs the model alone; time to first mask",
-                         formatter_class=HelpFormatter)
+    p = bench.add_parser("service", help="frames/s through HTTP + Celery vs the model alone; time to first mask")
     p.add_argument("--video", default=None, help="the video to submit (default: a synthetic sample clip)")
     p.add_argument("--runs", type=int, default=3, help="submissions, one after the other")
     p.add_argument("--batch-size", type=int, default=8, help="the worker's frames per inference call")

@@ -28,7 +28,7 @@ from model.build import build_model
 from model.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from model.config import AVSConfig, with_overrides
 from model.errors import CheckpointError, ConfigError
-from model.lab.data import layout
+from model.lab.data import files, layout
 from model.lab.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
 from model.lab.losses import binary_loss, semantic_loss
 from model.modeling.avs_model import AVSModel
@@ -75,7 +75,7 @@ def model_config_for(cfg: TrainConfig) -> AVSConfig:
     """The variant's config, with the weight files and, for AVSS, the dataset's classes."""
     model_cfg = with_overrides(get_config(cfg.variant), cfg.overrides)
     if cfg.subset == "avss":
-        names = list(layout.read_label2idx(layout.avss_label2idx_path(cfg.data)))
+        names = list(files.read_label2idx(layout.avss_label2idx_path(cfg.data)))
         model_cfg = model_cfg.replace(num_classes=len(names), class_names=tuple(names))
     if cfg.vggish:
         if model_cfg.audio.backbone != "vggish":

@@ -17,6 +17,7 @@ from model.lab.data import (
     MS3Dataset,
     S4Dataset,
     UnsafePickleError,
+    files,
     layout,
     load_log_mel_pkl,
     read_wav,
@@ -63,19 +64,19 @@ def s4_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, (name, category, split, audio) in enumerate(S4_CLIPS):
         rows.append({"name": name, "start": 0, "category": category, "split": split})
         for t in range(layout.S4_FRAMES):
-            layout.write_frame(layout.s4_frame_path(root, split, category, name, t), rgb(10 * i + t))
+            files.write_frame(layout.s4_frame_path(root, split, category, name, t), rgb(10 * i + t))
         for t in range(1 if split == "train" else layout.S4_FRAMES):  # the release has 1 train mask per clip
-            layout.write_binary_mask(layout.s4_mask_path(root, split, category, name, t), square_mask(t))
+            files.write_binary_mask(layout.s4_mask_path(root, split, category, name, t), square_mask(t))
         pkl = layout.s4_audio_pkl_path(root, split, category, name)
         if audio == "pkl":
-            layout.write_log_mel(pkl, log_mel(i))
+            files.write_log_mel(pkl, log_mel(i))
         elif audio == "pickle":
             pkl.parent.mkdir(parents=True, exist_ok=True)
             lm = torch.randn(5, 96, 64, requires_grad=True)[:, None].float()  # non-leaf, as vggish_input makes it
             pkl.write_bytes(pickle.dumps(lm))
         else:
-            layout.write_wav(layout.s4_audio_wav_path(root, split, category, name), tone(2.0))  # 2 whole examples
-    layout.write_csv(layout.s4_csv_path(root), layout.S4_CSV_COLUMNS, rows)
+            files.write_wav(layout.s4_audio_wav_path(root, split, category, name), tone(2.0))  # 2 whole examples
+    files.write_csv(layout.s4_csv_path(root), layout.S4_CSV_COLUMNS, rows)
     return root
 
 
@@ -170,13 +171,13 @@ def test_pkl_must_hold_log_mel_examples(tmp_path: Path) -> None:
 
 def test_pkl_round_trips(tmp_path: Path) -> None:
     x = log_mel(3)
-    assert torch.equal(load_log_mel_pkl(layout.write_log_mel(tmp_path / "a.pkl", x)), x)
+    assert torch.equal(load_log_mel_pkl(files.write_log_mel(tmp_path / "a.pkl", x)), x)
     (tmp_path / "b.pkl").write_bytes(pickle.dumps(x))
     assert torch.equal(load_log_mel_pkl(tmp_path / "b.pkl"), x)
 
 
 def test_wav_reading_and_resampling(tmp_path: Path) -> None:
-    wav = layout.write_wav(tmp_path / "a.wav", tone(0.5))
+    wav = files.write_wav(tmp_path / "a.wav", tone(0.5))
     samples, rate = read_wav(wav)
     assert rate == SR
     assert samples.shape == (8000,)
@@ -193,10 +194,10 @@ def ms3_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, (name, split) in enumerate([("m1", "train"), ("m2", "val"), ("m3", "train")]):
         rows.append({"video_id": name, "split": split})
         for t in range(layout.MS3_FRAMES):
-            layout.write_frame(layout.ms3_frame_path(root, name, t), rgb(100 + 10 * i + t))
-            layout.write_binary_mask(layout.ms3_mask_path(root, split, name, t), square_mask(t))
-        layout.write_log_mel(layout.ms3_audio_pkl_path(root, split, name), log_mel(50 + i))
-    layout.write_csv(layout.ms3_csv_path(root), layout.MS3_CSV_COLUMNS, rows)
+            files.write_frame(layout.ms3_frame_path(root, name, t), rgb(100 + 10 * i + t))
+            files.write_binary_mask(layout.ms3_mask_path(root, split, name, t), square_mask(t))
+        files.write_log_mel(layout.ms3_audio_pkl_path(root, split, name), log_mel(50 + i))
+    files.write_csv(layout.ms3_csv_path(root), layout.MS3_CSV_COLUMNS, rows)
     return root
 
 
@@ -238,7 +239,7 @@ def label_map(t: int, class_id: int) -> np.ndarray:
 def avss_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("avss")
     palette = layout.avss_palette(len(AVSS_CLASSES))
-    layout.write_label2idx(layout.avss_label2idx_path(root), AVSS_CLASSES)
+    files.write_label2idx(layout.avss_label2idx_path(root), AVSS_CLASSES)
     rows = []
     for i, (uid, subset, split) in enumerate(AVSS_CLIPS):
         rows.append({"vid": f"yt{i}", "uid": uid, "s_min": 0, "s_sec": 0, "a_obj": "dog", "split": split,
@@ -248,12 +249,12 @@ def avss_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for t in range(n_frames):
             flat = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
             flat[...] = (25 * t, 200, 100)  # flat colours survive JPEG almost exactly
-            layout.write_frame(layout.avss_frame_path(root, subset, uid, t), flat)
+            files.write_frame(layout.avss_frame_path(root, subset, uid, t), flat)
         for t in range(n_labels):
-            layout.write_colour_label(layout.avss_label_path(root, subset, uid, t), label_map(t, 1 + i % 4), palette)
+            files.write_colour_label(layout.avss_label_path(root, subset, uid, t), label_map(t, 1 + i % 4), palette)
         rate = 8000 if subset == "v1m" else SR  # v1m audio exercises resampling
-        layout.write_wav(layout.avss_audio_path(root, subset, uid), tone(float(n_frames), rate), rate)
-    layout.write_csv(layout.avss_csv_path(root), layout.AVSS_CSV_COLUMNS, rows)
+        files.write_wav(layout.avss_audio_path(root, subset, uid), tone(float(n_frames), rate), rate)
+    files.write_csv(layout.avss_csv_path(root), layout.AVSS_CSV_COLUMNS, rows)
     return root
 
 
@@ -340,7 +341,7 @@ def test_avss_eval_requires_all_labels(avss_root: Path, tmp_path: Path) -> None:
 
 def test_avss_train_crop_versus_eval_resize(tmp_path: Path) -> None:
     root = tmp_path / "avss_crop"
-    layout.write_label2idx(layout.avss_label2idx_path(root), AVSS_CLASSES)
+    files.write_label2idx(layout.avss_label2idx_path(root), AVSS_CLASSES)
     wide = np.zeros((SIDE, 48, 3), dtype=np.uint8)
     wide[:, :8] = (0, 0, 255)  # blue side bands, cut away by the centre crop
     wide[:, 40:] = (0, 0, 255)
@@ -352,10 +353,10 @@ def test_avss_train_crop_versus_eval_resize(tmp_path: Path) -> None:
     for uid, split in (("a", "train"), ("b", "val")):
         rows.append({"vid": uid, "uid": uid, "s_min": 0, "s_sec": 0, "a_obj": "car", "split": split, "label": "v2"})
         for t in range(10):
-            layout.write_frame(layout.avss_frame_path(root, "v2", uid, t).with_suffix(".jpg"), wide)
-            layout.write_colour_label(layout.avss_label_path(root, "v2", uid, t), labels, palette)
-        layout.write_wav(layout.avss_audio_path(root, "v2", uid), tone(1.0))
-    layout.write_csv(layout.avss_csv_path(root), layout.AVSS_CSV_COLUMNS, rows)
+            files.write_frame(layout.avss_frame_path(root, "v2", uid, t).with_suffix(".jpg"), wide)
+            files.write_colour_label(layout.avss_label_path(root, "v2", uid, t), labels, palette)
+        files.write_wav(layout.avss_audio_path(root, "v2", uid), tone(1.0))
+    files.write_csv(layout.avss_csv_path(root), layout.AVSS_CSV_COLUMNS, rows)
 
     cropped = AVSSDataset(root, "train", size=SIDE)[0]
     assert cropped["frames"].shape == (10, 3, SIDE, SIDE)

@@ -22,7 +22,7 @@ from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _redis_available() -> bool:

@@ -65,3 +65,36 @@ def test_unknown_variant_is_a_clear_error() -> None:
     assert error["code"] == "invalid_config"
     assert "avesformer-b9" in error["message"]
     assert "Traceback" not in result.stderr
+
+
+def test_every_option_of_every_command_says_what_it_is() -> None:
+    import argparse
+
+    from app.cli import build_parser
+
+    def silent(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from silent(child, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {action.dest}"
+
+    assert list(silent(build_parser(), "avs")) == []
+    text = _run("train", "--help").stdout
+    assert "passes over the training split (default: 10)" in " ".join(text.split())
+
+
+def test_eval_names_the_split_it_looked_for(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = _run("synth", "--out", str(data), "--subset", "s4", "--videos", "2", "--size", "64", "--no-mp4")
+    assert made.returncode == 0, made.stderr
+    result = _run("eval", "--data", str(data), "--subset", "s4", "--split", "test", "--json")
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "bad_dataset"
+    assert "no clip of split 'test'" in error["message"]
+    assert "train (2 clips)" in error["message"]
+    missing = _run("eval", "--data", str(tmp_path / "nowhere"), "--subset", "ms3", "--json")
+    assert json.loads(missing.stdout)["error"]["code"] == "bad_dataset"
+    assert "ms3_meta_data.csv" in json.loads(missing.stdout)["error"]["message"]
