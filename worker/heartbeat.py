@@ -79,9 +79,14 @@ class WorkerRuntime:
         return self._predictor
 
     def _beat(self) -> None:
-        self.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+        """Refresh the heartbeat until stopped. Nothing ends this loop but `stop()`: a beat that fails (a full
+        disk, a volume remounting) is logged and the next one tries again, so readiness comes back by itself."""
         while not self._stop.is_set():
-            self.write_heartbeat()
+            try:
+                self.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+                self.write_heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat not written (%s); retrying in %gs", exc, self.settings.heartbeat_s)
             self._stop.wait(self.settings.heartbeat_s)
 
     def write_heartbeat(self) -> None:
@@ -90,8 +95,11 @@ class WorkerRuntime:
                   "device": str(getattr(self._predictor, "device", self.settings.device)),
                   "current_job": self.current_job, "model_load_seconds": self.load_seconds}
         tmp = self.heartbeat_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, self.heartbeat_path)
+        try:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(tmp, self.heartbeat_path)
+        finally:
+            tmp.unlink(missing_ok=True)  # after a failed write (after the rename it is already gone)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,15 +1,18 @@
 """Run one job: the body of the `avs.segment` task, without Celery (so it is testable on its own).
 
-Idempotent per job: a redelivered message (worker killed mid-job, Redis visibility timeout) finds the
-record still "running" and the mask lines already written; it truncates a torn last line, resumes at
-the next frame, and every frame ends up in `masks.ndjson` exactly once. A message for a job that has
-already finished is a no-op.
+Exactly once per frame: the job runs under a lease (`worker.core.leases`). A message for a job whose owner
+is alive does nothing; one for a job whose owner died (the reconciler requeued it) takes it over, cuts a torn
+last line, resumes at the next frame, and every frame ends up in `masks.ndjson` once. Every write is fenced by
+the lease's token, so a former owner that was only paused writes nothing when it resumes. A message for a
+job that has already finished is a no-op. A full disk fails the job `storage_full` after freeing its files.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,14 @@ from typing import Any
 from worker.core.contracts import JobStatus, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobRecord, Progress
-from worker.core.jobstore import JobNotFound, JobStore
+from worker.core.jobstore import JobLocked, JobNotFound, JobStore
+from worker.core.leases import Acquired, Lease, LeaseLost, acquire, fenced, fenced_update, renew
 from worker.core.settings import ServiceSettings
 
 log = logging.getLogger("avs.worker")
+
+STORAGE_RETRIES = 5  # attempts at recording `storage_full` once the job's own files are freed
+STORAGE_RETRY_S = 1.0
 
 
 def complete_lines(path: Path) -> int:
@@ -37,56 +44,90 @@ def complete_lines(path: Path) -> int:
     return data[:end].count(b"\n")
 
 
-def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predictor_factory) -> dict[str, Any]:
+class LeaseKeeper:
+    """Renews a lease every third of its timeout on a thread while a job runs; `lost` once a renewal fails
+    (the job was taken over or ended), after which the runner stops and writes nothing more."""
+
+    def __init__(self, store: JobStore, lease: Lease, timeout_s: float) -> None:
+        self.store, self.lease, self.timeout_s = store, lease, timeout_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.job_id[:8]}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.timeout_s / 3):
+            try:
+                if not renew(self.store, self.lease, self.timeout_s):
+                    self.lost.set()
+                    return
+            except Exception as exc:  # a busy lock or a full disk: try again next time, the lease may still hold
+                log.warning("job %s: lease renewal failed this time (%s)", self.lease.job_id, exc)
+
+    def check(self) -> None:
+        """Raise `LeaseLost` once the lease is gone."""
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.lease.job_id}: lease {self.lease.token} lost")
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.timeout_s)
+
+
+def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predictor_factory,
+            owner: str = "worker") -> dict[str, Any]:
     """Segment job `job_id` into its directory and record the outcome; returns a small status dict.
 
-    `predictor_factory()` gives the warm model (called once the job is known to run). The pipeline and the
-    Prometheus module are imported here, not at module level, so that importing the runner stays cheap
-    (and torch-free) for whoever only needs `complete_lines`.
+    The job is run only under a lease (`worker.core.leases.acquire`): a message for a job another worker is
+    running does nothing, and every write is fenced, so a former owner that comes back writes nothing.
+    `predictor_factory()` gives the warm model. The pipeline and the Prometheus module are imported here, so
+    importing the runner stays cheap (and torch-free) for whoever only needs `complete_lines`.
     """
     from worker import prometheus
     from worker.pipeline import Cancelled, SegmentOptions, segment_video
 
     try:
-        record = store.get(job_id)
-    except JobNotFound:
+        outcome, lease, record = acquire(store, job_id, owner, settings.lease_timeout_s)
+    except JobLocked:  # its record is held by a stopped process: the reconciler requeues it once it is free
+        log.warning("job %s: record busy, not taken this time", job_id)
+        return {"job_id": job_id, "status": "busy"}
+    if outcome is Acquired.MISSING:
         log.warning("job %s has no record (deleted?): skipped", job_id)
         return {"job_id": job_id, "status": "missing"}
-    if record.finished:
+    assert record is not None
+    if outcome is Acquired.FINISHED:
         return {"job_id": job_id, "status": record.status.value}  # already done: a duplicate delivery
-    now = time.time()
-    first_attempt = record.attempts == 0
-
-    def start(r: JobRecord) -> None:
-        if not r.cancel_requested:  # decided under the lock: a DELETE cannot slip in between
-            r.status, r.started_at, r.attempts = JobStatus.RUNNING, r.started_at or now, r.attempts + 1
-
-    record = store.update(job_id, start)
-    if record.cancel_requested:
-        return _finish_cancelled(store, job_id)
-    if first_attempt:
-        prometheus.QUEUE_WAIT_SECONDS.observe(max(0.0, now - record.created_at))
+    if outcome is Acquired.OWNED:
+        log.info("job %s is running on %s (lease %d): this delivery does nothing", job_id, record.owner,
+                 record.lease_token)
+        return {"job_id": job_id, "status": "owned", "owner": record.owner}
+    if outcome is Acquired.CANCELLED:
+        return _finish_cancelled(store, job_id, None)
+    assert lease is not None
+    if record.attempts == 1:
+        prometheus.QUEUE_WAIT_SECONDS.observe(max(0.0, (record.started_at or time.time()) - record.created_at))
+    if record.takeovers and record.attempts > 1:
+        prometheus.JOBS_TAKEN_OVER.inc()
 
     job_dir = store.job_dir(job_id)
     if record.upload is None:
-        return _finish_failed(store, job_id, ServiceErrorCode.INTERNAL_ERROR.value, "the job has no upload")
+        return _finish_failed(store, lease, ServiceErrorCode.INTERNAL_ERROR.value, "the job has no upload")
     upload = job_dir / record.upload.path
     options = record.options
+    with fenced(store, lease):  # the previous owner's torn last line is cut by the owner, under the lock
+        start_frame = complete_lines(store.masks_path(job_id))
     seg_options = SegmentOptions(
         batch_size=settings.batch_size, fps=options.fps, threshold=options.threshold, overlay=options.overlay,
-        atomic=False, start_frame=complete_lines(store.masks_path(job_id)), limits=settings.media_limits())
+        atomic=False, start_frame=start_frame, limits=settings.media_limits())
 
     def progress(done: int, total: int | None) -> None:
         def change(r: JobRecord) -> None:
             r.progress.frames_done, r.progress.frames_total = done, total or done
 
-        store.update(job_id, change)
-
-    def cancelled() -> bool:
-        try:
-            return store.get(job_id).cancel_requested
-        except JobNotFound:
-            return True  # the job was deleted under us
+        fenced_update(store, lease, change)
 
     def batch_done(frames: int, seconds: float) -> None:
         prometheus.BATCH_SIZE.observe(frames)
@@ -94,16 +135,35 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
         prometheus.FRAMES.inc(frames)
 
     try:
-        predictor = predictor_factory()
-        result = segment_video(upload, job_dir, predictor, seg_options, info=record.media_info(job_dir),
-                               on_progress=progress, should_cancel=cancelled, on_batch=batch_done)
+        with LeaseKeeper(store, lease, settings.lease_timeout_s) as keeper:
+            def cancelled() -> bool:
+                keeper.check()
+                try:
+                    return store.get(job_id).cancel_requested
+                except JobNotFound:
+                    return True  # the job was deleted under us
+
+            predictor = predictor_factory()
+            result = segment_video(upload, job_dir, predictor, seg_options, info=record.media_info(job_dir),
+                                   on_progress=progress, should_cancel=cancelled, on_batch=batch_done,
+                                   fence=lambda: fenced(store, lease))
+    except LeaseLost as exc:
+        log.warning("%s: stopping without writing", exc)
+        prometheus.LEASE_WRITES_REFUSED.inc()
+        return {"job_id": job_id, "status": "lease_lost"}
     except Cancelled:
-        return _finish_cancelled(store, job_id)
+        return _finish_cancelled(store, job_id, lease)
     except MediaError as exc:
-        return _finish_failed(store, job_id, exc.code.value, exc.message)
+        return _finish_failed(store, lease, exc.code.value, exc.message)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _finish_storage_full(store, lease, exc)
+        log.exception("job %s failed", job_id)
+        return _finish_failed(store, lease, ServiceErrorCode.INTERNAL_ERROR.value,
+                              f"internal error while segmenting ({type(exc).__name__})")
     except Exception as exc:  # a bug or a broken model: fail the job, keep the worker alive
         log.exception("job %s failed", job_id)
-        return _finish_failed(store, job_id, ServiceErrorCode.INTERNAL_ERROR.value,
+        return _finish_failed(store, lease, ServiceErrorCode.INTERNAL_ERROR.value,
                               f"internal error while segmenting ({type(exc).__name__})")
 
     for stage, seconds in result.timings.items():
@@ -111,49 +171,85 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     finished = time.time()
 
     def succeed(r: JobRecord) -> None:
-        r.status, r.finished_at = JobStatus.SUCCEEDED, finished
+        r.status, r.finished_at, r.lease_expires_at = JobStatus.SUCCEEDED, finished, None
         r.progress = Progress(frames_done=result.frames, frames_total=result.frames)
         r.timings = {**result.timings, "queue_wait": round((r.started_at or finished) - r.created_at, 4),
                      "total": round(finished - r.created_at, 4)}
 
-    record = store.update(job_id, succeed)
+    try:
+        record = fenced_update(store, lease, succeed)
+    except LeaseLost as exc:
+        log.warning("%s: the result is the new owner's", exc)
+        prometheus.LEASE_WRITES_REFUSED.inc()
+        return {"job_id": job_id, "status": "lease_lost"}
     upload.unlink(missing_ok=True)  # the masks (and overlay) are the result; the video is not kept
     prometheus.JOB_SECONDS.observe(finished - record.created_at)
     prometheus.JOBS_FINISHED.labels(status="succeeded").inc()
     return {"job_id": job_id, "status": "succeeded", "frames": result.frames}
 
 
-def _finish_cancelled(store: JobStore, job_id: str) -> dict[str, Any]:
+def _finish_cancelled(store: JobStore, job_id: str, lease: Lease | None) -> dict[str, Any]:
     from worker import prometheus
 
     def cancel(r: JobRecord) -> None:
-        r.status, r.finished_at = JobStatus.CANCELLED, time.time()
+        r.status, r.finished_at, r.lease_expires_at = JobStatus.CANCELLED, time.time(), None
 
     try:
-        store.update(job_id, cancel)
+        if lease is None:
+            store.update(job_id, cancel)
+        else:
+            fenced_update(store, lease, cancel)
         store.remove_files(job_id)
     except JobNotFound:
         pass
+    except LeaseLost:
+        prometheus.LEASE_WRITES_REFUSED.inc()
+        return {"job_id": job_id, "status": "lease_lost"}
     prometheus.JOBS_FINISHED.labels(status="cancelled").inc()
     return {"job_id": job_id, "status": "cancelled"}
 
 
-def _finish_failed(store: JobStore, job_id: str, code: str, message: str) -> dict[str, Any]:
+def _finish_failed(store: JobStore, lease: Lease, code: str, message: str, *,
+                   keep_masks: bool = True) -> dict[str, Any]:
     from worker import prometheus
 
+    job_id = lease.job_id
     finished = time.time()
-    kept = complete_lines(store.masks_path(job_id))  # exactly the frame lines a reader will get
-
-    def fail(r: JobRecord) -> None:
-        r.status, r.finished_at, r.error = JobStatus.FAILED, finished, JobError(code=code, message=message)
-        r.progress.frames_done = kept
-
-    record = store.update(job_id, fail)
+    try:
+        with fenced(store, lease) as record:
+            kept = complete_lines(store.masks_path(job_id)) if keep_masks else 0
+            record.status, record.finished_at, record.lease_expires_at = JobStatus.FAILED, finished, None
+            record.error = JobError(code=code, message=message)
+            record.progress.frames_done = kept
+            record.updated_at = finished
+            store.write(record)
+    except LeaseLost:
+        prometheus.LEASE_WRITES_REFUSED.inc()
+        return {"job_id": job_id, "status": "lease_lost"}
     # The frames written before the failure stay readable: the mask stream's end line says "failed" and how
     # many frames there are, so they are never taken for a complete result. The upload and any partial
     # overlay go.
-    store.remove_files(job_id, keep=(store.masks_path(job_id).name,))
+    store.remove_files(job_id, keep=(store.masks_path(job_id).name,) if keep_masks else ())
     prometheus.JOB_SECONDS.observe(finished - record.created_at)
     prometheus.JOBS_FINISHED.labels(status="failed").inc()
     prometheus.JOBS_FAILED.labels(code=code).inc()
     return {"job_id": job_id, "status": "failed", "error": code}
+
+
+def _finish_storage_full(store: JobStore, lease: Lease, exc: OSError) -> dict[str, Any]:
+    """The disk is full: free this job's files first (they are what we can free), then record the failure,
+    retrying the small record write while other writers may still be filling the disk."""
+    log.error("job %s: no space left on the data volume (%s)", lease.job_id, exc)
+    try:
+        with fenced(store, lease):
+            store.remove_files(lease.job_id)
+    except (LeaseLost, OSError):
+        pass
+    message = "no space left on the data volume while writing the results"
+    for attempt in range(STORAGE_RETRIES):
+        try:
+            return _finish_failed(store, lease, ServiceErrorCode.STORAGE_FULL.value, message, keep_masks=False)
+        except OSError as again:
+            log.warning("job %s: recording storage_full failed (%s), attempt %d", lease.job_id, again, attempt + 1)
+            time.sleep(STORAGE_RETRY_S)
+    return {"job_id": lease.job_id, "status": "failed", "error": ServiceErrorCode.STORAGE_FULL.value}

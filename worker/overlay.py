@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import colorsys
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,11 @@ def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
 
 
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
-                  limits: MediaLimits) -> Path:
+                  limits: MediaLimits, fence: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Path:
     """Write `out_path` (an mp4) from the source `info` and its `masks_path`; see the module docstring.
 
-    `fps` must be the rate the masks were made at (None: every decoded frame). Raises `MediaError`
+    `fps` must be the rate the masks were made at (None: every decoded frame); `fence()` is held while the
+    finished file replaces `out_path` (see `segment_video`). Raises `MediaError`
     (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at `out_path` on failure.
     """
     timeout = limits.decode_timeout(info.duration_s) * 2
@@ -125,7 +127,8 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
             if encoder.timed_out or code != 0:
                 raise MediaError(ErrorCode.MEDIA_TIMEOUT if encoder.timed_out else ErrorCode.CORRUPT_MEDIA,
                                  f"overlay encoding failed: {encoder.stderr_text()[-500:]}")
-        tmp.replace(out_path)
+        with fence():
+            tmp.replace(out_path)
     finally:
         frames.close()
         tmp.unlink(missing_ok=True)

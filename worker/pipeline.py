@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,13 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
                   info: MediaInfo | None = None,
                   on_progress: Callable[[int, int | None], None] | None = None,
                   on_batch: Callable[[int, float], None] | None = None,
-                  should_cancel: Callable[[], bool] | None = None) -> SegmentResult:
+                  should_cancel: Callable[[], bool] | None = None,
+                  fence: Callable[[], AbstractContextManager[Any]] = nullcontext) -> SegmentResult:
     """Segment every frame of `video` into `out_dir/masks.ndjson` (and optional PNGs / overlay.mp4).
+
+    `fence()` is entered around every write of results (a batch of mask lines, the overlay's rename): the
+    service passes its lease check (`worker.core.leases.fenced`), which raises instead of letting a former
+    owner write.
 
     Raises:
         MediaError: the file is refused or fails to decode (its `.code` is stable).
@@ -230,7 +236,8 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
             records = mask_records(masks, start_index=batch.start_index, pts_s=batch.pts_s,
                                    class_names=predictor.class_names)
             skip = max(0, options.start_frame - batch.start_index)
-            writer.write(records[skip:])
+            with fence():
+                writer.write(records[skip:])
             if png_dir is not None:
                 _write_pngs(png_dir, masks[skip:], batch.start_index + skip, predictor.num_classes)
             clock.add("encode", time.perf_counter() - t)
@@ -250,7 +257,7 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         from worker.overlay import write_overlay
 
         t = time.perf_counter()
-        overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps,
+        overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps, fence=fence,
                                          num_classes=predictor.num_classes, limits=options.limits))
         clock.add("overlay", time.perf_counter() - t)
     return SegmentResult(frames=frames_done, video=info.to_dict(), timings=clock.rounded(),

@@ -28,6 +28,10 @@ BATCH_SECONDS = Histogram("avs_inference_batch_seconds", "Seconds per inference 
 FRAMES = Counter("avs_frames_processed_total", "Frames segmented.")
 JOBS_FINISHED = Counter("avs_jobs_finished_total", "Jobs that ended, by final status.", ["status"])
 JOBS_FAILED = Counter("avs_jobs_failed_total", "Failed jobs by error code.", ["code"])
+JOBS_TAKEN_OVER = Counter("avs_jobs_taken_over_total",
+                          "Jobs this worker resumed after their former owner's lease expired.")
+LEASE_WRITES_REFUSED = Counter("avs_lease_writes_refused_total",
+                               "Writes a worker did not make because its lease on the job was gone.")
 MODEL_LOAD_SECONDS = Histogram("avs_model_load_seconds", "Model load + warm-up time per worker process.",
                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 

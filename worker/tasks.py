@@ -51,6 +51,6 @@ def segment(job_id: str) -> dict[str, object]:
     runtime.current_job = job_id
     try:
         return run_job(job_id, store=JobStore(settings.data_dir), settings=settings,
-                       predictor_factory=runtime.predictor)
+                       predictor_factory=runtime.predictor, owner=runtime.name)
     finally:
         runtime.current_job = None

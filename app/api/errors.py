@@ -43,6 +43,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ServiceErrorCode.UNAUTHORIZED: 401,
     ServiceErrorCode.INVALID_REQUEST: 422,
     ServiceErrorCode.INTERNAL_ERROR: 500,
+    ServiceErrorCode.STORAGE_FULL: 507,  # RFC 4918 Insufficient Storage: the server's volume, not the request
 }
 
 # Starlette/FastAPI HTTPExceptions (raised by the framework itself) -> our codes.
@@ -53,6 +54,7 @@ _CODE_BY_STATUS: dict[int, str] = {
     413: ServiceErrorCode.TOO_LARGE,
     429: ServiceErrorCode.BACKLOG_FULL,
     503: ServiceErrorCode.NOT_READY,
+    507: ServiceErrorCode.STORAGE_FULL,
 }
 
 

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.api.errors import not_found
-from worker.core.contracts import JobStatus
+from app.api.errors import ApiError, not_found
+from worker.core.contracts import JobStatus, ServiceErrorCode
 from worker.core.job_record import JobRecord, is_job_id
-from worker.core.jobstore import RECORD, JobNotFound, JobStore
+from worker.core.jobstore import RECORD, JobLocked, JobNotFound, JobStore
+from worker.core.leases import lease_live
 
 ORPHAN_UPLOAD_S = 3600.0  # a job directory without a record, untouched this long, is a dead upload
 
@@ -61,8 +62,10 @@ def delete_job(store: JobStore, job_id: str) -> tuple[JobRecord, int]:
     """DELETE /jobs/{id}. Returns (record, HTTP status).
 
     queued -> cancelled now (the worker skips it), files removed, 200; running -> `cancel_requested`,
-    the worker stops within a batch, marks it cancelled and removes the files, 202; finished -> files
-    removed, the record stays as a tombstone, 200. Every case sets `deleted: true`. Idempotent.
+    the worker stops within a batch, marks it cancelled and removes the files, 202; running but orphaned
+    (its owner's lease expired: the worker is dead or stopped) -> cancelled now, the lease fenced off so the
+    former owner cannot write, files removed, 200; finished -> files removed, the record stays as a
+    tombstone, 200. Every case sets `deleted: true`. Idempotent.
     """
     get_record(store, job_id)  # 404 for unknown ids
     now = time.time()
@@ -74,6 +77,11 @@ def delete_job(store: JobStore, job_id: str) -> tuple[JobRecord, int]:
         if status is JobStatus.QUEUED:
             record.status, record.cancel_requested, record.finished_at = JobStatus.CANCELLED, True, now
             outcome["action"] = "cancelled"
+        elif status is JobStatus.RUNNING and not lease_live(record, now):
+            record.status, record.cancel_requested, record.finished_at = JobStatus.CANCELLED, True, now
+            record.lease_token += 1  # the former owner, should it come back, finds its lease gone
+            record.owner, record.lease_expires_at = None, None
+            outcome["action"] = "cancelled"
         elif status is JobStatus.RUNNING:
             record.cancel_requested = True
             outcome["action"] = "cancelling"
@@ -84,6 +92,9 @@ def delete_job(store: JobStore, job_id: str) -> tuple[JobRecord, int]:
         record = store.update(job_id, change)
     except JobNotFound:
         raise not_found(f"no job {job_id!r} (unknown or expired)") from None
+    except JobLocked:
+        raise ApiError(ServiceErrorCode.NOT_READY, f"job {job_id} is busy; retry the delete",
+                       headers={"Retry-After": "1"}) from None
     if outcome["action"] == "cancelling":
         return record, 202
     store.remove_files(job_id)

@@ -9,7 +9,8 @@
 
 This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
 only streams, probes, writes records and sends ids to the queue. The lifespan runs the cleanup loop
-that expires finished jobs after `AVS_RESULT_TTL_S`.
+that expires finished jobs after `AVS_RESULT_TTL_S`, and the reconciler (`worker.core.leases`) that requeues
+jobs whose worker died and sends messages that were never sent.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
 from app.api.routers import jobs as jobs_router
 from app.api.routers import ops, segment
+from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings, get_settings
 
 log = logging.getLogger("avs.api")
@@ -47,6 +49,30 @@ async def cleanup_loop(settings: ServiceSettings) -> None:
         await asyncio.sleep(settings.cleanup_interval_s)
 
 
+async def reconcile_loop(settings: ServiceSettings, send: TaskSender) -> None:
+    """Every `reconcile_interval_s`: requeue jobs whose owner's lease expired, send messages that were never
+    sent (`worker.core.leases.reconcile`). In a thread of its own, so a stalled broker slows only this loop."""
+    store = get_store(settings)
+    limiter = anyio.CapacityLimiter(1)
+    while True:
+        try:
+            done = await anyio.to_thread.run_sync(
+                lambda: reconcile(store, send, lease_timeout_s=settings.lease_timeout_s,
+                                  unsent_grace_s=settings.unsent_grace_s, unsent_give_up_s=settings.unsent_give_up_s),
+                limiter=limiter)
+            for job_id in done.requeued:
+                log.warning("job %s: its worker's lease expired; requeued", job_id)
+            if done.requeued:
+                prometheus.LEASES_EXPIRED.labels("requeued").inc(len(done.requeued))
+            if done.cancelled:
+                prometheus.LEASES_EXPIRED.labels("cancelled").inc(len(done.cancelled))
+            if done.resent:
+                prometheus.MESSAGES_RESENT.inc(len(done.resent))
+        except Exception:
+            log.exception("job reconciliation failed")
+        await asyncio.sleep(settings.reconcile_interval_s)
+
+
 def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSender | None = None) -> FastAPI:
     """Build the API. `settings` defaults to `get_settings()` (the `AVS_` environment); `task_sender`,
     a callable `(job_id) -> None`, defaults to sending `avs.segment(job_id)` through Celery."""
@@ -54,13 +80,16 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cleaner = asyncio.create_task(cleanup_loop(settings), name="avs-job-cleanup")
+        loops = [asyncio.create_task(cleanup_loop(settings), name="avs-job-cleanup"),
+                 asyncio.create_task(reconcile_loop(settings, app.state.task_sender), name="avs-job-reconcile")]
         try:
             yield
         finally:
-            cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleaner
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             prometheus.mark_process_dead()
 
     app = FastAPI(

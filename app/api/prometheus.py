@@ -43,6 +43,10 @@ UPLOAD_BYTES = Histogram("avs_upload_bytes", "Size of uploaded videos (completed
 JOBS_SUBMITTED = Counter("avs_jobs_submitted", "Jobs accepted and queued")
 JOBS_REJECTED = Counter("avs_jobs_rejected", "Submissions refused, by error code", ["reason"])
 UPLOADS_ABORTED = Counter("avs_uploads_aborted", "Uploads abandoned by the client before the body ended")
+LEASES_EXPIRED = Counter("avs_leases_expired", "Running jobs whose owner's lease expired (requeued or, when a "
+                         "cancel was asked for, cancelled) by the reconciler", ["action"])
+MESSAGES_RESENT = Counter("avs_job_messages_resent", "Job messages the reconciler sent again (a requeued job, "
+                          "or one whose first send never happened)")
 
 UNMATCHED = "unmatched"
 

@@ -3,10 +3,13 @@ message. The route is thin (`app.api.routers.segment`); the streamed multipart p
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,11 +17,12 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from app.api import prometheus
+from app.api.broker import PROBE_LIMITER, BrokerUnavailable, send_bounded
 from app.api.counts import status_counter
 from app.api.deps import TaskSender
 from app.api.errors import ApiError
-from app.api.job_service import job_urls
-from app.api.uploads import FORM_OVERHEAD_BYTES, invalid, receive_upload, too_large
+from app.api.job_service import ORPHAN_UPLOAD_S, job_urls
+from app.api.uploads import FORM_OVERHEAD_BYTES, invalid, receive_upload, storage_full, too_large
 from worker.core.contracts import JobStatus, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo, new_job_id
@@ -78,11 +82,28 @@ def _reject(code: str) -> None:
     prometheus.JOBS_REJECTED.labels(str(code)).inc()
 
 
+def _reserve(store: JobStore, settings: ServiceSettings, job_dir: Path) -> int | None:
+    """Admission, atomic across API processes: under one lock, count the queued jobs plus the uploads already
+    admitted (folders without a record yet) and, when there is room, reserve a place by creating this job's
+    folder. Returns None when admitted, else the count that refused it."""
+    with store.admission():
+        waiting = backlog(store) + store.uploads_in_flight(max_age_s=ORPHAN_UPLOAD_S)
+        if waiting >= settings.max_backlog:
+            return waiting
+        job_dir.mkdir(parents=True)
+        return None
+
+
+def _storage_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 async def submit(request: Request, settings: ServiceSettings, store: JobStore, send_task: TaskSender) -> dict[str, Any]:
-    """POST /segment: cap check, backlog check, streamed upload, probe, record, queue. Returns the 202 body.
+    """POST /segment: cap check, admission, streamed upload, probe, record, queue. Returns the 202 body.
 
     Nothing of a refused upload survives: the job directory is removed on every failure before the
-    record exists (and the client's disconnect mid-upload counts as one).
+    record exists (and the client's disconnect mid-upload counts as one). A full disk is 507 `storage_full`;
+    a broker that does not take the message within `broker_timeout_s` is 503 `not_ready`.
     """
     base = request.scope.get("root_path", "")
     # 1. The declared size, before a single body byte is read.
@@ -96,39 +117,28 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
         if length > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
             _reject(ServiceErrorCode.TOO_LARGE)
             raise too_large(settings.max_upload_bytes)
-    # 2. The backlog (a scan of the job records, off the event loop), still before the body.
-    queued = await anyio.to_thread.run_sync(backlog, store)
-    if queued >= settings.max_backlog:
-        _reject(ServiceErrorCode.BACKLOG_FULL)
-        raise ApiError(ServiceErrorCode.BACKLOG_FULL,
-                       f"{queued} jobs are waiting (limit {settings.max_backlog}); retry later",
-                       headers={"Retry-After": str(settings.retry_after_s)})
-
+    # 2. Admission, still before the body: the backlog counted and this job's place reserved together.
     job_id = new_job_id()
     job_dir = store.job_dir(job_id)
     try:
-        # 3. The body, streamed to disk under the cap.
-        upload = await receive_upload(request, job_dir, max_file_bytes=settings.max_upload_bytes,
-                                      allowed_fields=FORM_FIELDS, check_field=check_field)
-        if upload.path is None:
-            raise invalid("the form has no `file` part")
-        options = parse_options(upload.fields)
-        prometheus.UPLOAD_BYTES.observe(upload.bytes)
-        # 4. What is it? ffprobe under its own deadline, in a thread.
-        limits = settings.media_limits()
+        refused = await anyio.to_thread.run_sync(_reserve, store, settings, job_dir)
+    except OSError as exc:
+        if _storage_full(exc):
+            _reject(ServiceErrorCode.STORAGE_FULL)
+            raise storage_full() from None
+        raise
+    if refused is not None:
+        _reject(ServiceErrorCode.BACKLOG_FULL)
+        raise ApiError(ServiceErrorCode.BACKLOG_FULL,
+                       f"{refused} jobs are waiting (limit {settings.max_backlog}); retry later",
+                       headers={"Retry-After": str(settings.retry_after_s)})
+    try:
         try:
-            info = await anyio.to_thread.run_sync(lambda: probe_media(upload.path, limits, require_audio=True))
-        except MediaError as exc:
-            raise ApiError(exc.code, exc.message) from None
-        # Gone while we probed: queue nothing that nobody will ever ask for.
-        if await request.is_disconnected():
-            raise ClientDisconnect()
-        # 5. The record, then the message (ids only).
-        record = JobRecord(
-            job_id=job_id, options=options, media=info,
-            upload=UploadInfo(filename=upload.filename, bytes=upload.bytes, path=upload.path.name),
-            progress=Progress(frames_total=info.expected_frames(options.fps)))
-        await anyio.to_thread.run_sync(store.create, record)
+            record = await _receive_and_probe(request, settings, store, job_id, job_dir)
+        except OSError as exc:
+            if _storage_full(exc):
+                raise storage_full() from None
+            raise
     except ClientDisconnect:
         prometheus.UPLOADS_ABORTED.inc()
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -142,22 +152,53 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
 
+    # 6. The message (ids only), within the broker deadline; the record says when it was sent.
     try:
-        await anyio.to_thread.run_sync(send_task, job_id)
-    except Exception as exc:
+        await send_bounded(send_task, job_id, settings.broker_timeout_s)
+    except BrokerUnavailable as exc:
         log.error("could not queue job %s: %s", job_id, exc)
-        message = "the job queue is not reachable; the job was not queued"
+        message = f"the job queue is not reachable ({exc}); the job was not queued"
         await anyio.to_thread.run_sync(_fail_unsent, store, job_id, message)
         _reject(ServiceErrorCode.NOT_READY)
         raise ApiError(ServiceErrorCode.NOT_READY, message, headers={"Retry-After": str(settings.retry_after_s)}) \
             from None
+    with contextlib.suppress(Exception):  # only a hint for the reconciler: a lost write means one resend at most
+        await anyio.to_thread.run_sync(lambda: store.set_fields(job_id, message_sent_at=time.time()))
     prometheus.JOBS_SUBMITTED.inc()
-    urls = job_urls(job_id, overlay=options.overlay, base=base)
+    urls = job_urls(job_id, overlay=record.options.overlay, base=base)
     body = {"job_id": job_id, "status": JobStatus.QUEUED.value, "status_url": urls["status"],
             "masks_url": urls["masks"]}
-    if options.overlay:
+    if record.options.overlay:
         body["overlay_url"] = urls["overlay"]
     return body
+
+
+async def _receive_and_probe(request: Request, settings: ServiceSettings, store: JobStore, job_id: str,
+                             job_dir: Path) -> JobRecord:
+    # 3. The body, streamed to disk under the cap.
+    upload = await receive_upload(request, job_dir, max_file_bytes=settings.max_upload_bytes,
+                                  allowed_fields=FORM_FIELDS, check_field=check_field)
+    if upload.path is None:
+        raise invalid("the form has no `file` part")
+    options = parse_options(upload.fields)
+    prometheus.UPLOAD_BYTES.observe(upload.bytes)
+    # 4. What is it? ffprobe under its own deadlines, on threads of its own.
+    limits = settings.media_limits()
+    try:
+        info = await anyio.to_thread.run_sync(lambda: probe_media(upload.path, limits, require_audio=True),
+                                              limiter=PROBE_LIMITER)
+    except MediaError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    # Gone while we probed: queue nothing that nobody will ever ask for.
+    if await request.is_disconnected():
+        raise ClientDisconnect()
+    # 5. The record (queued, its message not sent yet).
+    record = JobRecord(
+        job_id=job_id, options=options, media=info,
+        upload=UploadInfo(filename=upload.filename, bytes=upload.bytes, path=upload.path.name),
+        progress=Progress(frames_total=info.expected_frames(options.fps)))
+    await anyio.to_thread.run_sync(store.create, record)
+    return record
 
 
 def _fail_unsent(store: JobStore, job_id: str, message: str) -> None:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import anyio
-from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
@@ -53,6 +52,10 @@ def invalid(message: str) -> ApiError:
     return ApiError(ServiceErrorCode.INVALID_REQUEST, message)
 
 
+def storage_full() -> ApiError:
+    return ApiError(ServiceErrorCode.STORAGE_FULL, "no space left on the data volume; retry later")
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(ServiceErrorCode.TOO_LARGE, f"the upload is larger than the limit of {limit} bytes")
 
@@ -71,13 +74,23 @@ def upload_extension(filename: str | None) -> str:
     return suffix if suffix in ALLOWED_EXTENSIONS else ".bin"
 
 
+_BOUNDARY = re.compile(rb"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+"""RFC 2046 §5.1.1: 1 to 70 characters from `bchars`, not ending in a space."""
+
+
 def multipart_boundary(content_type: str | None) -> bytes:
-    ctype, params = parse_options_header(content_type)
+    """The boundary of a `multipart/form-data` Content-Type; `invalid_request` for anything else."""
+    try:
+        ctype, params = parse_options_header(content_type)
+    except Exception:  # whatever a hostile header makes the parser raise
+        raise invalid("unreadable Content-Type header") from None
     if ctype != b"multipart/form-data":
         raise invalid("the body must be multipart/form-data with a `file` part")
     boundary = params.get(b"boundary")
     if not boundary:
         raise invalid("multipart/form-data without a boundary")
+    if not _BOUNDARY.match(boundary):
+        raise invalid("the multipart boundary must be 1 to 70 characters as RFC 2046 allows")
     return boundary
 
 
@@ -213,11 +226,18 @@ async def receive_upload(request: Request, job_dir: Path, *, max_file_bytes: int
                 raise too_large(max_file_bytes)
             try:
                 parser.write(chunk)
-            except MultipartParseError:
+            except (ApiError, OSError):
+                raise  # our own refusals from the callbacks, and the disk (a full one is 507 upstream)
+            except Exception:  # MultipartParseError and whatever else malformed input makes the parser raise
                 raise invalid("malformed multipart body") from None
             if len(sink.pending) >= FLUSH_BYTES:
                 await sink.flush()
-        parser.finalize()
+        try:
+            parser.finalize()
+        except (ApiError, OSError):
+            raise
+        except Exception:
+            raise invalid("malformed multipart body") from None
         if parser.state != MultipartState.END:
             raise invalid("incomplete multipart body (no closing boundary)")
         await sink.flush()

@@ -38,11 +38,70 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+class WorkerSupervisor:
+    """`avs serve`'s worker: started in its own session, restarted when it dies (an out-of-memory kill, a
+    GPU fault) with a back-off of 1 s doubling to 30 s (reset after a minute of life), stopped with a warm
+    SIGTERM. Its jobs are recovered through their leases by the API's reconciler, not by this class."""
+
+    def __init__(self, command: list[str]) -> None:
+        import threading
+
+        self.command = command
+        self.proc = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        import subprocess
+        import time
+
+        # Its own session, so a Ctrl-C or a group SIGTERM does not reach it twice (a second signal turns
+        # Celery's warm shutdown into a cold one); instead the kernel sends it SIGTERM when this process
+        # ends, however it ends (uvicorn re-raises the signal it caught, so a `finally` may never run).
+        self.proc = subprocess.Popen(self.command, start_new_session=True, preexec_fn=_terminate_with_parent)
+        self.started_at = time.monotonic()
+
+    def start(self) -> WorkerSupervisor:
+        self._spawn()
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        import time
+
+        backoff = 1.0
+        while not self._stop.wait(0.5):
+            code = self.proc.poll()  # reaps it: a dead worker never lingers as a zombie
+            if code is None:
+                continue
+            if time.monotonic() - self.started_at > 60:
+                backoff = 1.0
+            sys.stderr.write(f"avs serve: the worker exited ({code}); restarting in {backoff:g}s\n")
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: the current batch ends, the job is handed back
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
     import shutil
     import signal
-    import subprocess
 
     import uvicorn
 
@@ -60,11 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
     worker = None
     if not args.no_worker:
-        # Its own session, so a Ctrl-C or a group SIGTERM does not reach it twice (a second signal turns
-        # Celery's warm shutdown into a cold one); instead the kernel sends it SIGTERM when this process
-        # ends, however it ends (uvicorn re-raises the signal it caught, so a `finally` may never run).
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", args.loglevel.upper()],
-                                  start_new_session=True, preexec_fn=_terminate_with_parent)
+        worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--loglevel",
+                                   args.loglevel.upper()]).start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
     # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
@@ -72,12 +128,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)  # warm shutdown: the current batch ends, the job is handed back
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            worker.stop()
     return 0
 
 

@@ -99,7 +99,8 @@ class Service:
 def _base_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVS_", "PROMETHEUS_"))}
     env.update({"AVS_DATA_DIR": str(data_dir), "AVS_HEARTBEAT_S": "1", "AVS_BATCH_SIZE": "4",
-                "PYTHONUNBUFFERED": "1"})
+                # short leases, so that recovering a dead worker's job takes seconds in the tests
+                "AVS_LEASE_TIMEOUT_S": "3", "AVS_RECONCILE_INTERVAL_S": "0.5", "PYTHONUNBUFFERED": "1"})
     return env
 
 
@@ -136,7 +137,8 @@ def redis_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
     """uvicorn API (`avs serve --no-worker`) and one `avs worker`, on the machine's Redis."""
     service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
     service.data_dir.mkdir()
-    service.env.update({"AVS_BROKER_URL": redis_url, "AVS_VISIBILITY_TIMEOUT_S": "4"})
+    # the visibility timeout is a backstop of an hour: recovery must come from the leases
+    service.env.update({"AVS_BROKER_URL": redis_url, "AVS_VISIBILITY_TIMEOUT_S": "3600"})
     port = free_port()
     service.base_url = f"http://127.0.0.1:{port}"
     service.env["AVS_WORKER_METRICS_PORT"] = str(free_port())

@@ -45,8 +45,15 @@ def celery_config(settings: ServiceSettings) -> dict[str, object]:
         }
     else:
         conf["broker_url"] = settings.broker_url
-        # Must exceed the longest job, or Redis hands a running job to a second worker.
-        conf["broker_transport_options"] = {"visibility_timeout": settings.visibility_timeout_s}
+        conf["broker_connection_timeout"] = settings.broker_timeout_s
+        conf["broker_transport_options"] = {
+            # A backstop only: a dead worker's job is recovered through its lease (worker.core.leases) within
+            # seconds, and a redelivered message for a job whose owner is alive does nothing.
+            "visibility_timeout": settings.visibility_timeout_s,
+            # A frozen or partitioned Redis fails a call within this, instead of blocking its thread for good.
+            "socket_timeout": settings.broker_timeout_s,
+            "socket_connect_timeout": settings.broker_timeout_s,
+        }
         backend = settings.result_backend or (settings.broker_url if settings.broker_url.startswith("redis") else None)
         if backend:
             conf["result_backend"] = backend

@@ -43,6 +43,8 @@ class ServiceErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     INVALID_REQUEST = "invalid_request"
     INTERNAL_ERROR = "internal_error"
+    STORAGE_FULL = "storage_full"
+    """No space left on the data volume (HTTP 507; a job that hits it fails with this code)."""
 
 
 class JobStatus(StrEnum):

@@ -72,9 +72,24 @@ class JobError(BaseModel):
     message: str = ""
 
 
+class Takeover(BaseModel):
+    """One change of owner: when, from whom, and why (see `worker.core.leases`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    at: float
+    previous_owner: str | None = None
+    reason: str
+
+
 class JobRecord(BaseModel):
     """`job.json`. Times are Unix seconds. `media` is the full probe result (its `path` is where the API saw
-    the upload: use `media_info(job_dir)`)."""
+    the upload: use `media_info(job_dir)`).
+
+    Ownership (`worker.core.leases`): a running job has an `owner` whose lease ends at `lease_expires_at`
+    unless renewed; `lease_token` grows by one at every acquisition and every write of the job's results is
+    checked against it (fencing), so a former owner can never write again. `message_sent_at`: when the
+    broker accepted the job's last message (None: not sent yet)."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
@@ -93,6 +108,11 @@ class JobRecord(BaseModel):
     attempts: int = Field(0, ge=0, description="deliveries to a worker so far")
     cancel_requested: bool = False
     deleted: bool = Field(False, description="the client deleted the job: its files are (being) removed")
+    owner: str | None = Field(None, description="the worker holding the lease of a running job")
+    lease_token: int = Field(0, ge=0, description="fencing token: +1 at every acquisition")
+    lease_expires_at: float | None = None
+    takeovers: list[Takeover] = Field(default_factory=list)
+    message_sent_at: float | None = None
 
     @field_validator("error", mode="before")
     @classmethod

@@ -33,8 +33,17 @@ MASKS = "masks.ndjson"
 OVERLAY = "overlay.mp4"
 
 
+LOCK_TIMEOUT_S = 10.0
+"""How long a record's lock is waited for. A holder only keeps it for a read-modify-write or one batch of
+mask lines, so a wait this long means a holder that is stopped (SIGSTOP, a frozen VM): give up, retry later."""
+
+
 class JobNotFound(KeyError):
     """No record for this id (never created, expired, or not a well-formed id)."""
+
+
+class JobLocked(TimeoutError):
+    """The record's lock was not free within the timeout (its holder is stopped or stuck)."""
 
 
 class JobStore:
@@ -58,8 +67,8 @@ class JobStore:
     def create(self, record: JobRecord) -> JobRecord:
         """Write a new record (its directory may already hold the upload)."""
         self.job_dir(record.job_id).mkdir(parents=True, exist_ok=True)
-        with self._locked(record.job_id):
-            self._write(record)
+        with self.locked(record.job_id):
+            self.write(record)
         return record
 
     def get(self, job_id: str) -> JobRecord:
@@ -74,13 +83,14 @@ class JobStore:
         except ValidationError as exc:
             raise ValueError(f"job {job_id}: unreadable record ({exc.error_count()} errors)") from exc
 
-    def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
+    def update(self, job_id: str, change: Callable[[JobRecord], None], *,
+               timeout_s: float = LOCK_TIMEOUT_S) -> JobRecord:
         """Apply `change` (which edits the record in place) under the lock, write it, return it."""
-        with self._locked(job_id):
+        with self.locked(job_id, timeout_s=timeout_s):
             record = self.get(job_id)
             change(record)
             record.updated_at = time.time()
-            self._write(record)
+            self.write(record)
             return record
 
     def set_fields(self, job_id: str, **fields: Any) -> JobRecord:
@@ -103,6 +113,39 @@ class JobStore:
                 yield self.get(job_id)
             except (JobNotFound, ValueError):
                 continue  # deleted or being created right now
+
+    # -------------------------------------------------------------------------------- admission
+    @contextmanager
+    def admission(self, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """One lock for every API process: a backlog count and the reservation that follows it (the job's
+        folder, made before its body is read) happen together, so concurrent uploads cannot all pass."""
+        with open(self.root / ".admission.lock", "a+") as lock:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise JobLocked(f"admission lock busy for {timeout_s:g} s") from None
+                    time.sleep(0.005)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def uploads_in_flight(self, *, max_age_s: float, now: float | None = None) -> int:
+        """Job folders without a record yet (an upload being received or probed), touched within `max_age_s`;
+        older ones are abandoned uploads that the cleanup removes."""
+        now = time.time() if now is None else now
+        count = 0
+        for entry in self.root.iterdir():
+            try:
+                if entry.is_dir() and not (entry / RECORD).exists() and now - entry.stat().st_mtime < max_age_s:
+                    count += 1
+            except FileNotFoundError:
+                continue
+        return count
 
     # ------------------------------------------------------------------------------------ files
     def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
@@ -133,19 +176,36 @@ class JobStore:
 
     # -------------------------------------------------------------------------------- internals
     @contextmanager
-    def _locked(self, job_id: str) -> Iterator[None]:
+    def locked(self, job_id: str, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the record's exclusive lock (`flock`, so across processes on the volume's host); `JobLocked`
+        when it is not free within `timeout_s`, `JobNotFound` when the job's folder is gone."""
         directory = self.job_dir(job_id)
         if not directory.exists():
             raise JobNotFound(job_id)
         with open(directory / "job.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise JobLocked(f"job {job_id}: record lock busy for {timeout_s:g} s") from None
+                    time.sleep(0.01)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _write(self, record: JobRecord) -> None:
+
+    def write(self, record: JobRecord) -> None:
+        """Replace job.json atomically (the caller holds `locked`); a failed write (a full disk) leaves no
+        temporary file behind."""
         path = self.job_dir(record.job_id) / RECORD
         tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
-        tmp.write_text(record.model_dump_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(record.model_dump_json(), encoding="utf-8")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -41,6 +41,13 @@ class ServiceSettings(BaseSettings):
     # Longer than the longest job: Redis redelivers an unacknowledged task after this (acks_late).
     visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
     heartbeat_s: float = Field(5.0, gt=0)  # a warm worker refreshes its heartbeat file this often
+    # Job ownership (worker.core.leases): a running job's owner renews its lease every third of this; a lease
+    # not renewed for this long means the owner is gone, and the reconciler requeues the job.
+    lease_timeout_s: float = Field(30.0, gt=0)
+    reconcile_interval_s: float = Field(5.0, gt=0)  # how often the API looks for expired leases and unsent jobs
+    broker_timeout_s: float = Field(5.0, gt=0)  # every broker call gives up after this (503 + Retry-After)
+    unsent_grace_s: float = Field(60.0, gt=0)  # a queued job without a sent message this old is sent again
+    unsent_give_up_s: float = Field(3600.0, gt=0)  # ... and failed (not_ready) when it still is after this
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus endpoint of a worker process (0 = off)
 
     @field_validator("api_keys", mode="before")

@@ -55,13 +55,22 @@ def add_job(store: JobStore, status: JobStatus | str = JobStatus.QUEUED, *, over
                            progress=Progress(frames_total=25)))
     (store.job_dir(job_id) / "upload.mp4").write_bytes(b"abc")
     status = JobStatus(status)
-    if status is not JobStatus.QUEUED:
+    if status is JobStatus.RUNNING:
+        run(store, job_id, **fields)
+    elif status is not JobStatus.QUEUED:
         now = time.time()
-        store.set_fields(job_id, status=status, started_at=now,
-                         finished_at=now if status.finished else None, **fields)
+        store.set_fields(job_id, status=status, started_at=now, finished_at=now if status.finished else None,
+                         **fields)
     elif fields:
         store.set_fields(job_id, **fields)
     return job_id
+
+
+def run(store: JobStore, job_id: str, **fields: Any) -> None:
+    """Mark the job running as a live worker would: with an owner holding a lease that does not expire during
+    the test (the API's reconciler would requeue a running job without one)."""
+    store.set_fields(job_id, status=JobStatus.RUNNING, started_at=time.time(), owner="test-worker", lease_token=1,
+                     lease_expires_at=time.time() + 3600, **fields)
 
 
 def mask_line(index: int) -> bytes:

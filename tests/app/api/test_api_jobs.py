@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from api_support import add_job, mask_line
+from api_support import add_job, mask_line, run
 from fastapi.testclient import TestClient
 
 from worker.core.contracts import JobStatus
@@ -135,7 +135,7 @@ def test_masks_follow_a_job_advanced_in_the_background(client: TestClient, store
 
     def worker() -> None:
         time.sleep(0.3)
-        store.set_fields(job_id, status="running", started_at=time.time())
+        run(store, job_id)
         with open(path, "ab") as fh:
             for i in range(5):
                 line = mask_line(i)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import LiveServer, Recorder, add_job, job_dirs, mask_line, multipart
+from api_support import LiveServer, Recorder, add_job, job_dirs, mask_line, multipart, run
 
 from app.api import prometheus
 from app.api.main import create_app
@@ -143,7 +143,7 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
     events: dict[str, float] = {}
 
     def worker() -> None:
-        store.set_fields(job_id, status="running", started_at=time.time())
+        run(store, job_id)
         with open(path, "ab") as fh:
             fh.write(mask_line(0) + mask_line(1) + mask_line(2))
             fh.flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from api_support import Recorder, add_job, write_heartbeat
+from api_support import Recorder, add_job, run, write_heartbeat
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -290,7 +290,7 @@ def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> 
     counter = StatusCounter(store)
     assert counter.counts() == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
     (store.job_dir(done) / "job.json").write_text("{}")  # a finished record is never read again
-    store.set_fields(queued, status="running")  # an unfinished one is
+    run(store, queued)  # an unfinished one is
     assert counter.counts() == {"queued": 0, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     store.remove_files(done, keep_record=False)  # expired: forgotten
     assert counter.counts()["succeeded"] == 0

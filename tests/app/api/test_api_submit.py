@@ -235,3 +235,20 @@ def test_real_celery_sender_puts_only_the_id_on_redis(make_settings: Callable[..
         assert len(messages[0]) < 10_000  # ids, never video bytes
     finally:
         conn.delete(queue)
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data; boundary=" + "b" * 1_000_000, b"--x\r\n"),  # RFC 2046 allows 70 characters
+    ("multipart/form-data; boundary=" + "b" * 71, b"--x\r\n"),
+    ("multipart/form-data; boundary=a\x01b", b"--x\r\n"),
+    ("multipart/form-data; boundary=avsboundary", b"--avsboundary\r\n\xff\xfe\r\n\r\n--avsboundary--"),
+    ("multipart/form-data; boundary=avsboundary", b"--avsboundary\r\nContent-Disposition: form-data\r\n\r\nx\r\n"),
+    ("multipart/form-data; boundary=avsboundary", b"\x00" * 4096),
+    ('multipart/form-data; boundary="unterminated', b"--x\r\n"),
+])
+def test_malformed_multipart_of_any_kind_is_invalid_request(client: TestClient, settings: ServiceSettings,
+                                                            content_type: str, body: bytes) -> None:
+    response = client.post("/segment", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert job_dirs(settings) == []
