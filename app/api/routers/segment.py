@@ -47,7 +47,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                                              "`no_audio_track`, `corrupt_media`, `too_long`, `too_many_pixels`, "
                                              "`media_timeout`"},
     429: {"model": ErrorBody, "description": "`backlog_full` (with Retry-After)"},
-    503: {"model": ErrorBody, "description": "`not_ready`: the job queue is not reachable"},
+    503: {"model": ErrorBody, "description": "`not_ready`: the job queue did not take the job within the broker "
+                                             "deadline (with Retry-After)"},
+    507: {"model": ErrorBody, "description": "`storage_full`: no space left on the data volume"},
 }
 
 
