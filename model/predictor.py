@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from model.build import build_model
 from model.class_names import class_names_for
 from model.config import AVSConfig
+from model.mask_upsampling import upsample_mask
 from model.modeling.audio_frontend import SAMPLE_RATE, waveform_to_examples
 from model.modeling.avs_model import AVSModel
 from model.variants import DEFAULT_VARIANT, DEMO_CHECKPOINT, get_config
@@ -141,22 +142,32 @@ class AVSPredictor:
             out = self.model(x, audio_embedding=audio_embedding.to(self.device))
         return out.mask_logits.float()
 
-    @torch.inference_mode()
     def postprocess(self, logits: torch.Tensor, out_size: tuple[int, int], *,
                     threshold: float | None = None) -> np.ndarray:
-        """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W). `threshold` (binary only)
-        overrides the predictor's; ValueError unless it is strictly between 0 and 1.
+        """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W) (see `postprocess_logits`).
+        `threshold` (binary only) overrides the predictor's; ValueError unless strictly between 0 and 1."""
+        cut = self._logit_threshold if threshold is None else logit_threshold(threshold)
+        return postprocess_logits(logits, out_size, cut)
 
-        Binary: the logits are upsampled bilinearly, then thresholded, which gives smooth edges at any
-        size. Semantic (K > 1): argmax at the model's size, then nearest-neighbour upsampling of the class
-        ids; upsampling 71 logit maps to a full-HD frame would cost 590 MB per frame.
-        """
-        H, W = out_size
-        if logits.shape[1] == 1:
-            cut = self._logit_threshold if threshold is None else logit_threshold(threshold)
-            up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
-            masks = (up[:, 0] > cut).to(torch.uint8)
-        else:
-            labels = logits.argmax(1, keepdim=True).to(torch.uint8)  # [n, 1, S, S]; K <= 255
-            masks = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0]
-        return masks.cpu().numpy()
+
+@torch.inference_mode()
+def postprocess_logits(logits: torch.Tensor, out_size: tuple[int, int], cut: float) -> np.ndarray:
+    """logits [n, K, S, S] -> uint8 masks [n, H, W] at `out_size` = (H, W); `cut` is the logit threshold.
+
+    Binary: the logits are upsampled bilinearly, then thresholded, which gives smooth edges at any size; on
+    a GPU with `F.interpolate` on the device, on the CPU with `model.mask_upsampling.upsample_mask`, the same
+    masks at a fraction of the cost (only the boundary band is interpolated; the result is a column-major
+    view, which is what COCO RLE reads without a copy). Semantic (K > 1): argmax at the model's size, then
+    nearest-neighbour upsampling of the class ids; upsampling 71 logit maps to a full-HD frame would cost
+    590 MB per frame.
+    """
+    H, W = out_size
+    if logits.shape[1] == 1:
+        if logits.device.type == "cpu":  # exact, without interpolating the whole frame (model.mask_upsampling)
+            return upsample_mask(logits[:, 0].numpy(), (H, W), cut).transpose(0, 2, 1)
+        up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+        masks = (up[:, 0] > cut).to(torch.uint8)
+    else:
+        labels = logits.argmax(1, keepdim=True).to(torch.uint8)  # [n, 1, S, S]; K <= 255
+        masks = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0]
+    return masks.cpu().numpy()

@@ -35,7 +35,8 @@ class WorkerRuntime:
         self._stop = threading.Event()
         self._started = False
         self._lock = threading.Lock()
-        self.current_job: str | None = None
+        self.current_jobs: set[str] = set()  # the jobs in flight (several run at once on the frame engine)
+        self._engine: Any = None
         self._beat_thread: threading.Thread | None = None
         self.load_seconds: float | None = None
 
@@ -45,7 +46,7 @@ class WorkerRuntime:
             if self._started:
                 return
             self._started = True
-        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        threading.Thread(target=self._load, name="model", daemon=True).start()
 
     def _load(self) -> None:
         from model.predictor import load_predictor
@@ -64,11 +65,19 @@ class WorkerRuntime:
             return
         self.load_seconds = time.perf_counter() - start
         MODEL_LOAD_SECONDS.observe(self.load_seconds)
+        from worker.engine import FrameEngine
+        from worker.prometheus import observe_batch
+
+        self._engine = FrameEngine(predictor, max_batch_size=settings.batch_size,
+                                   max_wait_ms=settings.max_batch_wait_ms, on_batch=observe_batch)
         self._predictor = predictor
         self._ready.set()
         log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
         self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._beat_thread.start()
+        # This thread built and warmed the model: it runs it from now on (worker.engine, "one thread runs the
+        # model"), serving the batches of every job in flight until the worker stops.
+        self._engine.serve()
 
     def predictor(self, timeout_s: float = 600.0):
         self.start()
@@ -77,6 +86,10 @@ class WorkerRuntime:
         if self._error is not None:
             raise RuntimeError(f"model load failed: {self._error}") from self._error
         return self._predictor
+
+    def engine(self, timeout_s: float = 600.0):  # -> worker.engine.FrameEngine, shared by the jobs in flight
+        self.predictor(timeout_s)
+        return self._engine
 
     def _beat(self) -> None:
         """Refresh the heartbeat until stopped. Nothing ends this loop but `stop()`: a beat that fails (a full
@@ -93,7 +106,7 @@ class WorkerRuntime:
         record = {"hostname": socket.gethostname(), "pid": os.getpid(), "warm": self._predictor is not None,
                   "last_seen": time.time(), "variant": getattr(getattr(self._predictor, "cfg", None), "variant", None),
                   "device": str(getattr(self._predictor, "device", self.settings.device)),
-                  "current_job": self.current_job, "model_load_seconds": self.load_seconds}
+                  "current_jobs": sorted(self.current_jobs), "model_load_seconds": self.load_seconds}
         tmp = self.heartbeat_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(record), encoding="utf-8")

@@ -78,16 +78,19 @@ class LeaseKeeper:
 
 
 def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predictor_factory,
-            owner: str = "worker") -> dict[str, Any]:
+            owner: str = "worker", engine_factory=None) -> dict[str, Any]:
     """Segment job `job_id` into its directory and record the outcome; returns a small status dict.
 
     The job is run only under a lease (`worker.core.leases.acquire`): a message for a job another worker is
     running does nothing, and every write is fenced, so a former owner that comes back writes nothing.
-    `predictor_factory()` gives the warm model. The pipeline and the Prometheus module are imported here, so
+    `predictor_factory()` gives the warm model, `engine_factory()` the worker's frame engine that batches
+    this job's frames with those of its other jobs (None: a private one). The pipeline and the Prometheus
+    module are imported here, so
     importing the runner stays cheap (and torch-free) for whoever only needs `complete_lines`.
     """
     from worker import prometheus
-    from worker.pipeline import Cancelled, SegmentOptions, segment_video
+    from worker.engine import Cancelled
+    from worker.pipeline import SegmentOptions, segment_video
 
     try:
         outcome, lease, record = acquire(store, job_id, owner, settings.lease_timeout_s)
@@ -129,11 +132,6 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
 
         fenced_update(store, lease, change)
 
-    def batch_done(frames: int, seconds: float) -> None:
-        prometheus.BATCH_SIZE.observe(frames)
-        prometheus.BATCH_SECONDS.observe(seconds)
-        prometheus.FRAMES.inc(frames)
-
     try:
         with LeaseKeeper(store, lease, settings.lease_timeout_s) as keeper:
             def cancelled() -> bool:
@@ -144,9 +142,10 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
                     return True  # the job was deleted under us
 
             predictor = predictor_factory()
+            engine = engine_factory() if engine_factory is not None else None
             result = segment_video(upload, job_dir, predictor, seg_options, info=record.media_info(job_dir),
-                                   on_progress=progress, should_cancel=cancelled, on_batch=batch_done,
-                                   fence=lambda: fenced(store, lease))
+                                   on_progress=progress, should_cancel=cancelled, fence=lambda: fenced(store, lease),
+                                   engine=engine)
     except LeaseLost as exc:
         log.warning("%s: stopping without writing", exc)
         prometheus.LEASE_WRITES_REFUSED.inc()
@@ -168,6 +167,7 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
 
     for stage, seconds in result.timings.items():
         prometheus.STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    prometheus.FRAMES.inc(result.frames - seg_options.start_frame)
     finished = time.time()
 
     def succeed(r: JobRecord) -> None:

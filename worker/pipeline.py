@@ -18,17 +18,15 @@ being heard while it is on screen. Each window's embedding is computed once and 
 frames it covers (25 frames per window at 25 fps), so the audio encoder costs ~1/24 of a per-frame
 design. Frames past the end of the audio track get the embedding of silence.
 
-Decoding overlaps inference: a thread pulls the next batch from ffmpeg's pipe (ffmpeg itself decodes
-in its own process) while the main thread runs the model on the current one; the queue holds at most
-`PREFETCH_BATCHES`, so memory stays bounded whatever the video's length.
+The frames go through a frame engine (`worker.engine`): a decode thread per video, one batcher running
+the model (a worker's engine mixes the frames of all its jobs in each batch), an encode thread per video
+for upsampling, RLE and writing, in order. Memory stays bounded whatever the video's length.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,26 +35,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.modeling.audio_frontend import SAMPLE_RATE, example_index_for_time
+from model.modeling.audio_frontend import SAMPLE_RATE
 from model.predictor import AVSPredictor, logit_threshold
 from worker.core.contracts import ErrorCode
 from worker.core.errors import MediaError
 from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import probe_media
+from worker.engine import FrameEngine, JobSpec
 from worker.masks import MaskWriter, mask_records
 from worker.media.audio import read_audio
-from worker.media.decode import FrameBatch, FrameReader
+from worker.media.decode import FrameReader
 
-PREFETCH_BATCHES = 2  # decoded batches waiting for the model: enough to hide decode latency, bounded memory
 # The decoder's deadline is wall-clock for the whole pass, model time included (ffmpeg waits on a full
 # pipe while the model works). Budget this much per expected frame on top of the media limits' decode
 # deadline, so a slow CPU model (~1 frame/s for the b5 baselines here) is not killed mid-video.
 SECONDS_PER_FRAME_BUDGET = 1.5
 STAGES = ("probe", "decode", "audio_features", "inference", "encode")
-
-
-class Cancelled(Exception):
-    """Raised between batches when `should_cancel()` says so; the partial output is removed."""
 
 
 @dataclass(frozen=True)
@@ -101,80 +95,19 @@ class SegmentResult:
                 "masks": self.masks_path, "overlay": self.overlay_path}
 
 
-class _StageClock:
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        self._lock = threading.Lock()  # the decode thread adds to it too
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-    def rounded(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in self.seconds.items()}
-
-
-def _prefetch(batches: Iterator[FrameBatch], clock: _StageClock, stop: threading.Event) -> Iterator[FrameBatch]:
-    """Run `batches` in a thread, `PREFETCH_BATCHES` ahead of the consumer; re-raise its errors here."""
-    q: queue.Queue[FrameBatch | BaseException | None] = queue.Queue(maxsize=PREFETCH_BATCHES)
-
-    def put(item: FrameBatch | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            while True:
-                start = time.perf_counter()
-                batch = next(batches, None)
-                clock.add("decode", time.perf_counter() - start)
-                if not put(batch) or batch is None:
-                    return
-        except BaseException as exc:  # handed to the consumer, which re-raises it in its thread
-            put(exc)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()  # stops ffmpeg if the consumer gave up early
-
-    thread = threading.Thread(target=produce, name="frame-decoder", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-def audio_windows_for(pts_s: list[float], num_windows: int) -> np.ndarray:
-    """Index of the audio window of each frame; `num_windows` (one past the last) means silence."""
-    idx = np.array([example_index_for_time(max(t, 0.0)) for t in pts_s], dtype=np.int64)
-    return np.minimum(idx, num_windows)
-
-
 def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredictor,
                   options: SegmentOptions = SegmentOptions(), *,
                   info: MediaInfo | None = None,
                   on_progress: Callable[[int, int | None], None] | None = None,
-                  on_batch: Callable[[int, float], None] | None = None,
                   should_cancel: Callable[[], bool] | None = None,
-                  fence: Callable[[], AbstractContextManager[Any]] = nullcontext) -> SegmentResult:
+                  fence: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                  engine: FrameEngine | None = None) -> SegmentResult:
     """Segment every frame of `video` into `out_dir/masks.ndjson` (and optional PNGs / overlay.mp4).
 
-    `fence()` is entered around every write of results (a batch of mask lines, the overlay's rename): the
-    service passes its lease check (`worker.core.leases.fenced`), which raises instead of letting a former
-    owner write.
+    `engine`: the frame engine whose model and batches this job shares with others (a worker's); without
+    one, a private engine runs this video alone. `fence()` is entered around every write of results (a
+    batch of mask lines, the overlay's rename): the service passes its lease check
+    (`worker.core.leases.fenced`), which raises instead of letting a former owner write.
 
     Raises:
         MediaError: the file is refused or fails to decode (its `.code` is stable).
@@ -183,74 +116,71 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clock = _StageClock()
+    timings = dict.fromkeys(STAGES, 0.0)
 
     t = time.perf_counter()
     if info is None:
         info = probe_media(video, options.limits, require_audio=True)
-    clock.add("probe", time.perf_counter() - t)
+    timings["probe"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    wave = read_audio(info, sample_rate=SAMPLE_RATE, timeout_s=options.limits.decode_timeout(info.duration_s),
-                      limits=options.limits)
-    clock.add("decode", time.perf_counter() - t)
-
-    t = time.perf_counter()
-    embeddings = predictor.audio_embeddings(wave)  # [M, 128], one per 0.96 s window
-    silence = predictor.audio_embeddings(np.zeros(1, dtype=np.float32))[:1]
-    table = torch.cat([embeddings, silence])  # row M = silence, for frames after the audio ends
-    clock.add("audio_features", time.perf_counter() - t)
-
-    size = (predictor.input_size, predictor.input_size)
-    expected = info.expected_frames(options.fps)
-    budget = options.limits.decode_timeout(info.duration_s)
-    budget += SECONDS_PER_FRAME_BUDGET * (expected or options.limits.max_output_frames(options.fps))
-    # No frame cap of our own: the reader refuses (too_long) rather than stop early, so a limit can never
-    # turn into a silently truncated success.
-    reader = FrameReader(info, size=size, fps=options.fps, timeout_s=budget, limits=options.limits)
-    writer = MaskWriter(out / "masks.ndjson", atomic=options.atomic, append=options.start_frame > 0)
-    png_dir = out / "masks" if options.png else None
-    if png_dir is not None:
-        png_dir.mkdir(exist_ok=True)
-    stop = threading.Event()
-    frames_done = 0
+    own_engine = engine is None
+    if engine is None:
+        engine = FrameEngine(predictor, max_batch_size=options.batch_size, max_wait_ms=0)
     try:
-        for batch in _prefetch(reader.iter_batches(options.batch_size), clock, stop):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled(f"cancelled after {frames_done} frames")
-            n = len(batch.pts_s)
-            if batch.start_index + n <= options.start_frame:
-                frames_done = batch.start_index + n
-                continue  # already written by an earlier (interrupted) attempt
-            t = time.perf_counter()
-            windows = torch.from_numpy(audio_windows_for(batch.pts_s, embeddings.shape[0]))
-            logits = predictor.predict_logits(batch.frames, table[windows.to(table.device)])
-            if logits.device.type == "cuda":
-                torch.cuda.synchronize(logits.device)  # attribute GPU time to inference, not to encode
-            clock.add("inference", time.perf_counter() - t)
-            if on_batch is not None:
-                on_batch(n, time.perf_counter() - t)
+        size = (predictor.input_size, predictor.input_size)
+        expected = info.expected_frames(options.fps)
+        budget = options.limits.decode_timeout(info.duration_s)
+        budget += SECONDS_PER_FRAME_BUDGET * (expected or options.limits.max_output_frames(options.fps))
+        # No frame cap of our own: the reader refuses (too_long) rather than stop early, so a limit can never
+        # turn into a silently truncated success.
+        reader = FrameReader(info, size=size, fps=options.fps, timeout_s=budget, limits=options.limits)
+        writer = MaskWriter(out / "masks.ndjson", atomic=options.atomic, append=options.start_frame > 0)
+        png_dir = out / "masks" if options.png else None
+        if png_dir is not None:
+            png_dir.mkdir(exist_ok=True)
 
-            t = time.perf_counter()
+        def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
             masks = predictor.postprocess(logits, (info.height, info.width), threshold=options.threshold)
-            records = mask_records(masks, start_index=batch.start_index, pts_s=batch.pts_s,
-                                   class_names=predictor.class_names)
-            skip = max(0, options.start_frame - batch.start_index)
+            records = mask_records(masks, start_index=start_index, pts_s=pts_s, class_names=predictor.class_names)
             with fence():
-                writer.write(records[skip:])
+                writer.write(records)
             if png_dir is not None:
-                _write_pngs(png_dir, masks[skip:], batch.start_index + skip, predictor.num_classes)
-            clock.add("encode", time.perf_counter() - t)
-            frames_done = batch.start_index + n
+                _write_pngs(png_dir, masks, start_index, predictor.num_classes)
             if on_progress is not None:
-                on_progress(frames_done, expected)
-        if frames_done == 0:
-            raise MediaError(ErrorCode.CORRUPT_MEDIA, "the video stream has no decodable frame")
-        masks_path = writer.commit()
-    except BaseException:
-        stop.set()
-        writer.abort()
-        raise
+                on_progress(start_index + len(records), expected)
+
+        # Frames start decoding now, while the sound is read and encoded: the first batch is ready sooner.
+        handle = engine.submit(JobSpec(key=str(video), batches=reader.iter_batches(options.batch_size), table=None,
+                                       encode=encode, should_cancel=should_cancel, start_frame=options.start_frame))
+        try:
+            try:
+                t = time.perf_counter()
+                wave = read_audio(info, sample_rate=SAMPLE_RATE,
+                                  timeout_s=options.limits.decode_timeout(info.duration_s), limits=options.limits)
+                timings["decode"] += time.perf_counter() - t
+
+                def embed() -> torch.Tensor:  # on the model's thread, between two batches of other jobs
+                    embeddings = predictor.audio_embeddings(wave)  # [M, 128], one per 0.96 s window
+                    silence = predictor.audio_embeddings(np.zeros(1, dtype=np.float32))[:1]
+                    return torch.cat([embeddings, silence])  # row M = silence, after the audio ends
+
+                t = time.perf_counter()
+                handle.set_table(engine.run_in_model_thread(embed))
+                timings["audio_features"] = time.perf_counter() - t
+            except BaseException as exc:
+                handle.fail(exc)
+            stats = engine.finish(handle)
+            if stats.frames == 0:
+                raise MediaError(ErrorCode.CORRUPT_MEDIA, "the video stream has no decodable frame")
+            masks_path = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        if own_engine:
+            engine.close()
+    for stage, seconds in stats.seconds.items():
+        timings[stage] += seconds
 
     overlay_path = None
     if options.overlay:
@@ -259,8 +189,9 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         t = time.perf_counter()
         overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps, fence=fence,
                                          num_classes=predictor.num_classes, limits=options.limits))
-        clock.add("overlay", time.perf_counter() - t)
-    return SegmentResult(frames=frames_done, video=info.to_dict(), timings=clock.rounded(),
+        timings["overlay"] = time.perf_counter() - t
+    return SegmentResult(frames=stats.frames, video=info.to_dict(),
+                         timings={k: round(v, 4) for k, v in timings.items()},
                          seconds_total=time.perf_counter() - started, masks_path=str(masks_path),
                          overlay_path=overlay_path)
 

@@ -36,6 +36,17 @@ MODEL_LOAD_SECONDS = Histogram("avs_model_load_seconds", "Model load + warm-up t
                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 
+BATCH_JOBS = Histogram("avs_inference_batch_jobs", "Jobs whose frames share an inference batch.",
+                       buckets=(1, 2, 3, 4, 6, 8, 12, 16))
+
+
+def observe_batch(frames: int, seconds: float, jobs: int) -> None:
+    """The frame engine's callback after every inference call."""
+    BATCH_SIZE.observe(frames)
+    BATCH_SECONDS.observe(seconds)
+    BATCH_JOBS.observe(jobs)
+
+
 def serve_worker_metrics(port: int) -> None:
     """Expose this worker's metrics on `port` (0 = off); aggregated over processes in multiprocess mode."""
     if port <= 0:

@@ -1,7 +1,9 @@
 """Celery tasks: thin adapters from a message (a job id) to `worker.job_runner.run_job`.
 
-Started as `avs worker` (Celery's solo pool: the task runs in the process that loaded the model; run
-one worker per GPU and scale with more of them).
+Started as `avs worker`: Celery's thread pool with `AVS_JOBS_PER_WORKER` threads, so one process (one
+model, one GPU) runs that many jobs at once, their frames batched together by the process's frame engine
+(`worker.engine`). Threads, not processes: the model and CUDA live once in the process, and the
+engine needs every job in the same address space. Scale further with more worker processes.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def _stop(**_: object) -> None:
 def segment(job_id: str) -> dict[str, object]:
     """Segment the job's video into its masks.ndjson (ids in, a small status dict out)."""
     settings = get_settings()
-    runtime.current_job = job_id
+    runtime.current_jobs.add(job_id)
     try:
         return run_job(job_id, store=JobStore(settings.data_dir), settings=settings,
-                       predictor_factory=runtime.predictor, owner=runtime.name)
+                       predictor_factory=runtime.predictor, engine_factory=runtime.engine, owner=runtime.name)
     finally:
-        runtime.current_job = None
+        runtime.current_jobs.discard(job_id)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobNotFound, JobStore
 
-MASKS_POLL_S = 0.2
+MASKS_POLL_S = 0.05  # a mask line reaches a follower at most this long after the worker wrote it
 MASKS_READ_BYTES = 1 << 20
 MAX_LINE_BYTES = 256 << 20  # a frame's line is KBs; this only bounds a runaway file
 _FRAME_INDEX = re.compile(rb'"frame_index"\s*:\s*(-?\d+)')

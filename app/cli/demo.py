@@ -1,4 +1,4 @@
-"""`avs demo` (what `make demo` runs) and `avs bench service`: the service, end to end, on this machine.
+"""`avs demo` (what `make demo` runs): the service, end to end, on this machine.
 
 demo: make a synthetic clip whose ground truth is known, start `avs serve` on the embedded default,
 submit the clip over HTTP, stream its masks as they are produced, download the overlay video, score
@@ -64,30 +64,3 @@ def run_demo(out_dir: Path) -> dict[str, Any]:
     return {"video": str(video), "frames": run["frames"], "miou_vs_ground_truth": score["miou"],
             "seconds_to_first_mask": run["seconds_to_first_mask"], "seconds_total": run["seconds_total"],
             "timings": job["timings"], "masks": str(out_dir / "masks.ndjson"), "overlay": str(out_dir / "overlay.mp4")}
-
-
-def bench_service(video: Path, work_dir: Path, *, runs: int = 3, batch_size: int = 8) -> dict[str, Any]:
-    """Frames/s through HTTP + Celery against the model's own frames/s, measured in the same run."""
-    from model.predictor import AVSPredictor
-    from model.variants import DEFAULT_VARIANT, DEMO_CHECKPOINT
-    from worker.pipeline_bench import model_fps
-
-    env = {"AVS_BATCH_SIZE": str(batch_size)}
-    results = []
-    with local_service(work_dir / "service", env=env) as client:
-        for i in range(runs):
-            out = work_dir / f"run{i}"
-            out.mkdir(parents=True, exist_ok=True)
-            results.append(submit_and_stream(client, video, out, overlay=False))
-    # the model alone, same batch size and input size, after the service has stopped (no contention)
-    predictor = (AVSPredictor.from_checkpoint(DEMO_CHECKPOINT) if DEMO_CHECKPOINT.exists()
-                 else AVSPredictor.from_variant(DEFAULT_VARIANT))
-    model = model_fps(predictor, batch_size)
-    best = max(results, key=lambda r: r["frames_per_second"])
-    median_first = sorted(r["seconds_to_first_mask"] for r in results)[len(results) // 2]
-    return {"video": str(video), "frames": best["frames"], "runs": runs, "batch_size": batch_size,
-            "service_fps": best["frames_per_second"], "model_fps": round(model, 3),
-            "service_over_model": round(best["frames_per_second"] / model, 3),
-            "seconds_to_first_mask_median": median_first,
-            "per_run": [{k: r[k] for k in ("frames_per_second", "seconds_to_first_mask", "seconds_total")}
-                        for r in results]}

@@ -60,10 +60,14 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _bench_segment(args: argparse.Namespace) -> int:
-    from worker.pipeline_bench import bench_segment
+    from worker.pipeline_bench import InstantPredictor, bench_segment
 
-    predictor = load_predictor(args)
+    predictor = InstantPredictor() if args.model == "none" else load_predictor(args)
     result = bench_segment(args.video, predictor, batch_size=args.batch_size, iters=args.iters)
+    if args.model == "none":
+        return emit(args, result, lambda: (
+            f"plumbing ceiling {result['pipeline_fps']} frames/s, {result['pipeline_over_ffmpeg_decode']:.2f}x "
+            f"ffmpeg's own decode ({result['ffmpeg_decode_fps']} frames/s)"))
     return emit(args, result, lambda: (
         f"pipeline {result['pipeline_fps']} frames/s vs model {result['model_fps']} frames/s "
         f"(+{result['overhead_pct']}% per frame); peak RSS {result['peak_rss_mb']} MiB"))
@@ -123,6 +127,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("video", help="the video file to segment")
     add_model_args(p)
     p.add_argument("--iters", type=int, default=5, help="timed runs of the model alone")
+    p.add_argument("--model", choices=["real", "none"], default="real",
+                   help="none: an instant stand-in for the network (a fixed mask), so pipeline_fps is the ceiling of "
+                        "decode + alignment + post-processing + writing")
     add_json_flag(p)
     p.set_defaults(handler=_bench_segment)
     p = bench.add_parser("memory", help="peak RSS of the pipeline on synthetic videos of several lengths")

@@ -137,8 +137,9 @@ def redis_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
     """uvicorn API (`avs serve --no-worker`) and one `avs worker`, on the machine's Redis."""
     service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
     service.data_dir.mkdir()
-    # the visibility timeout is a backstop of an hour: recovery must come from the leases
-    service.env.update({"AVS_BROKER_URL": redis_url, "AVS_VISIBILITY_TIMEOUT_S": "3600"})
+    # the visibility timeout is a backstop of an hour: recovery must come from the leases; one job at a time,
+    # so that a second submission stays queued (tests/e2e/test_failures.py runs several per worker)
+    service.env.update({"AVS_BROKER_URL": redis_url, "AVS_VISIBILITY_TIMEOUT_S": "3600", "AVS_JOBS_PER_WORKER": "1"})
     port = free_port()
     service.base_url = f"http://127.0.0.1:{port}"
     service.env["AVS_WORKER_METRICS_PORT"] = str(free_port())

@@ -15,9 +15,10 @@ import torch
 
 from model.predictor import AVSPredictor
 from worker.core.media.probe import count_frames, probe_media
+from worker.engine import Cancelled
 from worker.masks import decode_rle, read_mask_lines
 from worker.media.samples import make_video
-from worker.pipeline import Cancelled, SegmentOptions, segment_video
+from worker.pipeline import SegmentOptions, segment_video
 
 AVS = str(Path(sys.executable).with_name("avs"))
 

@@ -26,8 +26,10 @@ def celery_config(settings: ServiceSettings) -> dict[str, object]:
         # OOM) gives its message back: the job is redelivered, not lost.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,  # a GPU worker holds one job at a time, none waiting in its buffer
-        "worker_concurrency": 1,  # one process per GPU (scale with more workers, not more processes)
+        # Each of the worker's AVS_JOBS_PER_WORKER threads holds one job, none waiting in a buffer: a job
+        # reserved but not started would wait behind others while another worker sits idle.
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.jobs_per_worker,
         "task_ignore_result": True,  # the job record on the data volume is the result
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
@@ -36,12 +38,14 @@ def celery_config(settings: ServiceSettings) -> dict[str, object]:
     if settings.embedded:
         queue_dir = settings.broker_dir / "queue"
         conf["broker_url"] = "filesystem://"
+        # kombu polls the folder once a second by default: the first mask would wait for it
         conf["worker_enable_remote_control"] = False  # needs fanout exchanges, which this transport lacks
         conf["broker_transport_options"] = {
             "data_folder_in": str(queue_dir), "data_folder_out": str(queue_dir),
             "processed_folder": str(settings.broker_dir / "processed"), "store_processed": False,
             # kombu's default is ./control in the current directory: keep every broker file under broker_dir
             "control_folder": str(settings.broker_dir / "control"),
+            "polling_interval": 0.02,
         }
     else:
         conf["broker_url"] = settings.broker_url

@@ -37,7 +37,9 @@ class ServiceSettings(BaseSettings):
     variant: str | None = None  # None: the shipped demo checkpoint's variant
     checkpoint: str | None = None  # None: the shipped demo checkpoint
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")  # "cuda" on a GPU worker (one process per GPU)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)  # the frame engine's maximum batch size (frames per inference call)
+    max_batch_wait_ms: float = Field(5.0, ge=0)  # how long a batch that is not full waits for more frames
+    jobs_per_worker: int = Field(4, ge=1)  # jobs one worker process runs at once, batched together
     # Longer than the longest job: Redis redelivers an unacknowledged task after this (acks_late).
     visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
     heartbeat_s: float = Field(5.0, gt=0)  # a warm worker refreshes its heartbeat file this often
