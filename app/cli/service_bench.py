@@ -51,6 +51,7 @@ def bench_service(video: Path, work_dir: Path, *, concurrency: int = 1, runs: in
                   batch_size: int = 8) -> dict[str, Any]:
     """`runs` rounds of `concurrency` simultaneous jobs; the best round's numbers, every round's in `per_run`."""
     from model.predictor import load_predictor
+    from worker.core.settings import ServiceSettings
     from worker.pipeline_bench import model_fps
 
     env = {"AVS_BATCH_SIZE": str(batch_size), "AVS_JOBS_PER_WORKER": str(max(1, concurrency))}
@@ -77,8 +78,10 @@ def bench_service(video: Path, work_dir: Path, *, concurrency: int = 1, runs: in
                            "first_mask_p95_s": round(_percentile(firsts, 0.95), 3),
                            "upload_p50_s": round(statistics.median(o["uploaded_s"] for o in outs), 3)})
         peak_rss = _rss_mb(worker_pid, "VmHWM") if worker_pid else None
-    # the model alone, same batch size and input size, after the service has stopped (no contention)
-    predictor = load_predictor()
+    # the worker's model alone (AVS_CHECKPOINT/AVS_VARIANT/AVS_DEVICE as the worker read them), same batch
+    # size, after the service has stopped (no contention)
+    settings = ServiceSettings()
+    predictor = load_predictor(checkpoint=settings.checkpoint, variant=settings.variant, device=settings.device)
     model = model_fps(predictor, batch_size)
     best = max(rounds, key=lambda r: r["aggregate_fps"])
     growth = None
