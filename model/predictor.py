@@ -26,7 +26,14 @@ from model.build import build_model
 from model.class_names import class_names_for
 from model.config import AVSConfig
 from model.mask_upsampling import upsample_mask
-from model.modeling.audio_frontend import SAMPLE_RATE, waveform_to_examples
+from model.modeling.audio_frontend import (
+    EXAMPLE_FRAMES,
+    SAMPLE_RATE,
+    STFT_HOP_SAMPLES,
+    STFT_WINDOW_SAMPLES,
+    LogMelFrontend,
+    waveform_to_examples,
+)
 from model.modeling.avs_model import AVSModel
 from model.variants import DEFAULT_VARIANT, DEMO_CHECKPOINT, get_config
 
@@ -75,6 +82,7 @@ class AVSPredictor:
         self.threshold = threshold
         self.amp = amp and self.device.type == "cuda"
         self.class_names = class_names_for(cfg)
+        self._frontend: LogMelFrontend | None = None  # the live path's log-mel front end, built once
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -111,6 +119,31 @@ class AVSPredictor:
         self.predict_logits(frames, emb)
 
     # ------------------------------------------------------------------------------------ stages
+    @torch.inference_mode()
+    def embeddings_ending_at(self, waveform: np.ndarray, start_sample: int, ends_s: list[float]) -> torch.Tensor:
+        """The live alignment rule: for each time t in `ends_s`, the embedding of the sound heard in the 0.96 s
+        that end at t (the 96 log-mel frames whose windows end at or before t), from `waveform` (16 kHz mono
+        float32 whose first sample is absolute sample `start_sample`; what is missing counts as silence).
+        Returns [n, D] on the device. One log-mel pass over the whole span, one audio-encoder call."""
+        if self._frontend is None:
+            self._frontend = LogMelFrontend()
+        wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        if wave.numel() < STFT_WINDOW_SAMPLES:
+            wave = torch.nn.functional.pad(wave, (0, STFT_WINDOW_SAMPLES - wave.numel()))
+        frames = self._frontend(wave)[0]  # [F, 64]; frame j covers samples start + 160 j .. + 400
+        silence = self._frontend(torch.zeros(STFT_WINDOW_SAMPLES))[0][:1]  # the log-mel of silence
+        examples = []
+        for t in ends_s:
+            end = int((t * SAMPLE_RATE - start_sample - STFT_WINDOW_SAMPLES) // STFT_HOP_SAMPLES) + 1
+            end = max(0, min(end, frames.shape[0]))
+            chunk = frames[max(0, end - EXAMPLE_FRAMES):end]
+            if chunk.shape[0] < EXAMPLE_FRAMES:  # before the stream's sound began: silence
+                chunk = torch.cat([silence.expand(EXAMPLE_FRAMES - chunk.shape[0], -1), chunk])
+            examples.append(chunk)
+        batch = torch.stack(examples)[:, None].to(self.device)  # [n, 1, 96, 64]
+        with self._autocast():
+            return self.model.encode_audio(batch).float()
+
     @torch.inference_mode()
     def audio_embeddings(self, waveform: np.ndarray) -> torch.Tensor:
         """waveform [L] float32 at 16 kHz -> embeddings [M, 128] on the device, M = ceil(L / 15360) (>= 1).

@@ -74,7 +74,8 @@ class JobSpec:
     None at submission lets decoding start while the sound is still being read (`JobHandle.set_table`): the
     job's frames wait for it.
     `encode(start_index, pts_s, logits)`: called on the job's encode thread, in frame order, with the logits
-    [n, K, S, S] of consecutive frames. `should_cancel()`: asked before each `encode`; True ends the job with
+    [n, K, S, S] of consecutive frames (consecutive among those inferred: a live job's dropped frames are
+    skipped). `should_cancel()`: asked before each `encode`; True ends the job with
     `Cancelled` (it may also raise, e.g. a lost lease). `start_frame`: frames before it are skipped.
     """
 
@@ -84,6 +85,13 @@ class JobSpec:
     encode: Callable[[int, list[float], torch.Tensor], None]
     should_cancel: Callable[[], bool] | None = None
     start_frame: int = 0
+    live_window: int | None = None
+    embed: Callable[[list[float]], torch.Tensor] | None = None
+    on_drop: Callable[[int], None] | None = None
+
+    @property
+    def audio_ready(self) -> bool:
+        return self.table is not None or self.embed is not None
 
 
 @dataclass
@@ -124,6 +132,11 @@ class JobHandle:
         with self._engine._cond:
             self._job.spec.table = table
             self._engine._cond.notify_all()
+
+    @property
+    def done(self) -> bool:
+        """True once the job ended (well or not)."""
+        return self._job.done.is_set()
 
     def fail(self, exc: BaseException) -> None:
         """End the job with `exc` (nothing more is inferred or written for it)."""
@@ -264,13 +277,20 @@ class FrameEngine:
                 if job.spec.should_cancel is not None and job.spec.should_cancel():  # stop decoding too
                     raise Cancelled(f"cancelled after {batch.start_index} frames")
                 job.stats.frames = batch.start_index + len(batch)
+                dropped: list[int] = []
                 with self._cond:
                     for i, (frame, pts) in enumerate(zip(batch.frames, batch.pts_s, strict=True)):
                         if batch.start_index + i >= job.spec.start_frame:
                             job.pending.append((batch.start_index + i, pts, frame))
+                    window = job.spec.live_window
+                    while window is not None and len(job.pending) > window:
+                        dropped.append(job.pending.popleft()[0])  # live: keep the newest frames
                     self._cond.notify_all()
-                    while len(job.pending) >= job.prefetch_frames and not job.stop.is_set():
+                    while window is None and len(job.pending) >= job.prefetch_frames and not job.stop.is_set():
                         self._cond.wait(0.1)
+                if job.spec.on_drop is not None:
+                    for index in dropped:
+                        job.spec.on_drop(index)
         except BaseException as exc:  # a decode error (MediaError): after the frames decoded before it
             job.decode_error = exc
         finally:
@@ -340,7 +360,7 @@ class FrameEngine:
         (lock held). A job whose sound is not ready yet has none ready."""
         total = 0
         for job in self._jobs:
-            if job.spec.table is not None:
+            if job.spec.audio_ready:
                 total += len(job.pending)
             if job.decoded_all and not job.pending and not job.ended:
                 self._end_in_order(job, job.decode_error)
@@ -348,7 +368,7 @@ class FrameEngine:
 
     def _take(self) -> list[tuple[_Job, list[tuple[int, float, np.ndarray]]]]:
         """Up to `max_batch_size` frames, an equal share per job with pending frames (lock held)."""
-        ready = [job for job in self._jobs if job.pending and job.spec.table is not None]
+        ready = [job for job in self._jobs if job.pending and job.spec.audio_ready]
         if not ready:
             return []
         shift = next(self._rotation) % len(ready)
@@ -404,19 +424,24 @@ class FrameEngine:
             with self._cond:
                 self._model_thread = None
 
+    @staticmethod
+    def _embeddings(job: _Job, pts_s: list[float]) -> torch.Tensor:
+        """The audio embeddings of a job's frames: its live embedder, or its table of windows."""
+        if job.spec.embed is not None:
+            return job.spec.embed(pts_s)
+        assert job.spec.table is not None
+        return _table_rows(job.spec.table, pts_s)
+
     def _all_decoders_idle(self) -> bool:
         """True when no job can add a frame soon: each is fully decoded or already at its prefetch limit."""
-        return all(job.decoded_all or len(job.pending) >= job.prefetch_frames or job.spec.table is None
-                   for job in self._jobs)
+        return all(job.decoded_all or len(job.pending) >= job.prefetch_frames or not job.spec.audio_ready
+                   or job.spec.live_window is not None for job in self._jobs)
 
     def _run_batch(self, work: list[tuple[_Job, list[tuple[int, float, np.ndarray]]]]) -> None:
         frames = np.stack([frame for _, items in work for _, _, frame in items])
-        embeddings = torch.cat([
-            job.spec.table[torch.as_tensor(audio_windows_for([pts for _, pts, _ in items], job.spec.table.shape[0] - 1),
-                                           device=job.spec.table.device)]
-            for job, items in work])
         started = time.perf_counter()
         try:
+            embeddings = torch.cat([self._embeddings(job, [pts for _, pts, _ in items]) for job, items in work])
             with self.model_lock:
                 logits = self.predictor.predict_logits(frames, embeddings)
                 if logits.device.type == "cuda":
@@ -440,6 +465,12 @@ class FrameEngine:
             job.stats.seconds["inference"] += seconds * count / len(frames)
             job.encode_queue.put((items[0][0], [pts for _, pts, _ in items], logits[offset:offset + count]))
             offset += count
+
+
+def _table_rows(table: torch.Tensor, pts_s: list[float]) -> torch.Tensor:
+    """The offline rule: each frame's row of the job's table of 0.96 s windows (the last row is silence)."""
+    windows = audio_windows_for(pts_s, table.shape[0] - 1)
+    return table[torch.as_tensor(windows, device=table.device)]
 
 
 def audio_windows_for(pts_s: list[float], num_windows: int) -> np.ndarray:

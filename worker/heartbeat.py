@@ -38,6 +38,8 @@ class WorkerRuntime:
         self.current_jobs: set[str] = set()  # the jobs in flight (several run at once on the frame engine)
         self._engine: Any = None
         self._beat_thread: threading.Thread | None = None
+        self._beat_lock = threading.Lock()
+        self.live: Any = None  # worker.live.server.LiveServer, once the model is ready (live_max_sessions > 0)
         self.load_seconds: float | None = None
 
     def start(self) -> None:
@@ -73,11 +75,31 @@ class WorkerRuntime:
         self._predictor = predictor
         self._ready.set()
         log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
+        self._start_live()
         self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._beat_thread.start()
         # This thread built and warmed the model: it runs it from now on (worker.engine, "one thread runs the
         # model"), serving the batches of every job in flight until the worker stops.
         self._engine.serve()
+
+    def _start_live(self) -> None:
+        """The live endpoint (worker.live.server), advertised in the heartbeat; a worker that cannot bind it
+        keeps running file jobs."""
+        if self.settings.live_max_sessions <= 0:
+            return
+        from worker.live.server import LiveServer
+
+        try:
+            server = LiveServer(self.settings, self.engine, on_change=self._beat_now)
+            server.start()
+        except Exception as exc:
+            log.warning("live endpoint not started (%s): this worker runs file jobs only", exc)
+            return
+        self.live = server
+
+    def _beat_now(self) -> None:
+        if self._predictor is not None and not self._stop.is_set():
+            self.write_heartbeat()
 
     def predictor(self, timeout_s: float = 600.0):
         self.start()
@@ -106,16 +128,23 @@ class WorkerRuntime:
         record = {"hostname": socket.gethostname(), "pid": os.getpid(), "warm": self._predictor is not None,
                   "last_seen": time.time(), "variant": getattr(getattr(self._predictor, "cfg", None), "variant", None),
                   "device": str(getattr(self._predictor, "device", self.settings.device)),
-                  "current_jobs": sorted(self.current_jobs), "model_load_seconds": self.load_seconds}
-        tmp = self.heartbeat_path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(tmp, self.heartbeat_path)
-        finally:
-            tmp.unlink(missing_ok=True)  # after a failed write (after the rename it is already gone)
+                  "current_jobs": sorted(self.current_jobs), "model_load_seconds": self.load_seconds,
+                  # live sessions (worker.live): where the API proxies /live to, and how full this worker is
+                  "live_url": self.live.url if self.live is not None else None,
+                  "live_sessions": self.live.active if self.live is not None else 0,
+                  "live_capacity": self.live.capacity if self.live is not None else 0}
+        with self._beat_lock:  # the beat thread and a session's start or end write it
+            tmp = self.heartbeat_path.with_suffix(".tmp")
+            try:
+                tmp.write_text(json.dumps(record), encoding="utf-8")
+                os.replace(tmp, self.heartbeat_path)
+            finally:
+                tmp.unlink(missing_ok=True)  # after a failed write (after the rename it is already gone)
 
     def stop(self) -> None:
         self._stop.set()
+        if self.live is not None:
+            self.live.stop()
         if self._beat_thread is not None:
             self._beat_thread.join(timeout=5)  # a beat in flight must not re-create the file after we remove it
         self.heartbeat_path.unlink(missing_ok=True)

@@ -83,9 +83,14 @@ def encoder_command(info: MediaInfo, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
+def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]], *, hold: bool = False
                        ) -> Iterator[tuple[np.ndarray, float, dict[str, Any]]]:
-    """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree."""
+    """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree. `hold`
+    (a live session, which drops frames): a frame without a mask of its own shows the last one before it,
+    as the session's viewer saw it; frames before the first mask are left out."""
+    if hold:
+        yield from _frames_holding_masks(reader, masks)
+        return
     for batch in reader.iter_batches(1):
         record = next(masks, None)
         if record is None:
@@ -97,11 +102,23 @@ def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
         yield batch.frames[0], pts, record
 
 
+def _frames_holding_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
+                          ) -> Iterator[tuple[np.ndarray, float, dict[str, Any]]]:
+    current, upcoming = None, next(masks, None)
+    for batch in reader.iter_batches(1):
+        while upcoming is not None and upcoming["frame_index"] <= batch.start_index:
+            current, upcoming = upcoming, next(masks, None)
+        if current is not None:
+            yield batch.frames[0], batch.pts_s[0], current
+
+
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
-                  limits: MediaLimits, fence: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Path:
+                  limits: MediaLimits, fence: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                  hold: bool = False) -> Path:
     """Write `out_path` (an mp4) from the source `info` and its `masks_path`; see the module docstring.
 
-    `fps` must be the rate the masks were made at (None: every decoded frame); `fence()` is held while the
+    `fps` must be the rate the masks were made at (None: every decoded frame); `hold`: masks may skip frames
+    (a live session's; see `_frames_with_masks`); `fence()` is held while the
     finished file replaces `out_path` (see `segment_video`). Raises `MediaError`
     (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at `out_path` on failure.
     """
@@ -109,7 +126,7 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     tmp = out_path.with_name(out_path.name + ".partial.mp4")
     palette = None if num_classes == 1 else class_palette(num_classes)
     reader = FrameReader(info, size=None, fps=fps, timeout_s=timeout, limits=limits)
-    frames = _frames_with_masks(reader, read_mask_lines(masks_path))
+    frames = _frames_with_masks(reader, read_mask_lines(masks_path), hold=hold)
     try:
         first = next(frames, None)
         if first is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 # Job-level histograms must reach minutes: a 10-minute video on a CPU worker takes a long time.
 JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -36,6 +36,15 @@ MODEL_LOAD_SECONDS = Histogram("avs_model_load_seconds", "Model load + warm-up t
                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 
+LIVE_SESSIONS = Gauge("avs_live_sessions", "Live sessions in progress.", multiprocess_mode="livesum")
+LIVE_SESSIONS_ENDED = Counter("avs_live_sessions_ended_total", "Live sessions that ended, by status "
+                              "(succeeded, failed, client_gone) or refusal code.", ["status"])
+LIVE_LATENCY_SECONDS = Histogram("avs_live_latency_seconds", "Live frames: from the frame's arrival (decoded) "
+                                 "to its mask being sent.",
+                                 buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5))
+LIVE_FRAMES = Counter("avs_live_frames_processed_total", "Live frames segmented.")
+LIVE_FRAMES_DROPPED = Counter("avs_live_frames_dropped_total", "Live frames not segmented, by reason (late: the "
+                              "model was behind and a newer frame came; rate: over the session's fps).", ["reason"])
 BATCH_JOBS = Histogram("avs_inference_batch_jobs", "Jobs whose frames share an inference batch.",
                        buckets=(1, 2, 3, 4, 6, 8, 12, 16))
 

@@ -44,6 +44,10 @@ def broker_problem(settings: ServiceSettings) -> str | None:
     return None
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def warm_workers(settings: ServiceSettings, *, now: float | None = None) -> tuple[list[dict[str, Any]], int]:
     """(warm and fresh workers, number of heartbeat files seen)."""
     now = time.time() if now is None else now
@@ -71,7 +75,10 @@ def warm_workers(settings: ServiceSettings, *, now: float | None = None) -> tupl
             continue
         pid = beat.get("pid")
         fresh.append({"name": path.stem, "hostname": beat.get("hostname"), "pid": pid if isinstance(pid, int) else None,
-                      "variant": beat.get("variant"), "device": beat.get("device"), "age_s": round(max(age, 0.0), 3)})
+                      "variant": beat.get("variant"), "device": beat.get("device"), "age_s": round(max(age, 0.0), 3),
+                      "live_url": beat.get("live_url") if isinstance(beat.get("live_url"), str) else None,
+                      "live_sessions": _count(beat.get("live_sessions")),
+                      "live_capacity": _count(beat.get("live_capacity"))})
     return fresh, seen
 
 

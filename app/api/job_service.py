@@ -32,6 +32,7 @@ def job_view(record: JobRecord, base: str = "") -> dict[str, Any]:
     paths) stay inside."""
     return {
         "job_id": record.job_id,
+        "kind": record.kind,
         "status": record.status.value,
         "progress": record.progress.model_dump(),
         "video": record.video_summary(),
@@ -45,6 +46,7 @@ def job_view(record: JobRecord, base: str = "") -> dict[str, Any]:
         "attempts": record.attempts,
         "cancel_requested": record.cancel_requested,
         "deleted": record.deleted,
+        "live": record.live,
     }
 
 

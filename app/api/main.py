@@ -5,6 +5,7 @@
     GET    /jobs/{job_id}/masks     NDJSON, one line per frame; follows a running job (?from_frame=N)
     GET    /jobs/{job_id}/overlay.mp4
     DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone)
+    WS     /live                    a live session, proxied to a worker (worker.core.live_protocol)
     GET    /healthz /readyz /metrics /docs
 
 This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
@@ -29,7 +30,7 @@ from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store
 from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
 from app.api.routers import jobs as jobs_router
-from app.api.routers import ops, segment
+from app.api.routers import live, ops, segment
 from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings, get_settings
 
@@ -106,6 +107,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.include_router(ops.router)
     app.include_router(segment.router, dependencies=[ApiKeyGuard])
     app.include_router(jobs_router.router, dependencies=[ApiKeyGuard])
+    app.include_router(live.router)  # authenticates in the handler: a browser's WebSocket sends no headers
     return app
 
 

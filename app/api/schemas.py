@@ -67,6 +67,7 @@ class JobUrls(BaseModel):
 
 class JobView(BaseModel):
     job_id: str
+    kind: str = Field(description="file: an uploaded video; live: a recorded live session")
     status: str = Field(description="queued / running / succeeded / failed / cancelled")
     progress: Progress
     video: VideoInfo | None
@@ -80,6 +81,8 @@ class JobView(BaseModel):
     attempts: int = Field(description="deliveries to a worker so far (2 after a worker died mid-job)")
     cancel_requested: bool
     deleted: bool = Field(description="the client deleted the job: its files are (being) removed")
+    live: dict[str, Any] | None = Field(description="a recorded live session's end summary (frames received / "
+                                                    "processed / dropped, latency percentiles)")
 
 
 class WorkerInfo(BaseModel):
@@ -89,6 +92,9 @@ class WorkerInfo(BaseModel):
     variant: str | None
     device: str | None
     age_s: float
+    live_url: str | None = Field(description="the worker's live endpoint (the API proxies /live to it)")
+    live_sessions: int = Field(description="live sessions running on it (as of its last heartbeat)")
+    live_capacity: int = Field(description="its maximum of live sessions (AVS_LIVE_MAX_SESSIONS)")
 
 
 class ReadyResponse(BaseModel):

@@ -2,6 +2,7 @@
 
     model_commands    avs model list|info, avs weights import-*, avs bench model|compare
     media_commands    avs segment, avs score, avs bench segment|memory
+    live_commands     avs live, avs bench live
     lab_commands      avs synth, avs train, avs eval
     service_commands  avs serve, avs worker, avs demo, avs bench service
     demo, client      what `avs demo` / `avs bench service` run: a local service and a stdlib HTTP client
@@ -15,10 +16,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import lab_commands, media_commands, model_commands, service_commands
+from app.cli import lab_commands, live_commands, media_commands, model_commands, service_commands
 from app.cli.output import EXIT_ERROR, Parser, error_code, print_json
 
-GROUPS = (model_commands, media_commands, lab_commands, service_commands)
+GROUPS = (model_commands, media_commands, live_commands, lab_commands, service_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,12 @@ class ServiceErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     STORAGE_FULL = "storage_full"
     """No space left on the data volume (HTTP 507; a job that hits it fails with this code)."""
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    """Every worker already runs its maximum of live sessions (`AVS_LIVE_MAX_SESSIONS`); try again later."""
+    IDLE_TIMEOUT = "idle_timeout"
+    """A live session received no media for `AVS_LIVE_IDLE_TIMEOUT_S`."""
+    CLIENT_GONE = "client_gone"
+    """A live session's client disconnected before ending it."""
 
 
 class JobStatus(StrEnum):

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -94,6 +94,7 @@ class JobRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
+    kind: Literal["file", "live"] = Field("file", description="an uploaded file, or a recorded live session")
     status: JobStatus = JobStatus.QUEUED
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -113,6 +114,8 @@ class JobRecord(BaseModel):
     lease_expires_at: float | None = None
     takeovers: list[Takeover] = Field(default_factory=list)
     message_sent_at: float | None = None
+    live: dict[str, Any] | None = Field(None, description="a recorded live session's end summary "
+                                                          "(frames received / processed / dropped, latency)")
 
     @field_validator("error", mode="before")
     @classmethod

@@ -51,8 +51,18 @@ class ServiceSettings(BaseSettings):
     unsent_grace_s: float = Field(60.0, gt=0)  # a queued job without a sent message this old is sent again
     unsent_give_up_s: float = Field(3600.0, gt=0)  # ... and failed (not_ready) when it still is after this
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus endpoint of a worker process (0 = off)
+    # Live sessions (worker.live): each worker serves them on its own WebSocket endpoint, which the API proxies.
+    live_max_sessions: int = Field(4, ge=0)  # per worker process (0: no live sessions on this worker)
+    live_host: str = "127.0.0.1"  # the worker's live endpoint binds here ("0.0.0.0" in containers)
+    live_port: int = Field(0, ge=0, le=65535)  # 0: a free port, advertised in the worker's heartbeat
+    live_advertise_host: str | None = None  # the host the API dials (default: live_host, or the hostname)
+    live_idle_timeout_s: float = Field(10.0, gt=0)  # a session that receives no media this long ends
+    live_max_duration_s: float = Field(3600.0, gt=0)  # a session ends (well) after this long
+    # Stream URLs a session may pull, by scheme and host ("udp://127.0.0.1,srt://camera.lan"); none by default:
+    # a URL fetched for a client is a server-side request forgery hole until allow-listed.
+    live_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "live_sources", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

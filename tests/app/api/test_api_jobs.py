@@ -16,7 +16,7 @@ from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
 
 VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
-             "options", "urls", "attempts", "cancel_requested", "deleted"}
+             "options", "urls", "attempts", "cancel_requested", "deleted", "kind", "live"}
 
 
 @pytest.fixture

@@ -140,6 +140,7 @@ class BoundedProcess:
         stdin: bool = False,
         stdout: bool = True,
         on_stderr_line: StderrListener | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -158,6 +159,7 @@ class BoundedProcess:
             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=pass_fds,  # extra output pipes (a live session's sound)
         )
         assert self.popen.stderr is not None
         self._stderr_thread = threading.Thread(

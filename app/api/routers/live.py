@@ -1,0 +1,177 @@
+"""`/live`: a WebSocket live session, proxied to a worker's live endpoint (`worker.live.server`).
+
+The API holds no model, so it relays: it authenticates the client (the `X-API-Key` or `Authorization:
+Bearer` header, or `?api_key=` for browsers, whose WebSocket cannot set headers), reads the start message,
+and offers it to the least busy warm worker whose heartbeat advertises a live endpoint with room; a worker
+that answers `too_many_sessions` (its heartbeat was seconds old) is passed over for the next. From then on
+every message goes through unchanged, both ways (`worker.core.live_protocol`), and either side closing
+closes the other: a client that vanishes ends its session on the worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from app.api.deps import SettingsDep
+from app.api.health import warm_workers
+from worker.core.contracts import ServiceErrorCode
+from worker.core.live_protocol import CLOSE_ERROR, CLOSE_POLICY, CLOSE_TRY_AGAIN, START_TIMEOUT_S, message_error
+from worker.core.settings import ServiceSettings
+
+log = logging.getLogger("avs.api.live")
+router = APIRouter(tags=["live"])
+WORKER_OPEN_TIMEOUT_S = 5.0
+
+
+def presented_key(websocket: WebSocket) -> str | None:
+    key = websocket.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return websocket.query_params.get("api_key") or None
+
+
+def key_accepted(settings: ServiceSettings, presented: str | None) -> bool:
+    """Constant-time comparison against every configured key (as `app.api.deps.require_api_key`)."""
+    if not settings.api_keys:
+        return True
+    if presented is None:
+        return False
+    given = presented.encode("utf-8", "surrogateescape")
+    ok = False
+    for key in settings.api_keys:
+        ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
+    return ok
+
+
+def live_candidates(settings: ServiceSettings) -> list[dict[str, Any]]:
+    """Warm workers with a live endpoint and room, least busy first (by their last heartbeat)."""
+    workers, _ = warm_workers(settings)
+    live = [w for w in workers if w["live_url"] and w["live_sessions"] < w["live_capacity"]]
+    return sorted(live, key=lambda w: (w["live_sessions"] / max(1, w["live_capacity"]), w["age_s"]))
+
+
+async def _close(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_json(message_error(code, message))
+        await websocket.close(close_code)
+
+
+@router.websocket("/live")
+async def live(websocket: WebSocket, settings: SettingsDep) -> None:
+    """A live session (see `worker.core.live_protocol` for the messages)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    key = presented_key(websocket)
+    await websocket.accept()
+    if not key_accepted(settings, key):
+        await _close(websocket, ServiceErrorCode.UNAUTHORIZED.value, "an API key is required (X-API-Key header or "
+                     "api_key query parameter)", CLOSE_POLICY)
+        return
+    try:
+        start = await asyncio.wait_for(websocket.receive_text(), START_TIMEOUT_S)
+    except (TimeoutError, KeyError):
+        await _close(websocket, ServiceErrorCode.INVALID_REQUEST.value,
+                     f"the first message must be the start message (text), within {START_TIMEOUT_S:g} s", CLOSE_POLICY)
+        return
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    headers = {"X-API-Key": key} if settings.api_keys and key else {}
+    candidates = live_candidates(settings)
+    if not candidates:
+        code = ServiceErrorCode.TOO_MANY_SESSIONS if warm_workers(settings)[0] else ServiceErrorCode.NOT_READY
+        await _close(websocket, code.value, "every worker runs its maximum of live sessions; try again later"
+                     if code is ServiceErrorCode.TOO_MANY_SESSIONS else "no warm worker with a live endpoint",
+                     CLOSE_TRY_AGAIN)
+        return
+    refusal: str | None = None
+    for worker in candidates:
+        try:
+            upstream = await connect(worker["live_url"], additional_headers=headers, open_timeout=WORKER_OPEN_TIMEOUT_S,
+                                     max_size=16 << 20, ping_interval=20, ping_timeout=20)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            log.warning("worker %s live endpoint unreachable: %s", worker["name"], exc)
+            continue
+        try:
+            await upstream.send(start)
+            first = await upstream.recv()
+        except WebSocketException:
+            await upstream.close()
+            continue
+        reply = _json(first)
+        if reply.get("type") == "error" and reply.get("code") == ServiceErrorCode.TOO_MANY_SESSIONS.value:
+            refusal = first if isinstance(first, str) else None
+            await upstream.close()
+            continue
+        await websocket.send_text(first if isinstance(first, str) else json.dumps(reply))
+        if reply.get("type") == "error":
+            await _relay_close(websocket, upstream)
+            return
+        await _proxy(websocket, upstream)
+        return
+    if refusal is not None:
+        await websocket.send_text(refusal)
+        with contextlib.suppress(Exception):
+            await websocket.close(CLOSE_TRY_AGAIN)
+        return
+    await _close(websocket, ServiceErrorCode.NOT_READY.value, "no worker's live endpoint answered", CLOSE_TRY_AGAIN)
+
+
+def _json(message: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(message) if isinstance(message, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _relay_close(websocket: WebSocket, upstream: Any) -> None:
+    with contextlib.suppress(Exception):
+        await upstream.wait_closed()
+    with contextlib.suppress(Exception):
+        await websocket.close(upstream.close_code or CLOSE_ERROR)
+
+
+async def _proxy(websocket: WebSocket, upstream: Any) -> None:
+    """Both directions until either side ends; then the other is closed."""
+
+    async def client_to_worker() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            await upstream.send(data if data is not None else message.get("text") or "")
+
+    async def worker_to_client() -> None:
+        async for message in upstream:
+            if isinstance(message, bytes):
+                await websocket.send_bytes(message)
+            else:
+                await websocket.send_text(message)
+
+    up = asyncio.ensure_future(client_to_worker())
+    down = asyncio.ensure_future(worker_to_client())
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (up, down):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(up, down, return_exceptions=True)
+    if down in done:  # the worker ended the session: pass its close code on
+        with contextlib.suppress(Exception):
+            await websocket.close(upstream.close_code or CLOSE_ERROR)
+    else:  # the client went away: the worker's endpoint sees the close and aborts the session
+        with contextlib.suppress(Exception):
+            await upstream.close()

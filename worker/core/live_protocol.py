@@ -1,0 +1,59 @@
+"""The live WebSocket protocol (`/live`), shared by the API's proxy, the worker's endpoint and the clients.
+
+```
+client                                   server
+{"type": "start", ...LiveStart}   ─▶
+                                  ◀─   {"type": "started", "session_id", "model", "input_size", ...}
+binary media chunks (pushed)      ─▶
+                                  ◀─   {"type": "mask", <the file API's mask record>, "latency_ms"}  (per frame)
+{"type": "end"}                   ─▶
+                                  ◀─   {"type": "end", "status", "frames_received", "frames_processed",
+                                        "frames_dropped", "dropped": {reason: n}, "latency_p50_ms", ...,
+                                        "job_id" (recorded sessions), "error" (failed ones)}
+                                  ◀─   {"type": "error", "code", "message"}  (refused before starting)
+```
+
+Text frames are JSON objects with a `type`; binary frames are media. Torch-free (the API imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from worker.core.media.media_info import MediaLimits
+
+START_TIMEOUT_S = 10.0
+"""A connection that sends no start message within this is closed."""
+
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1008, 1011, 1013
+"""WebSocket close codes (RFC 6455 §7.4): done, refused (auth, bad start), server error, capacity."""
+
+
+class LiveStart(BaseModel):
+    """The first message of a session. Without `source` the client pushes the media (WebM/Matroska or
+    fragmented MP4 bytes, as MediaRecorder writes them); with one the server reads that stream URL (only
+    schemes and hosts allow-listed in `AVS_LIVE_SOURCES`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["start"]
+    source: str | None = Field(None, max_length=2048, description="a stream URL to pull (None: pushed media)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
+    fps: float | None = Field(None, gt=0, le=MediaLimits.max_fps,
+                              description="process at most this many frames/s (the others are dropped as `rate`)")
+    window: int = Field(2, ge=1, le=64,
+                        description="frames that may wait for the model; one more drops the oldest (`late`)")
+    record: bool = Field(False, description="keep the session as a job when it ends (masks.ndjson)")
+    overlay: bool = Field(False, description="a recorded session also gets overlay.mp4")
+
+    @model_validator(mode="after")
+    def _overlay_needs_record(self) -> LiveStart:
+        if self.overlay and not self.record:
+            raise ValueError("overlay needs record: true")
+        return self
+
+
+def message_error(code: str, message: str) -> dict[str, str]:
+    return {"type": "error", "code": code, "message": message}

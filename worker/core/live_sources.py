@@ -1,0 +1,103 @@
+"""Which live sources a session may read, and how ffmpeg is told to open them.
+
+A live session either receives its media from the client (pushed: the WebM/Matroska or fragmented-MP4 bytes
+a browser's MediaRecorder produces, written to ffmpeg's stdin) or reads a stream URL (pulled). A URL fetched
+on a client's behalf is a server-side request forgery hole (it can reach whatever the server can), so pulled
+sources are refused unless their scheme and host are on `AVS_LIVE_SOURCES` (empty by default), and ffmpeg is
+given the matching `-protocol_whitelist` and a demuxer allow-list, exactly as for uploads
+(`worker.core.media.containers`). Torch-free: the API checks URLs before a session exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from worker.core.contracts import ServiceErrorCode
+
+PUSHED_DEMUXERS = ("matroska", "mov")
+"""What a client may push: WebM/Matroska and (fragmented) MP4, as MediaRecorder writes them."""
+
+# scheme -> (ffmpeg protocols it needs, demuxers a stream on it may use)
+PULLED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "udp": ("udp", ("mpegts",)),
+    "rtp": ("rtp,udp", ("mpegts",)),
+    "srt": ("srt", ("mpegts",)),
+    "tcp": ("tcp", ("mpegts", "matroska", "flv")),
+    "rtmp": ("rtmp,tcp", ("flv",)),
+    "rtsp": ("rtsp,rtp,udp,tcp", ("rtsp",)),
+    "http": ("http,tcp", ("mpegts", "matroska", "flv", "mov")),
+    "https": ("https,tls,tcp", ("mpegts", "matroska", "flv", "mov")),
+}
+
+
+class SourceRefused(ValueError):
+    """A live source that may not be opened; `code` is a stable error code."""
+
+    def __init__(self, message: str, code: str = ServiceErrorCode.INVALID_REQUEST.value) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LiveSource:
+    """How ffmpeg opens a session's input: `url` ("pipe:0" when pushed), `protocols`, `demuxers`."""
+
+    url: str
+    protocols: str
+    demuxers: tuple[str, ...]
+
+    @property
+    def pushed(self) -> bool:
+        return self.url == "pipe:0"
+
+
+PUSHED = LiveSource("pipe:0", "pipe", PUSHED_DEMUXERS)
+
+
+def parse_allow_list(entries: list[str]) -> set[tuple[str, str]]:
+    """`AVS_LIVE_SOURCES` entries ("udp://127.0.0.1", "srt://camera.lan") -> {(scheme, host)}."""
+    allowed = set()
+    for entry in entries:
+        parts = urlsplit(entry if "://" in entry else f"{entry}://")
+        if parts.scheme:
+            allowed.add((parts.scheme.lower(), (parts.hostname or "").lower()))
+    return allowed
+
+
+def pulled_source(url: str, allowed: set[tuple[str, str]]) -> LiveSource:
+    """The `LiveSource` for a stream URL, or `SourceRefused` unless its scheme is one we speak and its scheme
+    and host are allow-listed (the port and path are the client's to choose)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in PULLED:
+        raise SourceRefused(f"unsupported stream scheme {scheme!r} (known: {', '.join(sorted(PULLED))})")
+    if not host or (scheme, host) not in allowed:
+        raise SourceRefused(f"the source {scheme}://{host} is not allowed here (AVS_LIVE_SOURCES)",
+                            code=ServiceErrorCode.UNAUTHORIZED.value)
+    protocols, demuxers = PULLED[scheme]
+    return LiveSource(url, protocols, demuxers)
+
+
+def file_source(path: str) -> LiveSource:
+    """A local video file played as a live stream (`avs live FILE`): the upload allow-list of demuxers."""
+    from pathlib import Path
+
+    from worker.core.media.containers import VIDEO_DEMUXERS
+
+    return LiveSource(f"file:{Path(path).resolve()}", "file", tuple(VIDEO_DEMUXERS))
+
+
+def cli_source(text: str) -> LiveSource:
+    """What `avs live SOURCE` reads: a stream URL of a scheme we speak (the command line's user chooses
+    freely: no allow-list), else a local file. `SourceRefused` for another scheme."""
+    parts = urlsplit(text)
+    if parts.scheme and len(parts.scheme) > 1 and "://" in text:  # not "C:\\..." nor a plain path
+        scheme = parts.scheme.lower()
+        if scheme == "file":
+            return file_source(parts.path)
+        if scheme not in PULLED:
+            raise SourceRefused(f"unsupported stream scheme {scheme!r} (known: {', '.join(sorted(PULLED))})")
+        protocols, demuxers = PULLED[scheme]
+        return LiveSource(text, protocols, demuxers)
+    return file_source(text)

@@ -1,0 +1,98 @@
+"""A live session kept as a job: its masks (and, on request, an overlay) readable with the job routes.
+
+While the session runs its files are written in the job's directory, without a record: the job routes,
+the listing and the reconciler see nothing (no record, no lease to expire, nothing to redeliver), and a
+session whose client vanishes leaves nothing (`discard`). When it ends the masks are committed and the
+record is written once, already finished (`finish`): succeeded, or failed with the masks made so far (as
+a file job that fails keeps its masks). A worker killed mid-session leaves a directory with only the
+`.live` marker's files; `sweep_orphans` removes those at the next worker start.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.core.contracts import JobStatus
+from worker.core.errors import MediaError
+from worker.core.job_record import JobError, JobOptions, JobRecord, Progress
+from worker.core.jobstore import RECORD, JobStore
+from worker.core.media.media_info import MediaLimits
+from worker.core.media.probe import probe_media
+from worker.masks import MaskWriter
+from worker.overlay import write_overlay
+
+log = logging.getLogger("avs.live")
+
+MARKER = ".live"
+STREAM_COPY = "stream.mkv"
+
+
+class Recording:
+    """The files of one recorded session (job id = session id). `copy_path`: where the session's ffmpeg
+    copies the stream when an overlay is wanted (None otherwise)."""
+
+    def __init__(self, store: JobStore, job_id: str, *, threshold: float | None, overlay: bool) -> None:
+        self.store, self.job_id = store, job_id
+        self.options = JobOptions(threshold=threshold, overlay=overlay)
+        self.dir = store.job_dir(job_id)
+        self.dir.mkdir(parents=True, exist_ok=False)
+        (self.dir / MARKER).touch()
+        self.created_at = time.time()
+        self.writer = MaskWriter(store.masks_path(job_id), atomic=True)
+        self.copy_path: Path | None = self.dir / STREAM_COPY if overlay else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One frame's mask record (without the live-only fields)."""
+        self.writer.write([{k: v for k, v in record.items() if k not in ("type", "latency_ms")}])
+
+    def finish(self, summary: dict[str, Any], error: tuple[str, str] | None, *, num_classes: int,
+               limits: MediaLimits) -> JobRecord:
+        """Commit the masks, render the overlay when asked (and there is something to draw), write the record."""
+        self.writer.commit()
+        if error is None and self.copy_path is not None and summary["frames_processed"]:
+            try:
+                info = probe_media(self.copy_path, limits, require_audio=False)
+                write_overlay(info, self.store.masks_path(self.job_id), self.store.overlay_path(self.job_id),
+                              fps=None, num_classes=num_classes, limits=limits, hold=True)
+            except MediaError as exc:
+                error = (exc.code.value, f"overlay: {exc.message}")
+        if self.copy_path is not None:
+            self.copy_path.unlink(missing_ok=True)
+        finished = time.time()
+        record = JobRecord(
+            job_id=self.job_id, kind="live", options=self.options, created_at=self.created_at,
+            started_at=self.created_at, finished_at=finished, updated_at=finished,
+            status=JobStatus.FAILED if error else JobStatus.SUCCEEDED,
+            progress=Progress(frames_done=summary["frames_processed"], frames_total=summary["frames_processed"]),
+            timings={"total": round(finished - self.created_at, 4)},
+            live={k: v for k, v in summary.items() if k != "type"},
+            error=JobError(code=error[0], message=error[1]) if error else None)
+        self.store.create(record)
+        (self.dir / MARKER).unlink(missing_ok=True)
+        return record
+
+    def discard(self) -> None:
+        """Nothing kept: the client went away before ending the session."""
+        self.writer.abort()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sweep_orphans(store: JobStore, *, older_than_s: float, now: float | None = None) -> list[str]:
+    """Remove the directories of recorded sessions whose worker died (a marker, no record, older than
+    `older_than_s`); their ids."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in store.root.iterdir():
+        marker = entry / MARKER
+        try:
+            stale = marker.is_file() and not (entry / RECORD).exists() and now - marker.stat().st_mtime > older_than_s
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
