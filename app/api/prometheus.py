@@ -6,7 +6,8 @@
   The duration runs until the response ends (a followed mask stream lasts as long as its job).
 * `avs_upload_bytes`: sizes of completed uploads (accepted or refused after the probe).
 * `avs_jobs_submitted_total`, `avs_jobs_rejected_total{reason}` (reason = the error code),
-  `avs_uploads_aborted_total` (the client went away mid-upload).
+  `avs_uploads_aborted_total` (the client went away mid-upload), `avs_live_refused_total{code}` (live
+  sessions refused by the API; the workers count the sessions themselves, `avs_live_*`).
 * `avs_backlog_jobs` and `avs_jobs_in_state{state}`: computed at scrape time from the job store by
   `JobStoreCollector`, so they are right whatever process created or advanced the jobs.
 
@@ -45,6 +46,8 @@ JOBS_REJECTED = Counter("avs_jobs_rejected", "Submissions refused, by error code
 UPLOADS_ABORTED = Counter("avs_uploads_aborted", "Uploads abandoned by the client before the body ended")
 LEASES_EXPIRED = Counter("avs_leases_expired", "Running jobs whose owner's lease expired (requeued or, when a "
                          "cancel was asked for, cancelled) by the reconciler", ["action"])
+LIVE_REFUSED = Counter("avs_live_refused", "Live sessions the API refused before any worker ran them, by error "
+                       "code (unauthorized, invalid_request, too_many_sessions, not_ready)", ["code"])
 MESSAGES_RESENT = Counter("avs_job_messages_resent", "Job messages the reconciler sent again (a requeued job, "
                           "or one whose first send never happened)")
 

@@ -56,13 +56,15 @@ def is_webm_ready(path: Path) -> bool:
 
 async def stream_file(url: str, path: Path | None, start: dict[str, Any], *, api_key: str | None = None,
                       on_message: Callable[[dict[str, Any]], None] | None = None,
-                      stop_after_s: float | None = None, timeout_s: float = 3600.0) -> dict[str, Any]:
+                      stop_after_s: float | None = None, timeout_s: float = 3600.0,
+                      sent_copy: Path | None = None) -> dict[str, Any]:
     """Run one session: send `start` (`{"type": "start", ...}` is added), push `path` as a live WebM stream
     (None: a pulled session, `start["source"]`; it is ended after `stop_after_s`), receive every message.
 
     Returns the server's end message plus the client's view: `masks` (records received, in order),
     `received_at` (monotonic seconds per mask), `first_send_at`. Raises `LiveRefused` on an error message
     (a refusal, or a session that failed) and `ConnectionError` when the server closes without an end.
+    `sent_copy`: also write the bytes sent there (to check what the server saw against what was sent).
     """
     from websockets.asyncio.client import connect
 
@@ -84,12 +86,17 @@ async def stream_file(url: str, path: Path | None, start: dict[str, Any], *, api
                 *webm_producer(path, copy=await asyncio.to_thread(is_webm_ready, path)),
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             assert producer.stdout is not None
+            copy = sent_copy.open("wb") if sent_copy is not None else None
             try:
                 while chunk := await producer.stdout.read(CHUNK_BYTES):
                     if view["first_send_at"] is None:
                         view["first_send_at"] = time.monotonic()
                     await ws.send(chunk)
+                    if copy is not None:
+                        copy.write(chunk)
             finally:
+                if copy is not None:
+                    copy.close()
                 if producer.returncode is None:
                     producer.kill()
                 await producer.wait()

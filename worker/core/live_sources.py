@@ -55,28 +55,60 @@ class LiveSource:
 PUSHED = LiveSource("pipe:0", "pipe", PUSHED_DEMUXERS)
 
 
-def parse_allow_list(entries: list[str]) -> set[tuple[str, str]]:
-    """`AVS_LIVE_SOURCES` entries ("udp://127.0.0.1", "srt://camera.lan") -> {(scheme, host)}."""
+def parse_allow_list(entries: list[str]) -> set[tuple[str, str, int | None]]:
+    """`AVS_LIVE_SOURCES` entries -> {(scheme, host, port or None)}. "udp://127.0.0.1" allows any port of
+    that host, "tcp://camera.lan:9000" that port only (a TCP port on a server's own host may be a database:
+    name the port)."""
     allowed = set()
     for entry in entries:
         parts = urlsplit(entry if "://" in entry else f"{entry}://")
         if parts.scheme:
-            allowed.add((parts.scheme.lower(), (parts.hostname or "").lower()))
+            allowed.add((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port))
     return allowed
 
 
-def pulled_source(url: str, allowed: set[tuple[str, str]]) -> LiveSource:
-    """The `LiveSource` for a stream URL, or `SourceRefused` unless its scheme is one we speak and its scheme
-    and host are allow-listed (the port and path are the client's to choose)."""
+SAFE_QUERY_KEYS = frozenset({"pkt_size", "fifo_size", "buffer_size", "overrun_nonfatal", "latency", "mode",
+                             "streamid", "passphrase", "pbkeylen", "listen", "timeout"})
+"""URL options a client may set on a pulled stream (sizes, SRT's latency and stream id, listen mode); any
+other (`localaddr`, `sources`, `connect`, proxies, ...) changes where ffmpeg connects from or to."""
+
+
+def pulled_source(url: str, allowed: set[tuple[str, str, int | None]]) -> LiveSource:
+    """The `LiveSource` for a stream URL, or `SourceRefused`: its scheme must be one we speak; its scheme and
+    host (and port, when the entry names one) allow-listed (`parse_allow_list`); no credentials, fragment or
+    option outside `SAFE_QUERY_KEYS`."""
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if scheme not in PULLED:
         raise SourceRefused(f"unsupported stream scheme {scheme!r} (known: {', '.join(sorted(PULLED))})")
-    if not host or (scheme, host) not in allowed:
-        raise SourceRefused(f"the source {scheme}://{host} is not allowed here (AVS_LIVE_SOURCES)",
-                            code=ServiceErrorCode.UNAUTHORIZED.value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceRefused(f"bad port in {url!r}") from None
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        raise SourceRefused("a stream URL may not carry credentials or a fragment")
+    keys = {pair.split("=", 1)[0] for pair in parts.query.split("&") if pair}
+    if keys - SAFE_QUERY_KEYS:
+        raise SourceRefused(f"stream URL options not allowed: {', '.join(sorted(keys - SAFE_QUERY_KEYS))} "
+                            f"(allowed: {', '.join(sorted(SAFE_QUERY_KEYS))})")
+    if not host or not ((scheme, host, None) in allowed or (scheme, host, port) in allowed):
+        raise SourceRefused(f"the source {scheme}://{host}{f':{port}' if port else ''} is not allowed here "
+                            "(AVS_LIVE_SOURCES)", code=ServiceErrorCode.UNAUTHORIZED.value)
     protocols, demuxers = PULLED[scheme]
     return LiveSource(url, protocols, demuxers)
+
+
+def with_read_timeout(source: LiveSource, seconds: float) -> tuple[str, list[str]]:
+    """(input URL, input options) that make ffmpeg treat `seconds` without data as the stream's end (it
+    then flushes and exits 0, every received frame processed). UDP/RTP wait in a receive thread that only
+    their `timeout` URL option interrupts; the others honour `-rw_timeout`. Both in microseconds."""
+    micros = str(max(1, int(seconds * 1_000_000)))
+    if source.pushed or source.url.startswith("file:"):
+        return source.url, []
+    scheme = urlsplit(source.url).scheme.lower()
+    if scheme in ("udp", "rtp") and "timeout=" not in source.url:
+        return source.url + ("&" if "?" in source.url else "?") + f"timeout={micros}", []
+    return source.url, ["-rw_timeout", micros]
 
 
 def file_source(path: str) -> LiveSource:

@@ -40,7 +40,7 @@ import torch
 from model.modeling.audio_frontend import SAMPLE_RATE
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
-from worker.core.live_sources import LiveSource
+from worker.core.live_sources import LiveSource, with_read_timeout
 from worker.core.media.media_info import MediaLimits
 from worker.core.media.probe import ffmpeg_message
 from worker.core.media.process import BoundedProcess
@@ -52,7 +52,9 @@ log = logging.getLogger("avs.live")
 
 _SHOWINFO = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
 _TIME_BASE = re.compile(r"Parsed_showinfo.*config in time_base:\s*(\d+)/(\d+)")
+_INPUT_START = re.compile(r"Duration: .*?, start: (-?\d+(?:\.\d+)?)")
 _VIDEO_SIZE = re.compile(r"Stream #0:\d+.*Video: .*?, (\d{2,5})x(\d{2,5})")
+END_GRACE_S = 10.0  # an ffmpeg asked to finish that has not after this is killed
 AUDIO_KEEP_S = 10.0  # seconds of sound kept for the embeddings (a window needs 0.975 s)
 
 
@@ -91,10 +93,11 @@ class LiveStats:
 
 
 def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: int, realtime: bool = False,
-                 copy_to: Path | None = None) -> list[str]:
+                 copy_to: Path | None = None, read_timeout_s: float = 10.0) -> list[str]:
     """ffmpeg reading the source once and writing both outputs: frames (stdout) and sound (`audio_fd`), and,
     when `copy_to` is given, the stream itself, not re-encoded (Matroska), for a recorded session's overlay."""
     copy = ["-map", "0:v:0", "-map", "0:a:0?", "-c", "copy", "-f", "matroska", str(copy_to)] if copy_to else []
+    url, timeout = with_read_timeout(source, read_timeout_s)
     return [
         "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "repeat+level+info",
         *([] if source.pushed else ["-nostdin"]),
@@ -105,8 +108,8 @@ def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: in
         # one decoding thread: frame threading holds back (threads - 1) frames, 40 ms each at 25 fps
         "-threads", "1",
         *(["-re"] if realtime else []),
-        "-max_pixels", str(max_pixels),
-        "-i", source.url,
+        "-max_pixels", str(max_pixels), *timeout,
+        "-i", url,
         "-map", "0:v:0", "-vf", f"scale={size}:{size}:flags=bilinear,format=rgb24,showinfo=checksum=0,settb=1,setpts=N",
         "-fps_mode", "passthrough", "-enc_time_base:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
         "-map", "0:a:0?", "-af", "aresample=async=1:first_pts=0,aformat=sample_fmts=flt:sample_rates=16000:"
@@ -144,6 +147,10 @@ class LiveSession:
         self._arrivals: dict[int, float] = {}
         self._pts: collections.deque[float] = collections.deque()
         self._time_base = 0.0
+        # ffmpeg moves the input's timeline to start at 0 (it subtracts the input's start time, which an Opus
+        # track makes negative and MPEG-TS makes 1.4 s or hours); masks carry the stream's own timestamps,
+        # so this is added back, while the sound, on ffmpeg's timeline, is looked up without it.
+        self._input_start = 0.0
         self._video_size: tuple[int, int] | None = None  # (height, width) of the stream, from ffmpeg's log
         self._outputs_listed = False
         self._cond = threading.Condition()
@@ -151,6 +158,7 @@ class LiveSession:
         self._audio_start = 0  # absolute index of self._audio[0]
         self._audio_lock = threading.Lock()
         self._last_input = time.monotonic()
+        self._bytes_in = 0  # pushed bytes received
         self._last_processed_pts: float | None = None
         self._ended = threading.Event()
         self._stop = threading.Event()
@@ -163,7 +171,8 @@ class LiveSession:
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
         command = live_command(self.source, size=self.predictor.input_size, audio_fd=write_fd,
-                               max_pixels=self.limits.max_pixels, realtime=self.realtime, copy_to=self.copy_to)
+                               max_pixels=self.limits.max_pixels, realtime=self.realtime, copy_to=self.copy_to,
+                               read_timeout_s=self.idle_timeout_s)
         self._proc = BoundedProcess(command, timeout_s=self.limits.max_duration_s + 30.0, stdin=self.source.pushed,
                                     on_stderr_line=self._on_stderr, pass_fds=(write_fd,))
         os.close(write_fd)
@@ -183,6 +192,7 @@ class LiveSession:
         if self._proc is None or self._proc.popen.stdin is None or self._ended.is_set():
             return
         self._last_input = time.monotonic()
+        self._bytes_in += len(data)
         try:
             self._proc.popen.stdin.write(data)
             self._proc.popen.stdin.flush()
@@ -201,8 +211,11 @@ class LiveSession:
             with contextlib.suppress(OSError):
                 self._proc.popen.stdin.close()
         elif self._proc.popen.poll() is None:
+            # ffmpeg's first SIGINT stops its loop but not a read already waiting on the network; the second
+            # interrupts that read too. Frames still inside the decoder may be lost: the client asked to stop.
             with contextlib.suppress(OSError):
                 self._proc.popen.send_signal(signal.SIGINT)
+            threading.Timer(0.3, self._interrupt_again).start()
 
     @property
     def ending(self) -> bool:
@@ -231,7 +244,9 @@ class LiveSession:
         try:
             self.engine.finish(self._handle)
         except BaseException as exc:
-            if self.error is None:
+            idle = isinstance(self.error, SessionError) and self.error.code == ServiceErrorCode.IDLE_TIMEOUT
+            # bytes that ffmpeg could not read: what it said says more than the silence that followed
+            if self.error is None or (idle and isinstance(exc, MediaError) and self._bytes_in):
                 self.error = exc
         finally:
             self._stop.set()
@@ -242,10 +257,17 @@ class LiveSession:
         return self.stats.summary()
 
     # -------------------------------------------------------------------------------------- inputs
+    def _interrupt_again(self) -> None:
+        if self._proc is not None and self._proc.popen.poll() is None:
+            with contextlib.suppress(OSError):
+                self._proc.popen.send_signal(signal.SIGINT)
+
     def _on_stderr(self, line: str) -> None:
         if self._video_size is None and not self._outputs_listed:
             if "Output #" in line:
                 self._outputs_listed = True
+            elif (start := _INPUT_START.search(line)) is not None:
+                self._input_start = float(start.group(1))
             else:
                 size = _VIDEO_SIZE.search(line)
                 if size is not None:  # the input video's own size: masks are drawn at it
@@ -283,7 +305,7 @@ class LiveSession:
                     if self._proc.stderr_finished():
                         break
                     self._cond.wait(0.05)
-                pts = self._pts.popleft() if self._pts else (index / 25.0)
+                pts = (self._pts.popleft() if self._pts else index / 25.0) + self._input_start
             self.stats.frames_received += 1
             if self._rate_limited(pts):
                 self._dropped("rate")
@@ -294,6 +316,8 @@ class LiveSession:
             yield FrameBatch(frames=frame, pts_s=[pts], start_index=index)
             index += 1
         if not self._stop.is_set():
+            if self.ended_by is None:
+                self.ended_by = "source"  # the stream ended by itself (end of file, or no data for the timeout)
             self._check_exit(frames=index)
 
     def _check_exit(self, frames: int) -> None:
@@ -348,28 +372,38 @@ class LiveSession:
                         self._audio, self._audio_start = self._audio[cut:], self._audio_start + cut
 
     def _watch(self) -> None:
-        """Idle timeout: a stream that sends nothing for `idle_timeout_s` ends the session (an error); one that
-        lasts `max_duration_s` is ended as if its client had ended it (its masks so far are its result)."""
+        """The session's clocks. Idle: a stream that sends nothing for `idle_timeout_s` is ended, its frames
+        still in ffmpeg processed, and the session fails with `idle_timeout`. Total: one that lasts
+        `max_duration_s` is ended as if its client had ended it (its masks are its result). Either way, an
+        ffmpeg that has not finished `END_GRACE_S` after being asked to is killed."""
+        ended_at: float | None = None
         while not self._stop.wait(0.25):
-            if self._ended.is_set() and not self.source.pushed:
-                return
-            if not self._ended.is_set() and time.monotonic() - self._started_at > self.max_duration_s:
+            now = time.monotonic()
+            if self._ended.is_set():
+                ended_at = ended_at or now
+                if now - ended_at > END_GRACE_S and self._proc is not None:
+                    log.warning("live session %s: ffmpeg still running %gs after the end; killed", self.key,
+                                END_GRACE_S)
+                    self._proc.kill()
+                    return
+                continue
+            if now - self._started_at > self.max_duration_s:
                 log.info("live session %s reached %gs: ended", self.key, self.max_duration_s)
                 self.ended_by = "max_duration"
                 self.end()
-                continue
-            if not self._ended.is_set() and time.monotonic() - self._last_input > self.idle_timeout_s:
+            elif now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
+                # (a pulled stream normally ends before: ffmpeg's own read timeout, `with_read_timeout`)
                 log.info("live session %s idle for %gs: ended", self.key, self.idle_timeout_s)
                 self.error = SessionError(ServiceErrorCode.IDLE_TIMEOUT, f"no media for {self.idle_timeout_s:g} s")
-                self.abort("idle_timeout")
-                return
+                self.ended_by = "idle_timeout"
+                self.end()
 
     # ------------------------------------------------------------------------------ model and out
     def _embed(self, pts_s: list[float]) -> torch.Tensor:
         """On the model's thread: the live alignment rule over the sound received so far."""
         with self._audio_lock:
             audio, start = self._audio, self._audio_start
-        return self.predictor.embeddings_ending_at(audio, start, pts_s)
+        return self.predictor.embeddings_ending_at(audio, start, [p - self._input_start for p in pts_s])
 
     def _encode(self, start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
         masks = self.predictor.postprocess(logits, self._out_size(), threshold=self.options.threshold)

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from app.api import prometheus
 from app.api.deps import SettingsDep
 from app.api.health import warm_workers
 from worker.core.contracts import ServiceErrorCode
@@ -61,6 +62,7 @@ def live_candidates(settings: ServiceSettings) -> list[dict[str, Any]]:
 
 
 async def _close(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
+    prometheus.LIVE_REFUSED.labels(code=code).inc()
     with contextlib.suppress(Exception):
         await websocket.send_json(message_error(code, message))
         await websocket.close(close_code)
@@ -120,6 +122,7 @@ async def live(websocket: WebSocket, settings: SettingsDep) -> None:
         await _proxy(websocket, upstream)
         return
     if refusal is not None:
+        prometheus.LIVE_REFUSED.labels(code=ServiceErrorCode.TOO_MANY_SESSIONS.value).inc()
         await websocket.send_text(refusal)
         with contextlib.suppress(Exception):
             await websocket.close(CLOSE_TRY_AGAIN)

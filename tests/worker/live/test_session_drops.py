@@ -1,0 +1,169 @@
+"""Never fall behind: a live job waits for at most `live_window` frames; a newer frame drops the oldest waiting
+one (`late`), so the masks describe the newest frames and the latency stays bounded whatever the stream's length.
+
+First on the frame engine alone (frames produced much faster than a slow stand-in model infers them), then a
+real `LiveSession` (ffmpeg reading a clip as fast as it decodes, the shipped tiny model made slow).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine import FrameEngine, JobSpec
+from worker.media.decode import FrameBatch
+
+FRAMES = 80
+PRODUCE_S = 0.002  # a new frame every 2 ms ...
+INFER_S = 0.015  # ... and 15 ms of "inference" per frame: 7x slower than the stream
+
+
+class SlowPredictor:
+    """logits of a frame = its pixel value (the frame's index mod 256), after `INFER_S` per frame."""
+
+    input_size = 8
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict_logits(self, frames: np.ndarray, emb: torch.Tensor) -> torch.Tensor:
+        assert emb.shape == (len(frames), 128)
+        self.batches.append(len(frames))
+        time.sleep(INFER_S * len(frames))
+        values = torch.from_numpy(frames[:, 0, 0, 0].astype(np.float32))
+        return values[:, None, None, None].expand(-1, 1, 2, 2).clone()
+
+
+def _run_live_job(window: int | None) -> dict[str, Any]:
+    predictor = SlowPredictor()
+    engine = FrameEngine(predictor, max_batch_size=8, max_wait_ms=5)
+    produced: list[float] = []  # when each frame happened (a live source does not wait for its reader)
+    newest_at_drop: list[tuple[int, int]] = []  # (dropped index, newest frame produced at that moment)
+    processed: list[int] = []
+    latencies: list[float] = []
+    embedded: list[float] = []
+    mismatched: list[int] = []
+
+    def frames() -> Iterator[FrameBatch]:
+        start = time.monotonic()
+        for i in range(FRAMES):
+            due = start + (i + 1) * PRODUCE_S
+            time.sleep(max(0.0, due - time.monotonic()))
+            produced.append(due)
+            frame = np.full((1, 8, 8, 3), i % 256, dtype=np.uint8)
+            yield FrameBatch(frames=frame, pts_s=[i * 0.04], start_index=i)
+
+    def embed(pts_s: list[float]) -> torch.Tensor:
+        embedded.extend(pts_s)
+        return torch.zeros(len(pts_s), 128)
+
+    def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
+        now = time.monotonic()
+        for offset, (pts, frame_logits) in enumerate(zip(pts_s, logits, strict=True)):
+            index = start_index + offset
+            if float(frame_logits.flatten()[0]) != index % 256 or abs(pts - index * 0.04) > 1e-9:
+                mismatched.append(index)  # logits or pts of another frame
+            processed.append(index)
+            latencies.append(now - produced[index])
+
+    def on_drop(index: int) -> None:
+        newest_at_drop.append((index, len(produced) - 1))
+
+    stats = engine.run(JobSpec(key="live-test", batches=frames(), table=None, encode=encode,
+                               live_window=window, embed=embed, on_drop=on_drop))
+    return {"predictor": predictor, "processed": processed, "dropped": [d for d, _ in newest_at_drop],
+            "newest_at_drop": newest_at_drop, "latencies": latencies, "embedded": embedded,
+            "mismatched": mismatched, "stats": stats}
+
+
+def test_a_live_job_drops_the_oldest_frames_and_never_falls_behind() -> None:
+    run = _run_live_job(window=2)
+    processed, dropped = run["processed"], run["dropped"]
+
+    assert dropped, "the stream is 7x faster than the model: frames must be dropped"
+    assert len(processed) + len(dropped) == FRAMES
+    assert sorted(processed + dropped) == list(range(FRAMES))  # each frame processed or dropped, once
+    assert processed == sorted(set(processed))  # masks in frame order, none twice
+    assert processed[-1] == FRAMES - 1  # the newest frame is never the one dropped
+    assert dropped == sorted(dropped)
+    for index, newest in run["newest_at_drop"]:  # the oldest goes: `window` newer frames were waiting
+        assert index <= newest - 2, (index, newest)
+    assert max(run["predictor"].batches) <= 2  # never more than the window waited for the model
+    assert run["mismatched"] == []  # each mask from its own frame
+    assert run["embedded"] == [i * 0.04 for i in processed]  # sound embedded only for the frames inferred
+    assert run["stats"].inferred == len(processed)
+    # bounded latency: a frame waits behind at most a window of others (each ~15 ms), whereas without the
+    # window the last frame would wait for the whole backlog (~80 x 15 ms - 80 x 2 ms ~ 1 s)
+    assert max(run["latencies"]) < 0.5, max(run["latencies"])
+
+
+def test_without_a_window_nothing_is_dropped_and_the_backlog_grows() -> None:
+    """The control: the same stream as a file job (no window) keeps every frame, and falls behind."""
+    run = _run_live_job(window=None)
+    assert run["dropped"] == []
+    assert run["processed"] == list(range(FRAMES))
+    assert max(run["predictor"].batches) > 2
+    assert max(run["latencies"]) > 0.5  # what the window prevents
+
+
+# ------------------------------------------------------------------------------------ a real session
+class _SlowRealPredictor:
+    """The shipped tiny model, 30 ms slower per inference call (a model slower than the stream)."""
+
+    def __init__(self, predictor: Any) -> None:
+        self._predictor = predictor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict_logits(self, frames: np.ndarray, emb: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.03)
+        return self._predictor.predict_logits(frames, emb)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_live_session_reports_every_frame_as_processed_or_dropped(tmp_path: Path) -> None:
+    from model.predictor import load_predictor
+    from worker.core.live_sources import file_source
+    from worker.live.session import LiveOptions, LiveSession
+    from worker.media.samples import make_video
+
+    clip = make_video(tmp_path / "c.webm", container="webm", duration_s=2.0, size=(160, 120), fps=25)
+    engine = FrameEngine(_SlowRealPredictor(load_predictor()), max_batch_size=8, max_wait_ms=5)
+    records: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    session = LiveSession(file_source(str(clip)), engine, records.append, options=LiveOptions(window=1),
+                          realtime=False, on_drop=reasons.append, key="t" * 32)
+    session.start()
+    summary = session.wait()
+
+    assert session.error is None, session.error
+    assert summary["frames_received"] == 50  # 2 s at 25 fps
+    assert summary["frames_received"] == summary["frames_processed"] + summary["frames_dropped"]
+    assert summary["frames_processed"] == len(records)
+    assert summary["dropped"]["late"] > 0  # ffmpeg decodes far faster than 30 ms a frame
+    assert summary["dropped"]["rate"] == 0
+    assert reasons == ["late"] * summary["dropped"]["late"]
+    indices = [r["frame_index"] for r in records]
+    assert indices == sorted(set(indices))  # in order, each once
+    assert indices[-1] == summary["frames_received"] - 1  # the last frame is never dropped
+    pts = [r["pts_s"] for r in records]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    first = records[0]["pts_s"] - records[0]["frame_index"] / 25  # the stream's start time (webm: a few ms)
+    assert abs(first) < 0.1
+    for record in records:
+        assert record["pts_s"] == pytest.approx(first + record["frame_index"] / 25, abs=0.002)
+        assert record["size"] == [120, 160]  # masks at the stream's own size
+        assert record["latency_ms"] is not None
+        assert record["latency_ms"] >= 0
+    assert summary["latency_p50_ms"] is not None
+    assert summary["latency_max_ms"] < 2000
