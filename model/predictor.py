@@ -123,21 +123,32 @@ class AVSPredictor:
     def embeddings_ending_at(self, waveform: np.ndarray, start_sample: int, ends_s: list[float]) -> torch.Tensor:
         """The live alignment rule: for each time t in `ends_s`, the embedding of the sound heard in the 0.96 s
         that end at t (the 96 log-mel frames whose windows end at or before t), from `waveform` (16 kHz mono
-        float32 whose first sample is absolute sample `start_sample`; what is missing counts as silence).
-        Returns [n, D] on the device. One log-mel pass over the whole span, one audio-encoder call."""
+        float32 whose first sample is absolute sample `start_sample`). Sound from before the buffer (or the
+        stream) counts as silence; a t past the sound received so far gets the latest 0.96 s there is (the
+        sound lags the picture by a packet at most). Returns [n, D] on the device.
+
+        The log-mel frames sit on one absolute grid (frame k covers samples 160 k .. 160 k + 400, as
+        VGGish's 10 ms hop from the stream's start), so a ring buffer that dropped its oldest samples gives
+        the same frames as the whole stream; only the span the batch needs is transformed (a batch costs
+        about one second of audio, however long the buffer), then one audio-encoder call."""
         if self._frontend is None:
             self._frontend = LogMelFrontend()
-        wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
-        if wave.numel() < STFT_WINDOW_SAMPLES:
-            wave = torch.nn.functional.pad(wave, (0, STFT_WINDOW_SAMPLES - wave.numel()))
-        frames = self._frontend(wave)[0]  # [F, 64]; frame j covers samples start + 160 j .. + 400
-        silence = self._frontend(torch.zeros(STFT_WINDOW_SAMPLES))[0][:1]  # the log-mel of silence
+        hop, window = STFT_HOP_SAMPLES, STFT_WINDOW_SAMPLES
+        ends = [int(np.floor(t * SAMPLE_RATE + 1e-6)) for t in ends_s]
+        last_frame = [(end - window) // hop for end in ends]  # the last frame whose window ends by t
+        first = max(min(last_frame) - EXAMPLE_FRAMES + 1, -(-start_sample // hop))  # inside the buffer
+        stop = min(max(last_frame), (start_sample + len(waveform) - window) // hop)  # last frame we can compute
+        silence = self._frontend(torch.zeros(window))[0][:1]  # the log-mel of silence
+        if stop >= first:
+            span = np.asarray(waveform[first * hop - start_sample:stop * hop + window - start_sample], dtype=np.float32)
+            frames = self._frontend(torch.as_tensor(span))[0]  # [F, 64]; row i is frame first + i
+        else:
+            frames = silence[:0]
         examples = []
-        for t in ends_s:
-            end = int((t * SAMPLE_RATE - start_sample - STFT_WINDOW_SAMPLES) // STFT_HOP_SAMPLES) + 1
-            end = max(0, min(end, frames.shape[0]))
-            chunk = frames[max(0, end - EXAMPLE_FRAMES):end]
-            if chunk.shape[0] < EXAMPLE_FRAMES:  # before the stream's sound began: silence
+        for k in last_frame:
+            lo, hi = max(k - EXAMPLE_FRAMES + 1, first) - first, min(k, stop) - first + 1
+            chunk = frames[max(0, lo):max(0, hi)]
+            if chunk.shape[0] < EXAMPLE_FRAMES:  # before the sound began (or not received yet): silence
                 chunk = torch.cat([silence.expand(EXAMPLE_FRAMES - chunk.shape[0], -1), chunk])
             examples.append(chunk)
         batch = torch.stack(examples)[:, None].to(self.device)  # [n, 1, 96, 64]

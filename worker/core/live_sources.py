@@ -11,7 +11,7 @@ given the matching `-protocol_whitelist` and a demuxer allow-list, exactly as fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from worker.core.contracts import ServiceErrorCode
 
@@ -68,34 +68,36 @@ def parse_allow_list(entries: list[str]) -> set[tuple[str, str, int | None]]:
 
 
 SAFE_QUERY_KEYS = frozenset({"pkt_size", "fifo_size", "buffer_size", "overrun_nonfatal", "latency", "mode",
-                             "streamid", "passphrase", "pbkeylen", "listen", "timeout"})
-"""URL options a client may set on a pulled stream (sizes, SRT's latency and stream id, listen mode); any
-other (`localaddr`, `sources`, `connect`, proxies, ...) changes where ffmpeg connects from or to."""
+                             "streamid", "passphrase", "pbkeylen", "listen"})
+"""URL options a client may set on a udp/rtp/srt/tcp stream, whose query ffmpeg reads as protocol options
+(sizes, SRT's latency and stream id, listen mode); any other (`localaddr`, `sources`, `connect`, ...) changes
+where ffmpeg connects from or to, and `timeout` is ours (`with_read_timeout`). The query of an http(s),
+rtmp or rtsp URL is the remote server's, not ffmpeg's, and passes unchanged."""
+OPTION_QUERY_SCHEMES = frozenset({"udp", "rtp", "srt", "tcp"})
 
 
 def pulled_source(url: str, allowed: set[tuple[str, str, int | None]]) -> LiveSource:
     """The `LiveSource` for a stream URL, or `SourceRefused`: its scheme must be one we speak; its scheme and
     host (and port, when the entry names one) allow-listed (`parse_allow_list`); no credentials, fragment or
     option outside `SAFE_QUERY_KEYS`."""
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:  # "udp://[127.0.0.1]:1", a bad port
+        raise SourceRefused(f"not a stream URL: {url[:200]!r}") from None
     if scheme not in PULLED:
         raise SourceRefused(f"unsupported stream scheme {scheme!r} (known: {', '.join(sorted(PULLED))})")
-    try:
-        port = parts.port
-    except ValueError:
-        raise SourceRefused(f"bad port in {url!r}") from None
     if parts.username is not None or parts.password is not None or parts.fragment:
         raise SourceRefused("a stream URL may not carry credentials or a fragment")
-    keys = {pair.split("=", 1)[0] for pair in parts.query.split("&") if pair}
-    if keys - SAFE_QUERY_KEYS:
+    keys = {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if scheme in OPTION_QUERY_SCHEMES and keys - SAFE_QUERY_KEYS:
         raise SourceRefused(f"stream URL options not allowed: {', '.join(sorted(keys - SAFE_QUERY_KEYS))} "
                             f"(allowed: {', '.join(sorted(SAFE_QUERY_KEYS))})")
     if not host or not ((scheme, host, None) in allowed or (scheme, host, port) in allowed):
         raise SourceRefused(f"the source {scheme}://{host}{f':{port}' if port else ''} is not allowed here "
                             "(AVS_LIVE_SOURCES)", code=ServiceErrorCode.UNAUTHORIZED.value)
     protocols, demuxers = PULLED[scheme]
-    return LiveSource(url, protocols, demuxers)
+    return LiveSource(scheme + url[len(parts.scheme):], protocols, demuxers)  # ffmpeg's protocol names are lower case
 
 
 def with_read_timeout(source: LiveSource, seconds: float) -> tuple[str, list[str]]:
@@ -105,9 +107,10 @@ def with_read_timeout(source: LiveSource, seconds: float) -> tuple[str, list[str
     micros = str(max(1, int(seconds * 1_000_000)))
     if source.pushed or source.url.startswith("file:"):
         return source.url, []
-    scheme = urlsplit(source.url).scheme.lower()
-    if scheme in ("udp", "rtp") and "timeout=" not in source.url:
-        return source.url + ("&" if "?" in source.url else "?") + f"timeout={micros}", []
+    parts = urlsplit(source.url)
+    if parts.scheme.lower() in ("udp", "rtp"):
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "timeout"]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("timeout", micros)]))), []
     return source.url, ["-rw_timeout", micros]
 
 
@@ -123,7 +126,10 @@ def file_source(path: str) -> LiveSource:
 def cli_source(text: str) -> LiveSource:
     """What `avs live SOURCE` reads: a stream URL of a scheme we speak (the command line's user chooses
     freely: no allow-list), else a local file. `SourceRefused` for another scheme."""
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise SourceRefused(f"not a stream URL: {text[:200]!r}") from None
     if parts.scheme and len(parts.scheme) > 1 and "://" in text:  # not "C:\\..." nor a plain path
         scheme = parts.scheme.lower()
         if scheme == "file":
@@ -131,5 +137,5 @@ def cli_source(text: str) -> LiveSource:
         if scheme not in PULLED:
             raise SourceRefused(f"unsupported stream scheme {scheme!r} (known: {', '.join(sorted(PULLED))})")
         protocols, demuxers = PULLED[scheme]
-        return LiveSource(text, protocols, demuxers)
+        return LiveSource(scheme + text[len(parts.scheme):], protocols, demuxers)
     return file_source(text)
