@@ -179,8 +179,10 @@ def test_worker_service_scales(base: dict[str, Any]) -> None:
     worker = base["services"]["worker"]
     assert "container_name" not in worker, "a fixed name forbids --scale worker=N"
     assert "ports" not in worker, "a fixed host port forbids --scale worker=N"
-    assert [str(p) for p in worker["expose"]] == [METRICS_PORT]
     env = _env(worker)
+    # the metrics port, and the live endpoint the API dials (neither published on the host)
+    assert [str(p) for p in worker["expose"]] == [METRICS_PORT, env["AVS_LIVE_PORT"]]
+    assert env["AVS_LIVE_HOST"] == "0.0.0.0"
     assert env["AVS_WORKER_METRICS_PORT"] == METRICS_PORT
     assert env["AVS_DEVICE"] == "cuda"
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
