@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -20,6 +19,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.errors import ApiError
+from worker.core.api_keys import key_accepted, presented_key
 from worker.core.contracts import TASK_SEGMENT, ServiceErrorCode
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings, get_settings
@@ -80,33 +80,16 @@ class CelerySender:
         )
 
 
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
 def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """401 `unauthorized` unless `X-API-Key: <key>` (or `Authorization: Bearer <key>`) names a configured key.
-
-    Every configured key is compared, in constant time, so the answer's timing says nothing about which
-    prefix matched.
-    """
+    """401 `unauthorized` unless `X-API-Key: <key>` (or `Authorization: Bearer <key>`) names a configured key
+    (`worker.core.api_keys`: constant-time comparison against every key)."""
     if not settings.api_keys:
         return
-    presented = _presented_key(request)
+    presented = presented_key(request.headers)
     if presented is None:
         raise ApiError(ServiceErrorCode.UNAUTHORIZED, "an API key is required (X-API-Key header)",
                        headers={"WWW-Authenticate": "Bearer"})
-    given = presented.encode("utf-8", "surrogateescape")
-    ok = False
-    for key in settings.api_keys:
-        ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
-    if not ok:
+    if not key_accepted(settings.api_keys, presented):
         raise ApiError(ServiceErrorCode.UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -116,20 +116,27 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
 
 
-@pytest.fixture
-def embedded_service(tmp_path: Path) -> Iterator[Service]:
-    """`avs serve` with no broker configured: API + one worker on the filesystem broker."""
-    service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
+@contextlib.contextmanager
+def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
+    """`avs serve` with no broker configured (API + one worker on the filesystem broker), ready."""
+    service = Service(data_dir, _base_env(data_dir))
     service.data_dir.mkdir()
     port = free_port()
     service.base_url = f"http://127.0.0.1:{port}"
-    service.env["AVS_WORKER_METRICS_PORT"] = "0"
+    service.env.update({"AVS_WORKER_METRICS_PORT": "0", **(extra_env or {})})
     service.start("serve", "serve", "--port", str(port))
     try:
         service.wait_ready()
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture
+def embedded_service(tmp_path: Path) -> Iterator[Service]:
+    """`avs serve` with no broker configured: API + one worker on the filesystem broker."""
+    with running_embedded(tmp_path / "data") as service:
+        yield service
 
 
 @pytest.fixture

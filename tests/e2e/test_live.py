@@ -30,7 +30,7 @@ from websockets.sync.client import connect
 from app.cli.live_client import LiveRefused, stream_file
 from worker.media.samples import make_video
 
-from .conftest import Service, _base_env, free_port
+from .conftest import Service, free_port, running_embedded
 
 API_KEY = "live-test-key"
 MAX_SESSIONS = 2
@@ -39,20 +39,10 @@ MAX_SESSIONS = 2
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Iterator[Service]:
     """`avs serve` with an API key, two live sessions per worker, UDP on 127.0.0.1 allow-listed."""
-    root = tmp_path_factory.mktemp("live")
-    service = Service(root / "data", _base_env(root / "data"))
-    service.data_dir.mkdir()
-    port = free_port()
-    service.base_url = f"http://127.0.0.1:{port}"
-    service.env.update({"AVS_WORKER_METRICS_PORT": "0", "AVS_API_KEYS": API_KEY,
-                        "AVS_LIVE_MAX_SESSIONS": str(MAX_SESSIONS), "AVS_LIVE_SOURCES": "udp://127.0.0.1",
-                        "AVS_LIVE_IDLE_TIMEOUT_S": "3"})
-    service.start("serve", "serve", "--port", str(port))
-    try:
-        service.wait_ready()
+    env = {"AVS_API_KEYS": API_KEY, "AVS_LIVE_MAX_SESSIONS": str(MAX_SESSIONS), "AVS_LIVE_SOURCES": "udp://127.0.0.1",
+           "AVS_LIVE_IDLE_TIMEOUT_S": "3"}
+    with running_embedded(tmp_path_factory.mktemp("live") / "data", env) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")

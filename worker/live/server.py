@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import socket
@@ -30,6 +29,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from worker import prometheus
+from worker.core.api_keys import key_accepted, presented_key
 from worker.core.contracts import ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import new_job_id
@@ -133,13 +133,7 @@ class LiveServer:
 
     # ------------------------------------------------------------------------------------ endpoint
     def _authorized(self, websocket: WebSocket) -> bool:
-        if not self.settings.api_keys:
-            return True
-        given = (websocket.headers.get("x-api-key") or "").encode("utf-8", "surrogateescape")
-        ok = False
-        for key in self.settings.api_keys:
-            ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
-        return ok
+        return key_accepted(self.settings.api_keys, presented_key(websocket.headers))
 
     async def _refuse(self, websocket: WebSocket, code: str, message: str, close_code: int) -> None:
         prometheus.LIVE_SESSIONS_ENDED.labels(status=code).inc()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from typing import Any
@@ -22,6 +21,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from app.api import prometheus
 from app.api.deps import SettingsDep
 from app.api.health import warm_workers
+from worker.core.api_keys import key_accepted, presented_key
 from worker.core.contracts import ServiceErrorCode
 from worker.core.live_protocol import CLOSE_ERROR, CLOSE_POLICY, CLOSE_TRY_AGAIN, START_TIMEOUT_S, message_error
 from worker.core.settings import ServiceSettings
@@ -29,29 +29,6 @@ from worker.core.settings import ServiceSettings
 log = logging.getLogger("avs.api.live")
 router = APIRouter(tags=["live"])
 WORKER_OPEN_TIMEOUT_S = 5.0
-
-
-def presented_key(websocket: WebSocket) -> str | None:
-    key = websocket.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return websocket.query_params.get("api_key") or None
-
-
-def key_accepted(settings: ServiceSettings, presented: str | None) -> bool:
-    """Constant-time comparison against every configured key (as `app.api.deps.require_api_key`)."""
-    if not settings.api_keys:
-        return True
-    if presented is None:
-        return False
-    given = presented.encode("utf-8", "surrogateescape")
-    ok = False
-    for key in settings.api_keys:
-        ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
-    return ok
 
 
 def live_candidates(settings: ServiceSettings) -> list[dict[str, Any]]:
@@ -74,9 +51,9 @@ async def live(websocket: WebSocket, settings: SettingsDep) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import WebSocketException
 
-    key = presented_key(websocket)
+    key = presented_key(websocket.headers, websocket.query_params)
     await websocket.accept()
-    if not key_accepted(settings, key):
+    if not key_accepted(settings.api_keys, key):
         await _close(websocket, ServiceErrorCode.UNAUTHORIZED.value, "an API key is required (X-API-Key header or "
                      "api_key query parameter)", CLOSE_POLICY)
         return
