@@ -35,6 +35,9 @@ REQUIRED_QUERIES = [
     ("failures by code", "sum by (code) (increase(avs_jobs_failed_total"),
     ("HTTP request rate", "rate(avs_http_requests_total"),
     ("HTTP latency", "avs_http_request_duration_seconds_bucket"),
+    ("live sessions", "sum(avs_live_sessions)"),
+    ("live latency p95", "histogram_quantile(0.95, sum by (le) (rate(avs_live_latency_seconds_bucket"),
+    ("live drops by reason", "sum by (reason) (rate(avs_live_frames_dropped_total"),
 ]
 
 
