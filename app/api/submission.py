@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.api import prometheus
 from app.api.broker import PROBE_LIMITER, BrokerUnavailable, send_bounded
-from app.api.counts import status_counter
+from app.api.counts import UPLOADING, status_counter
 from app.api.deps import TaskSender
 from app.api.errors import ApiError
 from app.api.job_service import ORPHAN_UPLOAD_S, job_urls
@@ -74,8 +74,10 @@ def check_field(name: str, text: str) -> None:
 
 
 # -------------------------------------------------------------------------------------- submit
-def backlog(store: JobStore) -> int:
-    return status_counter(store).counts()[JobStatus.QUEUED.value]
+def waiting_jobs(store: JobStore) -> int:
+    """Jobs queued and not started, plus uploads admitted and not recorded yet, counted in one pass."""
+    counts = status_counter(store).counts(uploads_max_age_s=ORPHAN_UPLOAD_S)
+    return counts[JobStatus.QUEUED.value] + counts[UPLOADING]
 
 
 def _reject(code: str) -> None:
@@ -87,7 +89,7 @@ def _reserve(store: JobStore, settings: ServiceSettings, job_dir: Path) -> int |
     admitted (folders without a record yet) and, when there is room, reserve a place by creating this job's
     folder. Returns None when admitted, else the count that refused it."""
     with store.admission():
-        waiting = backlog(store) + store.uploads_in_flight(max_age_s=ORPHAN_UPLOAD_S)
+        waiting = waiting_jobs(store)
         if waiting >= settings.max_backlog:
             return waiting
         job_dir.mkdir(parents=True)

@@ -134,19 +134,6 @@ class JobStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def uploads_in_flight(self, *, max_age_s: float, now: float | None = None) -> int:
-        """Job folders without a record yet (an upload being received or probed), touched within `max_age_s`;
-        older ones are abandoned uploads that the cleanup removes."""
-        now = time.time() if now is None else now
-        count = 0
-        for entry in self.root.iterdir():
-            try:
-                if entry.is_dir() and not (entry / RECORD).exists() and now - entry.stat().st_mtime < max_age_s:
-                    count += 1
-            except FileNotFoundError:
-                continue
-        return count
-
     # ------------------------------------------------------------------------------------ files
     def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
         """Delete the job's media and results; keep `job.json` (a tombstone that says what happened) and the

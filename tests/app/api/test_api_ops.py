@@ -294,3 +294,46 @@ def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> 
     assert counter.counts() == {"queued": 0, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     store.remove_files(done, keep_record=False)  # expired: forgotten
     assert counter.counts()["succeeded"] == 0
+
+
+def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_counts(settings: ServiceSettings) -> None:
+    """The admission count is one snapshot: a folder whose record is written while the count runs (another API
+    process finishing an upload) is counted once, as an upload or as queued, never as neither."""
+    import threading
+
+    from app.api.counts import UPLOADING, StatusCounter
+    from worker.core.job_record import JobOptions, JobRecord, Progress, UploadInfo, new_job_id
+
+    store = JobStore(settings.data_dir)
+    ids = [new_job_id() for _ in range(40)]
+    for job_id in ids:
+        store.job_dir(job_id).mkdir()  # admitted, body still arriving
+    counter = StatusCounter(store)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def count_until_done() -> None:
+        while not done.is_set():
+            counts = counter.counts(uploads_max_age_s=3600)
+            seen.append(counts["queued"] + counts[UPLOADING])
+
+    reader = threading.Thread(target=count_until_done)
+    reader.start()
+    try:
+        for job_id in ids:  # the records arrive one by one, as the uploads finish
+            store.create(JobRecord(job_id=job_id, options=JobOptions(),
+                                   upload=UploadInfo(filename="a.mp4", bytes=3, path="upload.mp4"),
+                                   progress=Progress(frames_total=25)))
+            time.sleep(0.002)
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 10
+    assert set(seen) == {40}
+    counts = counter.counts(uploads_max_age_s=3600)
+    assert (counts["queued"], counts[UPLOADING]) == (40, 0)
+    old = time.time() - 7200
+    stale = store.job_dir(new_job_id())
+    stale.mkdir()
+    os.utime(stale, (old, old))  # an abandoned upload is not waiting
+    assert counter.counts(uploads_max_age_s=3600)[UPLOADING] == 0
