@@ -167,7 +167,9 @@ def _counter(proc: Proc, name: str) -> float:
 
 def test_a_killed_worker_is_replaced_within_the_lease_and_a_duplicate_message_does_nothing(
         tmp_path: Path, own_redis: tuple[str, subprocess.Popen], long_clip: Path) -> None:
-    service = _service(tmp_path, own_redis[0])
+    # one job per worker: the owner has no free slot, so the duplicate below can only go to the idle worker
+    # (with free slots the owner may take it itself, which its lease turns away as well, but in its own log)
+    service = _service(tmp_path, own_redis[0], AVS_JOBS_PER_WORKER="1")
     try:
         _api(service)
         workers = [_worker(service), _worker(service)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class PerFramePredictor:
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
         self.lock = threading.Lock()
+        self.hold_until: Callable[[], bool] | None = None  # the first call waits for this (at most 30 s)
 
     def audio_embeddings(self, waveform: np.ndarray) -> torch.Tensor:
         windows = max(1, int(np.ceil(len(waveform) / 15360)))
@@ -43,6 +45,10 @@ class PerFramePredictor:
     def predict_logits(self, frames: np.ndarray, emb: torch.Tensor) -> torch.Tensor:
         with self.lock:
             self.batch_sizes.append(len(frames))
+            hold, self.hold_until = self.hold_until, None
+        deadline = time.monotonic() + 30
+        while hold is not None and not hold() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.004)  # a model takes time: frames of other jobs arrive meanwhile
         brightness = torch.from_numpy(frames.astype(np.float32).mean(axis=(1, 2, 3)) / 255.0)  # [n]
         split = (4 + 24 * (0.5 * brightness + 0.5 * emb[:, 0].clamp(0, 1))).round()  # column of the edge
@@ -91,6 +97,9 @@ def test_batches_mix_jobs_and_each_job_gets_what_it_gets_alone(videos: list[Path
     for i, video in enumerate(videos):  # alone: a private engine each
         segment_video(video, tmp_path / "alone" / str(i), predictor, options)
     engine = FrameEngine(predictor, max_batch_size=8, max_wait_ms=50).start()  # served as a worker serves it
+    # The jobs must overlap for their frames to meet: on a loaded machine one short clip can be done before
+    # the next ffmpeg has started, so the first inference call waits until every job has frames pending.
+    predictor.hold_until = lambda: sum(1 for job in engine._jobs if job.pending) == len(videos)
     try:
         assert _concurrently(engine, predictor, videos, tmp_path / "together", options) == [None] * 3
         assert engine.mixed_batches > 0, "no batch held frames of two jobs"
