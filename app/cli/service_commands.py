@@ -127,11 +127,20 @@ def _serve(args: argparse.Namespace) -> int:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
     try:
-        uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel)
+        uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel,
+                    root_path=_root_path(args.root_path))
     finally:
         if worker is not None:
             worker.stop()
     return 0
+
+
+def _root_path(given: str | None) -> str:
+    """`--root-path`, else `AVS_ROOT_PATH`: "" or "/prefix" (no trailing slash), as ASGI's root_path."""
+    import os
+
+    value = (os.environ.get("AVS_ROOT_PATH", "") if given is None else given).strip()
+    return "/" + value.strip("/") if value.strip("/") else ""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -171,6 +180,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--workers", type=int, default=1, help="API processes (uvicorn workers)")
     p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    p.add_argument("--root-path", default=None,
+                   help="the path prefix a reverse proxy serves the API under, e.g. /avs (default: $AVS_ROOT_PATH); "
+                        "job URLs and the web page's links carry it")
     p.add_argument("--loglevel", default="info", help="uvicorn and Celery log level")
     p.set_defaults(handler=_serve)
 
