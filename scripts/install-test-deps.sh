@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond `make setup`: promtool (Prometheus config check) and a Redis server
-# answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15). Idempotent.
+# What the test suite needs beyond `make setup`: promtool (Prometheus config check), Debian's chromium (the
+# web page's browser tests; Playwright drives it, nothing is downloaded), nginx (the API behind a path
+# prefix) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15).
+# Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -12,6 +14,10 @@ apt_install() {
 }
 
 command -v promtool >/dev/null 2>&1 || { echo "installing promtool (apt-get prometheus)..." >&2; apt_install prometheus; }
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}..." >&2; apt_install "${missing[@]}"; fi
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server..." >&2; apt_install redis-server; }

@@ -6,6 +6,7 @@
     GET    /jobs/{job_id}/overlay.mp4
     DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone)
     WS     /live                    a live session, proxied to a worker (worker.core.live_protocol)
+    GET    /  /static/*             the web page (app.web): upload or camera, masks drawn in the browser
     GET    /healthz /readyz /metrics /docs
 
 This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
@@ -26,11 +27,13 @@ import anyio
 from fastapi import FastAPI
 
 from app.api import prometheus
+from app.api.body_drain import DrainUnreadBody
 from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store
 from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
 from app.api.routers import jobs as jobs_router
 from app.api.routers import live, ops, segment
+from app.web import install_web_page
 from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings, get_settings
 
@@ -104,10 +107,12 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(prometheus.MetricsMiddleware)
+    app.add_middleware(DrainUnreadBody)  # added last: outermost, it drains after every answer, errors included
     app.include_router(ops.router)
     app.include_router(segment.router, dependencies=[ApiKeyGuard])
     app.include_router(jobs_router.router, dependencies=[ApiKeyGuard])
     app.include_router(live.router)  # authenticates in the handler: a browser's WebSocket sends no headers
+    install_web_page(app)
     return app
 
 

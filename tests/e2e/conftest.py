@@ -117,14 +117,15 @@ def redis_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
-    """`avs serve` with no broker configured (API + one worker on the filesystem broker), ready."""
+def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None,
+                     extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
+    """`avs serve [extra_args]` with no broker configured (API + one worker on the filesystem broker), ready."""
     service = Service(data_dir, _base_env(data_dir))
     service.data_dir.mkdir()
     port = free_port()
     service.base_url = f"http://127.0.0.1:{port}"
     service.env.update({"AVS_WORKER_METRICS_PORT": "0", **(extra_env or {})})
-    service.start("serve", "serve", "--port", str(port))
+    service.start("serve", "serve", "--port", str(port), *extra_args)
     try:
         service.wait_ready()
         yield service

@@ -1,0 +1,339 @@
+"""The web page in a real browser (Debian's Chromium through Playwright), on `avs serve` behind nginx under a
+path prefix, with an API key: upload a synthetic clip whose ground truth is known and measure where the tint
+lands on screen, the errors, cancel, downloads, the live page on Chromium's fake camera and microphone, the
+phone layout and the labels.
+
+Set AVS_WEB_SCREENSHOTS=DIR to keep the README's screenshots (upload result, live page) in DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+
+from app.cli.demo import make_sample_clip
+from worker.masks import decode_rle
+from worker.media.samples import make_video
+
+from .conftest import Service, running_embedded
+from .web_support import chromium_path, iou, png_pixels, prefix_proxy, resize_nearest
+
+API_KEY = "web-page-key"
+PREFIX = "/avs"
+MAX_UPLOAD = 32 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_clip(tmp_path_factory.mktemp("web-clip"))
+
+
+@pytest.fixture(scope="module")
+def ground_truth(clip: Path) -> list[np.ndarray]:
+    lines = [json.loads(line) for line in clip.with_suffix(".gt.ndjson").read_text().splitlines() if line.strip()]
+    return [decode_rle(line["counts"], line["size"]).astype(bool) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("web-service")
+    env = {"AVS_API_KEYS": API_KEY, "AVS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
+    with running_embedded(root / "data", env, ("--root-path", PREFIX)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page_url(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with prefix_proxy(service.base_url, PREFIX, tmp_path_factory.mktemp("nginx")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fake_media(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The clip as Chromium's fake camera (y4m) and microphone (wav) read them."""
+    out = tmp_path_factory.mktemp("fake-media")
+    camera, microphone = out / "camera.y4m", out / "microphone.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-pix_fmt", "yuv420p", str(camera)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-vn", "-ac", "1", "-ar", "48000",
+                    "-c:a", "pcm_s16le", str(microphone)], check=True)
+    return camera, microphone
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=chromium_path())
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1000, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def _open(page: Page, url: str, *, key: str | None = API_KEY) -> None:
+    page.goto(url)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    if key is not None:
+        page.click("details.settings summary")
+        page.fill("#api-key", key)
+        page.click("#key-form button")
+
+
+def _keep_screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("AVS_WEB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), type="jpeg", quality=80)
+
+
+_CANVAS_ALPHA = """id => {
+    const c = document.getElementById(id);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const alpha = new Array(c.width * c.height);
+    for (let i = 0; i < alpha.length; i += 1) alpha[i] = d[4 * i + 3] > 0 ? 1 : 0;
+    return alpha;
+}"""
+
+
+def _tint(page: Page) -> np.ndarray:
+    """Where the mask is drawn on screen: the video box with the mask shown minus the same box with it hidden."""
+    stage = page.locator("#upload-stage")
+    shown = png_pixels(stage.screenshot()).astype(int)
+    page.click("#show-mask")
+    hidden = png_pixels(stage.screenshot()).astype(int)
+    page.click("#show-mask")
+    return np.abs(shown - hidden).sum(axis=2) > 60
+
+
+def test_an_uploaded_clip_is_drawn_frame_by_frame_where_its_sounding_object_is(
+        page: Page, page_url: str, clip: Path, ground_truth: list[np.ndarray], tmp_path: Path) -> None:
+    _open(page, page_url, key=None)
+    page.set_input_files("#file", str(clip))
+    page.click("#submit")  # no key yet: the API's refusal is shown as its code, and the key field opens
+    expect(page.locator("#error")).to_contain_text("unauthorized")
+    expect(page.locator("#api-key")).to_be_focused()
+    page.fill("#api-key", API_KEY)
+    page.keyboard.press("Enter")
+    page.click("#submit")
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=120_000)
+    expect(page.locator("#error")).to_be_hidden()
+    frames = len(ground_truth)
+    expect(page.locator("#job-status")).to_contain_text(f"{frames} / {frames} frames")
+    expect(page.locator("#scrubber")).to_have_attribute("max", str(frames - 1))
+    page.evaluate("document.getElementById('video').controls = false")  # the picture alone, for the measurement
+
+    for frame in (3, 17, 31, 46):
+        page.fill("#scrubber", str(frame))
+        expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", str(frame))
+        page.wait_for_timeout(150)  # the canvas paints with the next frame
+        tint = _tint(page)
+        scores = [iou(tint, resize_nearest(truth, tint.shape)) for truth in ground_truth]
+        assert scores[frame] >= 0.7, f"frame {frame}: IoU {scores[frame]:.3f} with its ground truth"
+        # frame-accurate: no other frame's ground truth fits the drawn mask better (the objects move)
+        assert abs(int(np.argmax(scores)) - frame) <= 1, f"frame {frame} drawn like frame {np.argmax(scores)}"
+    page.fill("#opacity", "0")  # opacity 0: nothing tinted
+    assert _tint(page).sum() == 0
+    page.fill("#opacity", "0.55")
+    page.evaluate("document.getElementById('video').controls = true")
+    page.fill("#scrubber", "17")
+    expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", "17")
+    _keep_screenshot(page, "web-upload.jpg")
+
+    with page.expect_download() as download:
+        page.click("#download-masks")
+    lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [line["frame_index"] for line in lines if "frame_index" in line] == list(range(frames))
+    row = page.locator("#jobs tbody tr").first
+    expect(row).to_contain_text(clip.name)
+    expect(row).to_contain_text("succeeded")
+
+    # after a reload the job is still listed; the video is not kept, so the page asks for the file again
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.locator("#jobs tbody tr", has_text=clip.name).first.locator("button.view").click()
+    expect(page.locator("#need-file")).to_be_visible()
+    expect(page.locator("#scrubber")).to_have_attribute("max", str(frames - 1))
+    page.set_input_files("#refile", str(clip))
+    expect(page.locator("#need-file")).to_be_hidden()
+    page.fill("#scrubber", "31")
+    expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", "31")
+
+
+def test_errors_show_the_api_code_and_a_running_job_is_cancelled_from_the_list(
+        page: Page, page_url: str, tmp_path: Path) -> None:
+    _open(page, page_url)
+    junk = tmp_path / "holiday.mp4"
+    junk.write_bytes(b"this is not a video at all " * 200)
+    page.set_input_files("#file", str(junk))
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("not_media")
+
+    long_clip = make_video(tmp_path / "long.mp4", duration_s=40.0, size=(96, 64), fps=25)
+    page.set_input_files("#file", str(long_clip))
+    page.click("#submit")
+    expect(page.locator("#error")).to_be_hidden()
+    row = page.locator("#jobs tbody tr", has_text="long.mp4").first
+    expect(row.locator(".state")).to_have_text("running", timeout=60_000)
+    row.locator("button.cancel").click()
+    expect(row.locator(".state")).to_contain_text("cancel", timeout=30_000)
+    expect(page.locator("#job-status")).to_contain_text("cancelled", timeout=30_000)
+    done = int(page.locator("#job-progress").get_attribute("value") or 0)
+    assert done < 1000, "the job ran to its end despite the cancel"
+
+
+def test_the_live_page_draws_masks_from_the_camera_over_the_websocket(
+        playwright: Playwright, page_url: str, fake_media: tuple[Path, Path], ground_truth: list[np.ndarray]) -> None:
+    camera, microphone = fake_media
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=[
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}", f"--use-file-for-fake-audio-capture={microphone}"])
+    try:
+        context = browser.new_context(viewport={"width": 1000, "height": 1000})
+        page = context.new_page()
+        _open(page, page_url + "#live")
+        expect(page.locator("#page-live")).to_be_visible()
+        page.fill("#live-fps", "5")
+        page.click("#live-start")
+        expect(page.locator("#live-state")).to_contain_text("live · avesformer-tiny", timeout=30_000)
+        expect(page.locator("#live-masks")).not_to_have_text("0", timeout=30_000)
+        for _ in range(150):  # ten masks or more (the page's CSP forbids eval, so no wait_for_function)
+            if int(page.locator("#live-masks").text_content() or 0) >= 10:
+                break
+            page.wait_for_timeout(200)
+        assert int(page.locator("#live-masks").text_content() or 0) >= 10
+        assert page.locator("#live-latency").text_content().endswith("ms")
+        # the mask drawn is the model's answer for one of the camera's frames (the clip, looping): sampled a
+        # few times, as the first second's masks see less than one window of sound
+        height, width = ground_truth[0].shape
+        best = 0.0
+        for _ in range(30):
+            drawn = np.array(page.evaluate(_CANVAS_ALPHA, "live-canvas"), dtype=bool).reshape(height, width)
+            best = max(best, *(iou(drawn, truth) for truth in ground_truth if truth.any()))
+            if best >= 0.6:
+                break
+            page.wait_for_timeout(300)
+        assert best >= 0.6, f"the live masks drawn match no frame of the clip (best IoU {best:.3f})"
+        _keep_screenshot(page, "web-live.jpg")
+        page.click("#live-stop")
+        expect(page.locator("#live-state")).to_have_text("ended", timeout=30_000)
+        expect(page.locator("#live-summary")).to_contain_text("succeeded")
+        expect(page.locator("#error")).to_be_hidden()
+        context.close()
+    finally:
+        browser.close()
+
+
+def test_the_page_fits_a_phone_every_control_is_labelled_and_text_has_contrast(
+        browser: Browser, page_url: str) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        for tab in ("#upload", "#live"):
+            _open(page, page_url + tab, key=None)
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{tab}: the page is {overflow}px wider than the phone"
+        unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter(el => el.type !== 'hidden')
+            .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                          && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+            .map(el => el.id || el.outerHTML)""")
+        assert unlabelled == []
+        ratios = page.evaluate("""() => {
+            const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+            const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92
+                : ((v + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+            const background = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el)
+                .backgroundColor; if (!c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return rgb(c); }
+                return [255, 255, 255]; };
+            const out = {};
+            for (const sel of ['h1', '.tagline', '#tab-live', 'button#submit', '.hint', 'label[for=opacity]',
+                               '#live-start', '.stats dt']) {
+                const el = document.querySelector(sel);
+                const a = lum(rgb(getComputedStyle(el).color)), b = lum(background(el));
+                out[sel] = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+            }
+            return out; }""")
+        low = {selector: round(ratio, 2) for selector, ratio in ratios.items() if ratio < 4.5}
+        assert not low, f"text below WCAG AA contrast (4.5:1): {low}"
+        # keyboard: the tabs are links, the file chooser is reachable and shows where the focus is
+        page.goto(page_url + "#upload")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        for _ in range(15):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "file":
+                break
+        assert page.evaluate("document.activeElement.id") == "file", "the file chooser is not reachable by Tab"
+        outline = page.evaluate("getComputedStyle(document.querySelector('#drop')).outlineStyle")
+        assert outline != "none"
+    finally:
+        context.close()
+
+
+def test_the_browser_decodes_rle_exactly_as_pycocotools(page: Page, page_url: str) -> None:
+    from worker.masks import encode_rle
+
+    rng = np.random.default_rng(7)
+    masks = [np.zeros((5, 7), np.uint8), np.ones((6, 4), np.uint8), np.eye(9, dtype=np.uint8)[:, :8],
+             (rng.random((37, 53)) > 0.5).astype(np.uint8), (rng.random((360, 640)) > 0.97).astype(np.uint8)]
+    blob = np.zeros((120, 200), np.uint8)
+    blob[30:90, 40:170] = 1
+    masks.append(blob)
+    records = [{"size": list(m.shape), "counts": encode_rle(m[None])[0]} for m in masks]
+    _open(page, page_url, key=None)
+    decoded = page.evaluate("""async records => {
+        const { decodeMask } = await import('./static/rle.js');
+        return records.map(r => Array.from(decodeMask(r)));
+    }""", records)
+    for mask, pixels in zip(masks, decoded, strict=True):
+        assert np.array_equal(np.array(pixels, dtype=np.uint8).reshape(mask.shape), mask)
+
+
+@pytest.mark.parametrize(("headers", "fields", "size", "status", "code"), [
+    ({"X-API-Key": "wrong"}, {}, 16 * 1024 * 1024, 401, "unauthorized"),  # refused before the body is read
+    ({"X-API-Key": API_KEY}, {"fps": "-3"}, 16 * 1024 * 1024, 422, "invalid_request"),  # a bad field ahead of the file
+    ({"X-API-Key": API_KEY}, {}, 40 * 1024 * 1024, 413, "too_large"),  # the declared size is over the cap
+])
+def test_an_upload_refused_early_reaches_the_client_through_the_proxy_with_its_code(
+        page_url: str, headers: dict[str, str], fields: dict[str, str], size: int, status: int, code: str) -> None:
+    """A refusal sent while the body is still arriving is read by nginx, not turned into a 502 (the API reads
+    the rest of the body before it answers, `app.api.body_drain`)."""
+    import httpx
+
+    response = httpx.post(page_url + "segment", headers=headers, data=fields,
+                          files={"file": ("big.mp4", os.urandom(size), "video/mp4")}, timeout=60)
+    assert response.status_code == status, response.text[:300]
+    assert response.json()["error"]["code"] == code
+
+
+def test_job_urls_carry_the_path_prefix(page_url: str, clip: Path) -> None:
+    import httpx
+
+    with clip.open("rb") as f:
+        response = httpx.post(page_url + "segment", headers={"X-API-Key": API_KEY},
+                              files={"file": (clip.name, f, "video/mp4")}, timeout=60)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status_url"] == f"{PREFIX}/jobs/{body['job_id']}"
+    status = httpx.get(page_url.removesuffix(f"{PREFIX}/") + body["status_url"], headers={"X-API-Key": API_KEY})
+    assert status.status_code == 200
+    assert status.json()["urls"]["masks"] == f"{PREFIX}/jobs/{body['job_id']}/masks"

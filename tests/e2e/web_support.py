@@ -1,0 +1,109 @@
+"""What the web page's browser tests run on: Debian's Chromium driven by Playwright, nginx in front of the API
+under a path prefix (as a reverse proxy that strips it would serve it), and the page's screenshots read back
+as pixels."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import free_port
+
+CHROMIUM = os.environ.get("AVS_CHROMIUM", "/usr/bin/chromium")
+
+
+def chromium_path() -> str:
+    """Debian's Chromium (nothing is downloaded at run time); a clear failure when it is missing."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `bash scripts/install-test-deps.sh` installs Debian's chromium")
+    return CHROMIUM
+
+
+def nginx_path() -> str:
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(path).exists():
+        pytest.fail("nginx is missing: `bash scripts/install-test-deps.sh` installs it")
+    return path
+
+
+@contextlib.contextmanager
+def prefix_proxy(upstream: str, prefix: str, work_dir: Path) -> Iterator[str]:
+    """nginx on a free 127.0.0.1 port serving `upstream` (http://127.0.0.1:PORT) under `prefix` (stripped on
+    the way in, WebSocket upgrades passed through, bodies streamed). Yields the page's URL, `.../prefix/`."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers as root only where the master is root
+    temp = "".join(f"  {name}_temp_path {work_dir / name};\n"
+                   for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (work_dir / "nginx.conf").write_text(f"""{user}worker_processes 1;
+daemon off;
+pid {work_dir / 'nginx.pid'};
+error_log {work_dir / 'error.log'} warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+{temp}  client_max_body_size 0;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = {prefix} {{ return 301 {prefix}/; }}
+    location {prefix}/ {{
+      proxy_pass {upstream}/;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_request_buffering off;
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+""")
+    proc = subprocess.Popen([nginx_path(), "-p", str(work_dir), "-e", str(work_dir / "error.log"),
+                             "-c", str(work_dir / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}{prefix}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """[H, W, 3] uint8 of a screenshot."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`mask` [h, w] resampled to `size` (rows, cols) by nearest neighbour."""
+    rows = (np.arange(size[0]) * mask.shape[0] / size[0]).astype(int)
+    cols = (np.arange(size[1]) * mask.shape[1] / size[1]).astype(int)
+    return mask[rows][:, cols]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
