@@ -103,7 +103,7 @@ def _keep_screenshot(page: Page, name: str) -> None:
     folder = os.environ.get("AVS_WEB_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), type="jpeg", quality=80)
+        page.screenshot(path=str(Path(folder) / name), type="jpeg", quality=80, full_page=True)
 
 
 _CANVAS_ALPHA = """id => {
