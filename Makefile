@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
 	@bash scripts/install-system-deps.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
-	@set -o pipefail; $(PY) -m pip install --quiet -e '.[worker,dev]' $(QUIET_PIP)
+	@set -o pipefail; $(PY) -m pip install --quiet -e '.[worker,train,dev]' $(QUIET_PIP)
 	@touch $@
 
 # The main job: start the service on the embedded default (no server to install), submit a synthetic

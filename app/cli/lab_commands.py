@@ -28,24 +28,46 @@ def _synth(args: argparse.Namespace) -> int:
         f"wrote {summary['videos']} {args.subset} clips ({args.split}) to {summary['out']}"))
 
 
+# `avs train` options that a recipe may set: (flag dest, TrainConfig field). A flag given on the command line
+# wins over the recipe, the recipe over TrainConfig's defaults.
+_RECIPE_FIELDS = ("variant", "epochs", "batch_size", "lr", "weight_decay", "seed", "schedule", "warmup_steps",
+                  "min_lr_ratio", "grad_accum", "clip_grad", "freeze_backbone_epochs", "eval_every", "eval_from",
+                  "eval_split", "all_train_masks", "amp", "size")
+
+
 def _train(args: argparse.Namespace) -> int:
+    import os
+
     from tqdm import tqdm
 
+    from model.lab.recipes import load_recipe
     from model.lab.training import TrainConfig, train
 
-    cfg = TrainConfig(data=args.data, subset=args.subset, variant=args.variant, out=args.out, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, vggish=args.vggish, pvt=args.pvt,
-                      init=args.init, overrides=tuple(args.set), size=args.size, num_workers=args.workers,
-                      save_dtype=args.save_dtype, resume=not args.no_resume, max_steps=args.max_steps)
-    with tqdm(unit="step", desc="train", disable=None, file=sys.stderr) as bar:
+    values: dict[str, Any] = {}
+    if args.recipe:
+        values.update(load_recipe(args.recipe, subset=args.subset))
+    values.update({name: getattr(args, name) for name in _RECIPE_FIELDS if getattr(args, name) is not None})
+    values.pop("subset", None)
+    values.setdefault("variant", "avesformer-tiny")
+    cfg = TrainConfig(data=args.data, subset=args.subset, out=args.out, vggish=args.vggish, pvt=args.pvt,
+                      init=args.init, overrides=tuple(args.set), num_workers=args.workers,
+                      save_dtype=args.save_dtype, resume=not args.no_resume, max_steps=args.max_steps,
+                      device=args.device, compile=args.compile, save_every=args.save_every,
+                      tensorboard=args.tensorboard, **values)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress and the summary
+    with tqdm(unit="step", desc="train", disable=None if main else True, file=sys.stderr) as bar:
         def progress(row: dict[str, Any]) -> None:
             bar.total = row["steps_total"]
             bar.update(row["step"] - bar.n)
             bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
 
         summary = train(cfg, on_step=progress)
+    if not main:
+        return 0
+    best = f"; best {cfg.eval_split} mIoU {summary['best_miou']} (epoch {summary['best_epoch']})" \
+        if summary["best_miou"] is not None else ""
     return emit(args, summary, lambda: (
-        f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}: "
+        f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}{best}: "
         f"{args.out}"))
 
 
@@ -89,20 +111,49 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_json_flag(p)
     p.set_defaults(handler=_synth)
 
-    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic)")
+    p = sub.add_parser("train", help="train on AVSBench-layout data (real or synthetic); under torchrun: data parallel",
+                       description="Train on AVSBench-layout data. One process by default; data parallel with "
+                                   "`torchrun --nproc_per_node N avs train ...` (NCCL on GPUs, gloo on the CPU).")
     _data_args(p)
-    p.add_argument("--variant", default="avesformer-tiny", help="a name from `avs model list`")
+    p.add_argument("--recipe", default=None,
+                   help="a recipe's defaults: s4, ms3, avss (AVSegFormer's published schedules) or a .toml file; "
+                        "flags given here win")
+    p.add_argument("--variant", default=None, help="a name from `avs model list` (default: avesformer-tiny)")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors); its state beside it")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
-    p.add_argument("--batch-size", type=int, default=4, help="clips per step (5 frames each for S4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (cosine decay to 5 %%)")
-    p.add_argument("--seed", type=int, default=123, help="random seed")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training split (default: 10)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per step and process (5 frames each for S4; default: 4)")
+    p.add_argument("--grad-accum", type=int, default=None, help="batches per optimizer step (default: 1)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0.01)")
+    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "poly"],
+                   help="after the warm-up (default: cosine to --min-lr-ratio)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up, optimizer steps (default: 0)")
+    p.add_argument("--min-lr-ratio", type=float, default=None, help="cosine/poly end, x peak lr (default: 0.05)")
+    p.add_argument("--clip-grad", type=float, default=None, help="max global gradient norm (default: 0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 123)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)")
+    p.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
+                   help="mixed precision autocast: bf16, fp16 (with a gradient scaler), or auto (bf16 where "
+                        "supported)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (see README for when it helps)")
+    p.add_argument("--freeze-backbone-epochs", type=int, default=None,
+                   help="no gradient to the visual backbone for the first N epochs (default: 0)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate on --eval-split every k epochs, keep the best as <out stem>.best (default: 0 = off)")
+    p.add_argument("--eval-from", type=int, default=None, help="first epoch evaluated (default: 1)")
+    p.add_argument("--eval-split", default=None, choices=SPLITS, help="the split evaluated (default: val)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save the resumable state every k steps (default: at each epoch's end only)")
+    p.add_argument("--tensorboard", default=None, help="TensorBoard event folder (default: <out>.tb; '' for none)")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (.safetensors; frozen)")
     p.add_argument("--pvt", default=None, help="converted visual backbone weights (.safetensors)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same tensor names/shapes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the variant's config, e.g. head.upsample_last=false (repeatable)")
     p.add_argument("--size", type=int, default=None, help="training frame side in pixels (default: the variant's)")
+    p.add_argument("--all-train-masks", dest="all_train_masks", action="store_true", default=None,
+                   help="S4: train on every mask present (synthetic data; the default unless a recipe says otherwise)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"], help="checkpoint tensor type")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved state and start over")

@@ -1,28 +1,40 @@
-"""Training on AVSBench-layout data (real or synthetic): `avs train`.
+"""Training on AVSBench-layout data (real or synthetic): `avs train`, on one process or many (`torchrun`).
 
-AVSegFormer's recipe (model-spec §4.2) with the knobs a CPU run needs: AdamW, Dice + 0.1 auxiliary
-Dice (binary) or cross-entropy + 0.1 auxiliary Dice (AVSS), a frozen VGGish when its weights are
-given, a seed, one JSON line of losses per step, and a resumable state saved after every epoch.
+AVSegFormer's recipe (model-spec §4.2) by default, with what training at scale needs: a device (`cuda[:N]`),
+bfloat16/float16 autocast (a gradient scaler for float16), gradient accumulation and clipping, a warm-up +
+decay schedule (`model.lab.lr_schedule`), `torch.compile`, data parallelism over `torch.distributed`
+(`model.lab.distributed`: one process per GPU, or gloo processes on the CPU), evaluation on the validation
+split every k epochs with the best checkpoint kept, TensorBoard events and a JSON line per step, and a state
+saved atomically every k steps and at each epoch's end (`model.lab.train_state`) from which a killed run
+resumes exactly where the state was taken (the same batches, the same random numbers).
+
+Data parallel = one process with the same global batch: every process sees `batch_size` clips per step
+from a `DistributedSampler` shard (the sampler's permutation depends only on the seed and the epoch, so the
+union of the shards of a step is the batch a single process with `batch_size x world_size` clips sees), and
+DDP averages the gradients. The losses are means over frames, so the two agree when every process has as
+many labelled frames as the others (always true for MS3 and for S4's one labelled frame per clip).
 Only labelled frames are fed to the network (frames are independent, so unlabelled ones would cost
 compute and teach nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from model.build import build_model
 from model.checkpoint import config_differences, load_checkpoint, save_checkpoint
@@ -30,12 +42,17 @@ from model.config import AVSConfig, with_overrides
 from model.errors import CheckpointError, ConfigError
 from model.lab.data import files, layout
 from model.lab.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
+from model.lab.distributed import DistContext, barrier, init_distributed, mean_over_ranks, shutdown
 from model.lab.losses import binary_loss, semantic_loss
+from model.lab.lr_schedule import SCHEDULES, lr_factor
+from model.lab.train_state import Progress, TrainState
 from model.modeling.avs_model import AVSModel
 from model.state_dict import load_exact
 from model.variants import get_config
 
 log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,7 @@ class TrainConfig:
     variant: str
     out: str  # final checkpoint (safetensors); the resumable state lives in `<out>.state/`
     epochs: int = 10
-    batch_size: int = 4  # clips per step (S4: 4 clips x 5 frames = 20 frames when all are labelled)
+    batch_size: int = 4  # clips per step and process (S4: 4 clips x 5 frames = 20 frames when all are labelled)
     lr: float = 1e-4
     weight_decay: float = 0.01
     seed: int = 123  # AVSegFormer's
@@ -59,6 +76,21 @@ class TrainConfig:
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the shipped demo uses it)
     resume: bool = True
     max_steps: int | None = None  # stop early (smoke tests)
+    device: str = "cpu"  # cpu | cuda | cuda:N (under torchrun "cuda" is cuda:LOCAL_RANK)
+    amp: str | None = None  # None | "bf16" | "fp16" | "auto" (bf16 where supported, else fp16)
+    grad_accum: int = 1  # batches per optimizer step
+    clip_grad: float = 0.0  # max global gradient norm (0: no clipping; the norm is logged either way)
+    schedule: str = "cosine"  # constant | cosine | poly, after the warm-up
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.05  # where cosine/poly decay ends, as a fraction of `lr`
+    compile: bool = False  # torch.compile the model
+    freeze_backbone_epochs: int = 0  # the visual backbone gets no gradient during the first N epochs
+    eval_every: int = 0  # evaluate on `eval_split` every k epochs (0: never)
+    eval_from: int = 1  # the first epoch (1-based) evaluated
+    eval_split: str = "val"
+    save_every: int = 0  # also save the resumable state every k optimizer steps (0: at each epoch's end only)
+    tensorboard: str | None = None  # event folder (default: `<out>.tb/`; "" for none)
+    sync_bn: bool = True  # data parallel on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 def make_dataset(data: str | Path, subset: str, split: str, size: int, *, all_train_masks: bool = False) -> Dataset:
@@ -101,118 +133,334 @@ def labelled_frames(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, 
     return frames, audio, masks
 
 
-def compute_loss(model: AVSModel, frames: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor,
+def compute_loss(model: torch.nn.Module, frames: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor,
                  num_classes: int) -> dict[str, torch.Tensor]:
+    """The recipe's losses of one batch (model-spec §4.2); logits are cast to float32 first, so the losses are
+    computed at full precision under autocast."""
     out = model(frames, audio)
+    mask_logits, aux_logits = out.mask_logits.float(), out.aux_logits.float()
     if num_classes == 1:
-        return binary_loss(out.mask_logits, out.aux_logits, masks)
-    return semantic_loss(out.mask_logits, out.aux_logits, masks.long())
+        return binary_loss(mask_logits, aux_logits, masks)
+    return semantic_loss(mask_logits, aux_logits, masks.long())
 
 
-class _State:
-    """The resumable part of a run: `<out>.state/{model.safetensors,trainer.pt}`."""
+class ShardSampler(DistributedSampler):
+    """`DistributedSampler` that can start an epoch part-way (a resumed run skips the clips it already saw).
 
-    def __init__(self, out: Path) -> None:
-        self.dir = out.with_name(out.name + ".state")
-        self.model_path = self.dir / "model.safetensors"
-        self.trainer_path = self.dir / "trainer.pt"
+    Its order depends only on (seed, epoch), as `DistributedSampler`'s does, so a resumed epoch continues
+    with exactly the clips the killed run would have seen next.
+    """
 
-    def exists(self) -> bool:
-        return self.model_path.is_file() and self.trainer_path.is_file()
+    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int) -> None:
+        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                         drop_last=False)
+        self.skip = 0
 
-    def save(self, model: AVSModel, model_cfg: AVSConfig, optimizer: torch.optim.Optimizer, *, epoch: int,
-             step: int) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, model_cfg, self.model_path, provenance={"epoch": epoch, "step": step})
-        tmp = self.trainer_path.with_suffix(".partial")
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        torch.save({"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-                    "python_rng": list(random.getstate())}, tmp)
-        tmp.replace(self.trainer_path)
+    def start_epoch(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = skip
 
-    def load(self, model: AVSModel, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-        saved, _ = load_checkpoint(self.model_path)
-        model.load_state_dict(saved.state_dict())
-        # our own file, but still loaded without unpickling code
-        state = torch.load(self.trainer_path, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        kind, keys, pos, has_gauss, gauss = state["numpy_rng"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        version, internal, gauss_next = state["python_rng"]
-        random.setstate((version, tuple(internal), gauss_next))
-        return int(state["epoch"]), int(state["step"])
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
+
+
+def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `--amp` (None: full precision). "auto": bfloat16 where the device supports it
+    (it needs no gradient scaler), else float16."""
+    if amp is None:
+        return None
+    if amp == "auto":
+        bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"--amp must be bf16, fp16 or auto, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ConfigError for values no run could use (before anything is built or any process group joined)."""
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ConfigError("epochs, batch size and grad accumulation must be >= 1")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.clip_grad < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0 or cfg.eval_every < 0:
+        raise ConfigError("clip_grad, warmup_steps, save_every and eval_every must not be negative")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ConfigError(f"min_lr_ratio must be within [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.amp is not None and cfg.amp not in (*AMP_DTYPES, "auto"):
+        raise ConfigError(f"--amp must be bf16, fp16 or auto, got {cfg.amp!r}")
 
 
 def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and write `cfg.out`. Returns a summary (also stored as the checkpoint's provenance)."""
-    seed_everything(cfg.seed)
-    model_cfg = model_config_for(cfg)
-    size = cfg.size or model_cfg.input_size
-    dataset = make_dataset(cfg.data, cfg.subset, "train", size, all_train_masks=cfg.all_train_masks)
-    if len(dataset) == 0:
-        raise ConfigError(f"{cfg.data} has no {cfg.subset} train clips")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                        num_workers=cfg.num_workers, collate_fn=_collate, drop_last=False)
-    model = build_model(model_cfg)
-    init_differences: list[str] = []
-    if cfg.init:
-        init_differences = _initialise(model, model_cfg, cfg.init)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_total = cfg.epochs * len(loader)
-    # cosine decay to 5% of the peak: the short CPU schedules converge noticeably better than with a flat lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps_total) / max(steps_total, 1))))
+    """Train and write `cfg.out` (the last weights) and, with evaluation on, `<stem>.best<suffix>` (the best
+    validation mIoU). Under torchrun every process calls this; only the main one writes and calls `on_step`.
+    Returns the run's summary (also stored as the checkpoint's provenance).
 
-    out = Path(cfg.out)
-    state = _State(out)
-    epoch0, step = 0, 0
-    if cfg.resume and state.exists():
-        epoch0, step = state.load(model, optimizer)
-        for _ in range(step):
-            scheduler.step()
-    log_path = out.with_name(out.name + ".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    last: dict[str, Any] = {}
-    with log_path.open("a", encoding="utf-8") as log:
-        for epoch in range(epoch0, cfg.epochs):
-            model.train()
-            for batch in loader:
-                frames, audio, masks = labelled_frames(batch)
-                if frames.shape[0] == 0:
-                    continue
-                losses = compute_loss(model, frames, audio, masks, model_cfg.num_classes)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                last = {"epoch": epoch + 1, "step": step, "frames": int(frames.shape[0]),
-                        "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2),
-                        **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-                if on_step is not None:
-                    on_step({**last, "steps_total": steps_total})
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    break
-            state.save(model, model_cfg, optimizer, epoch=epoch + 1, step=step)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+    Raises ConfigError for bad settings or data, CheckpointError for an `init` that does not fit.
+    """
+    check_train_config(cfg)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _Trainer(cfg, ctx, on_step).run()
+    finally:
+        shutdown(ctx)
+
+
+class _Trainer:
+    """One process's share of a run (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.on_step = on_step if ctx.is_main else None
+        self.out = Path(cfg.out)
+        self.amp = amp_dtype(cfg.amp, ctx.device)
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        seed_everything(cfg.seed)  # the same on every rank: identical initial weights (DDP also broadcasts)
+        self.model_cfg = model_config_for(cfg)
+        self.size = cfg.size or self.model_cfg.input_size
+        self.dataset = make_dataset(cfg.data, cfg.subset, "train", self.size, all_train_masks=cfg.all_train_masks)
+        if len(self.dataset) == 0:
+            raise ConfigError(f"{cfg.data} has no {cfg.subset} train clips")
+        if cfg.eval_every and len(make_dataset(cfg.data, cfg.subset, cfg.eval_split, self.size)) == 0:
+            raise ConfigError(f"--eval-every: {cfg.data} has no {cfg.subset} {cfg.eval_split} clips")
+        self.sampler = ShardSampler(self.dataset, ctx, cfg.seed)
+        self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, collate_fn=_collate,
+                                 pin_memory=ctx.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+        self.model = build_model(self.model_cfg)
+        self.init_differences = _initialise(self.model, self.model_cfg, cfg.init) if cfg.init else []
+        self._batch_norm_across_processes()
+        self.model.to(ctx.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # not the frozen audio encoder
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(math.ceil(len(self.sampler) / cfg.batch_size) / cfg.grad_accum)
+        self.steps_total = cfg.epochs * steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
+            step, total_steps=self.steps_total, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
+            min_ratio=cfg.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp is torch.float16)
+        self.state = TrainState(self.out)
+        self.progress = Progress(world_size=ctx.world_size, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
+        latest = self.state.latest() if cfg.resume else None
+        if latest is not None:
+            saved = self.state.load(latest, ctx, self.model, self.optimizer, self.scheduler, self.scaler)
+            same_layout = (saved.world_size, saved.batch_size, saved.grad_accum) == \
+                (ctx.world_size, cfg.batch_size, cfg.grad_accum)
+            if saved.batches_done and not same_layout:
+                log.warning("resumed with another world size, batch or accumulation: epoch %d restarts",
+                            saved.epoch + 1)
+                saved.batches_done = 0
+            saved.world_size, saved.batch_size, saved.grad_accum = ctx.world_size, cfg.batch_size, cfg.grad_accum
+            self.progress = saved
+            if ctx.is_main:
+                log.info("resumed from %s (epoch %d, step %d)", latest, saved.epoch + 1, saved.step)
+
+    def _batch_norm_across_processes(self) -> None:
+        """Trainable BatchNorm layers (ResNet-50, the tiny audio encoder; not PVT-v2 nor the frozen VGGish) see
+        only their process's share of the batch. On GPUs they become SyncBatchNorm (statistics of the global
+        batch, as one process would compute them); PyTorch has no SyncBatchNorm on the CPU, so gloo runs keep
+        per-process statistics and say so."""
+        if not self.ctx.distributed:
+            return
+        trainable_bn = [name for name, module in self.model.named_modules()
+                        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                        and any(p.requires_grad for p in module.parameters())]
+        if not trainable_bn:
+            return
+        if self.ctx.device.type == "cuda" and self.cfg.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        elif self.ctx.is_main:
+            log.warning("%d trainable BatchNorm layers (%s, ...) use per-process batch statistics: results differ "
+                        "slightly from one process with the same global batch", len(trainable_bn), trainable_bn[0])
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module the steps call: DDP around the model when distributed, compiled when asked. Built again
+        when the backbone is unfrozen: DDP fixes the set of parameters it reduces when it is constructed."""
+        module: torch.nn.Module = self.model
+        if self.ctx.distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=device_ids)
+        if self.cfg.compile:
+            module = torch.compile(module)
+        return module
+
+    def _writers(self) -> tuple[Any, Any]:
+        if not self.ctx.is_main:
+            return None, None
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        jsonl = self.out.with_name(self.out.name + ".log.jsonl").open("a", encoding="utf-8")
+        folder = self.cfg.tensorboard if self.cfg.tensorboard is not None else str(self.out) + ".tb"
+        if not folder:
+            return jsonl, None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - the [train] extra brings it
+            raise ConfigError("TensorBoard events need the `tensorboard` package (pip install -e '.[train]'), "
+                              "or pass --tensorboard ''") from exc
+        # purge_step: events a killed run wrote after its last saved state are dropped from the curves
+        return jsonl, SummaryWriter(folder, purge_step=self.progress.step or None)
+
+    # ------------------------------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self._build()
+        jsonl, board = self._writers()
+        started = time.perf_counter()
+        last: dict[str, Any] = {}
+        module, frozen_now = None, None
+        try:
+            while self.progress.epoch < cfg.epochs and not self._done():
+                epoch = self.progress.epoch
+                frozen = epoch < cfg.freeze_backbone_epochs
+                if frozen != frozen_now:
+                    self.model.visual_encoder.requires_grad_(not frozen)
+                    module, frozen_now = self._wrap(), frozen
+                last = self._epoch(module, jsonl, board, started) or last
+                if self._done() and self.progress.batches_done:
+                    break  # max_steps mid-epoch: the state below records where
+                self.progress.epoch, self.progress.batches_done = epoch + 1, 0
+                self._maybe_evaluate(epoch + 1, jsonl, board)
+                self.state.save(ctx, self.model, self.model_cfg, self.optimizer, self.scheduler, self.scaler,
+                                self.progress)
+            if self.progress.batches_done:
+                self.state.save(ctx, self.model, self.model_cfg, self.optimizer, self.scheduler, self.scaler,
+                                self.progress)
+        finally:
+            if jsonl is not None:
+                jsonl.close()
+            if board is not None:
+                board.close()
+        summary = self._summary(last, time.perf_counter() - started)
+        if ctx.is_main:
+            dtype = torch.float16 if cfg.save_dtype == "float16" else None
+            save_checkpoint(self.model.eval(), self.model_cfg, self.out, provenance={"training": summary},
+                            dtype=dtype)
+        barrier(ctx)
+        return summary
+
+    def _done(self) -> bool:
+        return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps
+
+    def _epoch(self, module: torch.nn.Module, jsonl: Any, board: Any, started: float) -> dict[str, Any]:
+        cfg, ctx, progress = self.cfg, self.ctx, self.progress
+        self.sampler.start_epoch(progress.epoch, progress.batches_done * cfg.batch_size)
+        self.model.train()
+        batches = len(self.loader)
+        sums: dict[str, float] = {}
+        frames_seen, micro, step_started = 0, 0, time.perf_counter()
+        last: dict[str, Any] = {}
+        autocast = torch.autocast(ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+        for index, batch in enumerate(self.loader):
+            frames, audio, masks = (t.to(ctx.device, non_blocking=True) for t in labelled_frames(batch))
+            if frames.shape[0] == 0:
+                raise ConfigError("a batch without labelled frames (every AVSBench clip labels at least one)")
+            micro += 1
+            stepping = micro == cfg.grad_accum or index + 1 == batches
+            # between the micro-batches of one step, gradients accumulate locally; DDP reduces on the last
+            sync = contextlib.nullcontext() if stepping or not ctx.distributed else module.no_sync()
+            with sync:
+                with autocast:
+                    losses = compute_loss(module, frames, audio, masks, self.model_cfg.num_classes)
+                self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            frames_seen += int(frames.shape[0])
+            progress.batches_done += 1
+            if not stepping:
+                continue
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            progress.step += 1
+            seconds = time.perf_counter() - step_started
+            values = {k: v / micro for k, v in sums.items()}
+            values["grad_norm"] = float(grad_norm)
+            values = mean_over_ranks(values, ctx)  # collective: every rank, every step
+            last = {"epoch": progress.epoch + 1, "step": progress.step,
+                    "frames": frames_seen * ctx.world_size, "lr": self.scheduler.get_last_lr()[0],
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "frames_per_s": round(frames_seen * ctx.world_size / max(seconds, 1e-9), 2),
+                    **{k: round(v, 5) for k, v in values.items()}}
+            self._log(last, jsonl, board)
+            sums, frames_seen, micro, step_started = {}, 0, 0, time.perf_counter()
+            if cfg.save_every and progress.step % cfg.save_every == 0 and index + 1 < batches:
+                self.state.save(ctx, self.model, self.model_cfg, self.optimizer, self.scheduler, self.scaler,
+                                progress)
+            if self._done():
                 break
-    summary = {"variant": cfg.variant, "subset": cfg.subset, "data": str(cfg.data), "epochs": cfg.epochs,
-               "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "size": size,
-               "train_clips": len(dataset), "init": cfg.init, "init_differences": init_differences,
-               "overrides": list(cfg.overrides), "final_loss": last.get("loss"),
-               "seconds": round(time.perf_counter() - started, 1)}
-    dtype = torch.float16 if cfg.save_dtype == "float16" else None
-    save_checkpoint(model.eval(), model_cfg, out, provenance={"training": summary}, dtype=dtype)
-    return summary
+        return last
+
+    def _log(self, row: dict[str, Any], jsonl: Any, board: Any) -> None:
+        if jsonl is not None:
+            jsonl.write(json.dumps(row) + "\n")
+            jsonl.flush()
+        if board is not None:
+            for key in ("loss", "loss_main", "loss_aux", "grad_norm", "lr", "frames_per_s"):
+                if key in row:
+                    board.add_scalar(f"train/{key}", row[key], row["step"])
+        if self.on_step is not None:
+            self.on_step({**row, "steps_total": self.steps_total})
+
+    def _maybe_evaluate(self, epoch: int, jsonl: Any, board: Any) -> None:
+        """Every `eval_every` epochs from `eval_from`: AVSBench-exact metrics on the validation split, by the
+        main process (the others wait), and the best checkpoint kept by mIoU (AVSegFormer's model selection)."""
+        cfg, progress = self.cfg, self.progress
+        if not cfg.eval_every or epoch < cfg.eval_from or (epoch - cfg.eval_from) % cfg.eval_every:
+            return
+        if self.ctx.is_main:
+            from model.lab.evaluation import evaluate
+
+            result = evaluate(self.model, self.model_cfg, data=cfg.data, subset=cfg.subset, split=cfg.eval_split,
+                              size=self.size, device=str(self.ctx.device))
+            self.model.train()
+            best = progress.best_miou is None or result["miou"] > progress.best_miou
+            if best:
+                progress.best_miou, progress.best_epoch = result["miou"], epoch
+                save_checkpoint(self.model.eval(), self.model_cfg, self.best_path(),
+                                provenance={"epoch": epoch, "step": progress.step, cfg.eval_split: result})
+                self.model.train()
+            row = {"epoch": epoch, "step": progress.step, "eval_split": cfg.eval_split, "miou": result["miou"],
+                   "fscore": result["fscore"], "best": best}
+            if jsonl is not None:
+                jsonl.write(json.dumps(row) + "\n")
+                jsonl.flush()
+            if board is not None:
+                board.add_scalar(f"{cfg.eval_split}/miou", result["miou"], progress.step)
+                board.add_scalar(f"{cfg.eval_split}/fscore", result["fscore"], progress.step)
+        barrier(self.ctx)
+        # every rank keeps the same progress record (only the main one saves it, but all resume from it)
+        from model.lab.distributed import broadcast_object
+
+        progress.best_miou, progress.best_epoch = broadcast_object((progress.best_miou, progress.best_epoch),
+                                                                   self.ctx)
+
+    def best_path(self) -> Path:
+        return self.out.with_name(f"{self.out.stem}.best{self.out.suffix}")
+
+    def _summary(self, last: dict[str, Any], seconds: float) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"variant": cfg.variant, "subset": cfg.subset, "data": str(cfg.data), "epochs": cfg.epochs,
+                "steps": self.progress.step, "batch_size": cfg.batch_size, "world_size": self.ctx.world_size,
+                "grad_accum": cfg.grad_accum, "global_batch": cfg.batch_size * self.ctx.world_size * cfg.grad_accum,
+                "lr": cfg.lr, "schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
+                "size": self.size, "device": str(self.ctx.device),
+                "amp": str(self.amp).removeprefix("torch.") if self.amp is not None else None,
+                "compile": cfg.compile, "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
+                "train_clips": len(self.dataset), "init": cfg.init, "init_differences": self.init_differences,
+                "overrides": list(cfg.overrides), "final_loss": last.get("loss"),
+                "best_miou": self.progress.best_miou, "best_epoch": self.progress.best_epoch,
+                "best_checkpoint": str(self.best_path()) if self.progress.best_miou is not None else None,
+                "seconds": round(seconds, 1)}
 
 
 def _initialise(model: AVSModel, model_cfg: AVSConfig, path: str) -> list[str]:
