@@ -92,6 +92,21 @@ def _eval(args: argparse.Namespace) -> int:
                 f"F {result['fscore']:.4f} over {result['frames']} frames")
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    from model.lab.train_bench import bench_train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    amp = None if args.amp == "none" else args.amp
+    result = bench_train(args.variant, frames=args.frames, size=args.size, device=args.device, amp=amp,
+                         compile_model=args.compile, steps=args.steps, warmup=args.warmup)
+    return emit(args, result, lambda: "; ".join(
+        f"{name}: {run['steps_per_s']} steps/s ({run['frames_per_s']} frames/s)"
+        for name, run in result["runs"].items()))
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the subset's folder in the AVSBench layout (real or `avs synth`)")
     p.add_argument("--subset", required=True, choices=SUBSETS, help="AVSBench subset: s4, ms3 or avss")
@@ -99,7 +114,6 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `synth`, `train` and `eval` to the root parser's subcommands."""
-    del bench  # no lab benchmark here: `avs bench model` lives with the model commands
     p = sub.add_parser("synth", help="synthetic audio-visual scenes (AVSBench layout + playable mp4)")
     p.add_argument("--out", required=True, help="folder to write the subset's layout into (created)")
     p.add_argument("--subset", required=True, choices=SUBSETS, help="which AVSBench subset's layout and task")
@@ -160,6 +174,19 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
     add_json_flag(p)
     p.set_defaults(handler=_train)
+
+    p = bench.add_parser("train", help="training steps/s: full precision vs autocast (and vs torch.compile)")
+    p.add_argument("--variant", default="avesformer-tiny", help="a name from `avs model list`")
+    p.add_argument("--frames", type=int, default=10, help="frames per step (the recipes: 2 clips x 5 = 10)")
+    p.add_argument("--size", type=int, default=None, help="frame side (default: the variant's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="the autocast dtype compared")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported apart)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_json_flag(p)
+    p.set_defaults(handler=_bench_train)
 
     p = sub.add_parser("eval", help="AVSBench-exact mIoU and F-score")
     _data_args(p)

@@ -210,3 +210,13 @@ def test_bad_training_settings_are_refused_before_anything_runs(data: Path, tmp_
                        ({"eval_every": 1, "eval_split": "test"}, "no clip of split 'test'")):
         with pytest.raises((ConfigError, DatasetError), match=match):
             train(TrainConfig(**base, **bad))
+
+
+def test_the_training_benchmark_times_every_configuration_in_one_run() -> None:
+    from model.lab.train_bench import bench_train
+
+    result = bench_train("avesformer-tiny", frames=2, size=64, amp="bf16", steps=1, warmup=0)
+    assert set(result["runs"]) == {"float32", "bf16"}
+    assert all(run["steps_per_s"] > 0 for run in result["runs"].values())
+    assert result["speedup_vs_float32"]["bf16"] == pytest.approx(
+        result["runs"]["bf16"]["steps_per_s"] / result["runs"]["float32"]["steps_per_s"], rel=0.01)
