@@ -5,9 +5,10 @@ a bad option ahead of the file). If the server then closes the connection with t
 sender's next write fails (EPIPE, or a reset) before it ever reads the answer: nginx turns the 401 or 429 into
 a 502 Bad Gateway, and a browser's upload reports a network error instead of the API's error code. Servers
 solve this with a bounded "lingering close" (nginx's `lingering_close`, Go's net/http reading up to 256 KB
-of an unread body): keep reading and discarding for a while, then close. This middleware does that inside
-the app, just before the answer is sent: at most `max_bytes`, for at most `max_seconds`, whichever comes first;
-past either limit the connection is closed as before.
+of an unread body): answer, then keep reading and discarding for a while, then close. This middleware does
+that inside the app: the answer is sent whole at once, and the response is held open (so the server keeps
+reading) while the rest of the body is read, at most `max_bytes` for at most `max_seconds`, whichever comes
+first; past either limit the connection is closed as before.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ DRAIN_MAX_SECONDS = 10.0
 
 
 class DrainUnreadBody:
-    """Pure ASGI middleware: after the app has answered an HTTP request whose body it did not read to the
-    end, read (and discard) the rest, bounded by `max_bytes` and `max_seconds`."""
+    """Pure ASGI middleware: when the app answers an HTTP request whose body it did not read to the end, the
+    answer is sent at once and the rest of the body is then read (and discarded) before the response is
+    closed, bounded by `max_bytes` and `max_seconds`."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int = DRAIN_MAX_BYTES,
                  max_seconds: float = DRAIN_MAX_SECONDS) -> None:
@@ -44,11 +46,15 @@ class DrainUnreadBody:
 
         async def draining_send(message: Message) -> None:
             nonlocal finished
-            # Before the answer: once it is complete, the server stops handing out the body (uvicorn
-            # answers every later receive() with a disconnect) and closes the connection.
-            if message["type"] == "http.response.start" and not finished:
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not finished:
+                # The answer goes out at once (its Content-Length tells the client it is whole), but the
+                # response stays open while the rest of the body is read: once it is complete, the server
+                # stops handing out the body (uvicorn answers every later receive() with a disconnect).
+                await send({**message, "more_body": True})
                 await self._drain(receive)
                 finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await send(message)
 
         await self.app(scope, tracking_receive, draining_send)
