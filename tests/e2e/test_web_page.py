@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ def test_an_uploaded_clip_is_drawn_frame_by_frame_where_its_sounding_object_is(
     frames = len(ground_truth)
     expect(page.locator("#job-status")).to_contain_text(f"{frames} / {frames} frames")
     expect(page.locator("#scrubber")).to_have_attribute("max", str(frames - 1))
+    expect(page.locator("#frame-label")).to_contain_text(f" / {frames} · ")  # the count followed the stream
     page.evaluate("document.getElementById('video').controls = false")  # the picture alone, for the measurement
 
     for frame in (3, 17, 31, 46):
@@ -177,6 +179,15 @@ def test_an_uploaded_clip_is_drawn_frame_by_frame_where_its_sounding_object_is(
     expect(page.locator("#need-file")).to_be_hidden()
     page.fill("#scrubber", "31")
     expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", "31")
+
+    # Delete: the row says so and offers nothing more to delete; viewing it says its results are gone
+    row = page.locator("#jobs tbody tr", has_text=clip.name).first
+    row.locator("button.cancel").click()
+    expect(row.locator(".state")).to_have_text("succeeded, deleted")
+    expect(row.locator("button.cancel")).to_be_hidden()
+    row.locator("button.view").click()
+    expect(page.locator("#job-status")).to_contain_text("deleted")
+    expect(page.locator("#download-masks")).to_be_hidden()
 
 
 def test_errors_show_the_api_code_and_a_running_job_is_cancelled_from_the_list(
@@ -237,6 +248,7 @@ def test_the_live_page_draws_masks_from_the_camera_over_the_websocket(
         page.click("#live-stop")
         expect(page.locator("#live-state")).to_have_text("ended", timeout=30_000)
         expect(page.locator("#live-summary")).to_contain_text("succeeded")
+        expect(page.locator("#live-canvas")).not_to_have_attribute("data-frame", re.compile(".*"))  # no stale mask
         expect(page.locator("#error")).to_be_hidden()
         context.close()
     finally:

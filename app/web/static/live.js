@@ -79,6 +79,10 @@ class LiveSession {
       $("live-summary").textContent = `${message.status}: ${message.frames_processed} of ${message.frames_received} `
         + `frames segmented (dropped: ${dropped || "none"}), latency p50 ${fmt(message.latency_p50_ms)} ms, `
         + `p95 ${fmt(message.latency_p95_ms)} ms${message.job_id ? `; kept as job ${message.job_id}` : ""}`;
+      const late = (message.dropped || {}).late || 0;
+      if (message.frames_received && late > 0.2 * message.frames_received) {
+        $("live-summary").textContent += ". The server could not keep up with this rate: lower frames/s.";
+      }
       if (message.error) showError(message.error);
       setState("ended");
       this.ws.close(1000);
@@ -100,6 +104,8 @@ class LiveSession {
   release() {
     if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
     for (const track of this.stream ? this.stream.getTracks() : []) track.stop();
+    layer.clear(); // no mask over a picture that is gone
+    $("live-video").srcObject = null;
     $("live-start").disabled = false;
     $("live-stop").disabled = true;
     if (!this.ended) setState("closed");

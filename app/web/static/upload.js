@@ -44,7 +44,9 @@ class JobView {
       refreshRow(this.record);
       if (FINISHED.has(this.record.status)) {
         if (this.record.status === "failed" && this.record.error) showError(this.record.error);
-        $("download-overlay").hidden = !(this.record.status === "succeeded" && this.record.urls.overlay);
+        const kept = !this.record.deleted;
+        $("download-overlay").hidden = !(kept && this.record.status === "succeeded" && this.record.urls.overlay);
+        $("download-masks").hidden = !kept;
         return;
       }
       await sleep(POLL_MS);
@@ -73,6 +75,7 @@ class JobView {
     const scrubber = $("scrubber");
     scrubber.max = String(this.masks.length - 1);
     if (this.layer.record === null || record.frame_index === this.frameAt(currentTime())) drawFrameAt(currentTime());
+    else setFrameLabel(Number(scrubber.value), currentTime()); // the count grows while the job runs
   }
 
   /** The frame on screen at media time `t` (s): the last mask whose pts (from frame 0's) is <= t. */
@@ -111,7 +114,8 @@ function showProgress(record) {
   bar.max = Math.max(1, total || done || 1);
   bar.value = done;
   const frames = total ? `${done} / ${total} frames` : `${done} frames`;
-  $("job-status").textContent = `${record.status} · ${frames}`;
+  $("job-status").textContent = record.deleted ? `${record.status} · deleted: its masks and files are gone`
+    : `${record.status} · ${frames}`;
 }
 
 function drawFrameAt(t) {
@@ -120,6 +124,10 @@ function drawFrameAt(t) {
   if (i < 0 || !view.masks[i]) return;
   layer.draw(view.masks[i]);
   $("scrubber").value = String(i);
+  setFrameLabel(i, t);
+}
+
+function setFrameLabel(i, t) {
   $("frame-label").textContent = `${i + 1} / ${view.masks.length} · ${t.toFixed(2)} s`;
 }
 
@@ -156,6 +164,7 @@ export function openJob(job) {
   $("scrubber").value = "0";
   $("frame-label").textContent = "–";
   $("download-overlay").hidden = true;
+  $("download-masks").hidden = false;
   setVideoFile(files.get(job.job_id) || null);
   view.follow();
 }
@@ -189,13 +198,21 @@ async function onSubmit(event) {
 // ---------------------------------------------------------------------------------------- the job list
 function row(jobId) { return document.querySelector(`#jobs tr[data-job="${CSS.escape(jobId)}"]`); }
 
+function stateText(record) {
+  if (record.deleted) return `${record.status}, deleted`;
+  return record.error ? `${record.status} (${record.error.code})` : record.status;
+}
+
 function refreshRow(record) {
   const tr = row(record.job_id);
   if (!tr) return;
-  tr.querySelector(".state").textContent = record.error ? `${record.status} (${record.error.code})` : record.status;
+  tr.querySelector(".state").textContent = stateText(record);
   const { frames_done: done, frames_total: total } = record.progress;
   tr.querySelector(".frames").textContent = total ? `${done} / ${total}` : String(done);
-  tr.querySelector(".cancel").textContent = FINISHED.has(record.status) ? "Delete" : "Cancel";
+  const cancel = tr.querySelector(".cancel");
+  cancel.textContent = FINISHED.has(record.status) ? "Delete" : "Cancel";
+  cancel.hidden = record.deleted; // nothing left to delete
+  cancel.setAttribute("aria-label", `${cancel.textContent} ${tr.querySelector("td").textContent}`);
 }
 
 function button(label, className, onClick) {
@@ -215,6 +232,7 @@ export function renderJobs() {
     const tr = document.createElement("tr");
     tr.dataset.job = job.job_id;
     const name = document.createElement("td");
+    name.className = "file";
     name.textContent = job.filename;
     const state = document.createElement("td");
     state.className = "state";
