@@ -4,7 +4,11 @@
 # cached while pyproject.toml and docker/constraints.txt are unchanged), `wheel` (the project itself) and
 # the runtime image, which gets the venv, the wheel and ffmpeg/ffprobe (uploads are probed with ffprobe).
 
-FROM python:3.11.14-slim-bookworm AS deps
+# The base is a build argument: the public image by default; where Docker Hub cannot be reached, a local
+# stand-in (scripts/make-base-images.sh: --build-arg PYTHON_IMAGE=avs-local/python:3.11-bookworm).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
@@ -14,7 +18,7 @@ COPY pyproject.toml docker/requirements.py docker/constraints.txt ./
 RUN python requirements.py api > requirements-api.txt \
     && pip install --no-cache-dir -r requirements-api.txt -c constraints.txt
 
-FROM python:3.11.14-slim-bookworm AS wheel
+FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -24,7 +28,7 @@ COPY worker ./worker
 COPY model ./model
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ARG AVS_VERSION=0.1.0
 LABEL org.opencontainers.image.title="AVESFormer API" \
       org.opencontainers.image.description="Audio-visual segmentation service: the HTTP API (FastAPI, no torch)" \

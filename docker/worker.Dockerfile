@@ -6,7 +6,11 @@
 # Stages: `deps` (the torch stack in a venv; cached while pyproject.toml and docker/constraints.txt are
 # unchanged, so a code change does not copy gigabytes again), `wheel` (the project), runtime.
 
-FROM python:3.11.14-slim-bookworm AS deps
+# The base is a build argument: the public image by default; where Docker Hub cannot be reached, a local
+# stand-in (scripts/make-base-images.sh: --build-arg PYTHON_IMAGE=avs-local/python:3.11-bookworm).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
@@ -16,7 +20,7 @@ COPY pyproject.toml docker/requirements.py docker/constraints.txt ./
 RUN python requirements.py worker > requirements-worker.txt \
     && pip install --no-cache-dir -r requirements-worker.txt -c constraints.txt
 
-FROM python:3.11.14-slim-bookworm AS wheel
+FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -27,8 +31,11 @@ COPY model ./model
 # The wheel carries the shipped demo checkpoint (model/weights/*.safetensors is package data).
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ARG AVS_VERSION=0.1.0
+# The device the image runs on unless AVS_DEVICE says otherwise: cuda (the GPU image) or cpu (the CPU image,
+# `--build-arg AVS_DEVICE=cpu`; the same CUDA wheels, which run without a GPU).
+ARG AVS_DEVICE=cuda
 LABEL org.opencontainers.image.title="AVESFormer worker" \
       org.opencontainers.image.description="Audio-visual segmentation service: a Celery GPU worker (PyTorch, ffmpeg)" \
       org.opencontainers.image.version="${AVS_VERSION}" \
@@ -51,7 +58,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     AVS_DATA_DIR=/data \
-    AVS_DEVICE=cuda \
+    AVS_DEVICE=${AVS_DEVICE} \
     AVS_WORKER_METRICS_PORT=9101
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-deps /wheels/*.whl

@@ -21,7 +21,7 @@ import yaml  # PyYAML: the [dev] extra
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = REPO / "docker-compose.yml"
-COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
+COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
 # CI clones the repository with shared/ beside it.
 COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
 DOCKERFILES = {"api": DOCKER / "api.Dockerfile", "worker": DOCKER / "worker.Dockerfile"}

@@ -16,7 +16,7 @@ from worker.core.settings import ServiceSettings
 
 from .conftest import (
     COMPOSE,
-    COMPOSE_CPU,
+    COMPOSE_GPU,
     COMPOSE_SCHEMA,
     DOCKER,
     REPO,
@@ -37,8 +37,8 @@ def base() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cpu() -> dict[str, Any]:
-    return compose_model(COMPOSE, COMPOSE_CPU)
+def gpu() -> dict[str, Any]:
+    return compose_model(COMPOSE, COMPOSE_GPU)
 
 
 def _validate(model: dict[str, Any]) -> None:
@@ -69,8 +69,8 @@ def test_compose_file_validates_against_the_compose_spec(base: dict[str, Any]) -
     _validate(base)
 
 
-def test_cpu_override_merged_validates_against_the_compose_spec(cpu: dict[str, Any]) -> None:
-    _validate(cpu)
+def test_gpu_override_merged_validates_against_the_compose_spec(gpu: dict[str, Any]) -> None:
+    _validate(gpu)
 
 
 def test_compose_validates_with_every_variable_set() -> None:
@@ -78,18 +78,22 @@ def test_compose_validates_with_every_variable_set() -> None:
     env = {"AVS_API_PORT": "9000", "AVS_IMAGE_TAG": "1.2.3", "AVS_API_PROCESSES": "8", "AVS_DEVICE": "cuda",
            "AVS_MAX_UPLOAD_BYTES": "2147483648", "AVS_API_KEYS": "k1,k2", "AVS_RESULT_TTL_S": "3600",
            "AVS_CHECKPOINT": "/weights/real.safetensors", "AVS_WEIGHTS_DIR": "/srv/avs/weights",
-           "AVS_WORKER_STOP_GRACE": "5m", "GRAFANA_PORT": "3001", "REDIS_TAG": "7.4.2-alpine"}
-    model = compose_model(COMPOSE, COMPOSE_CPU, env=env)
+           "AVS_WORKER_STOP_GRACE": "5m", "GRAFANA_PORT": "3001", "REDIS_IMAGE": "avs-local/redis", "REDIS_TAG": "7",
+           "PYTHON_IMAGE": "avs-local/python:3.11-bookworm"}
+    model = compose_model(COMPOSE, COMPOSE_GPU, env=env)
     _validate(model)
     assert model["services"]["api"]["ports"] == ["0.0.0.0:9000:8000"]
     assert model["services"]["api"]["image"] == "avesformer-api:1.2.3"
     assert model["services"]["worker"]["environment"]["AVS_CHECKPOINT"] == "/weights/real.safetensors"
     assert "/srv/avs/weights:/weights:ro" in model["services"]["worker"]["volumes"]
-    assert model["services"]["worker"]["environment"]["AVS_DEVICE"] == "cpu"  # the override wins
+    assert model["services"]["worker"]["environment"]["AVS_DEVICE"] == "cuda"
+    assert model["services"]["redis"]["image"] == "avs-local/redis:7"  # a local stand-in, where Hub is unreachable
+    assert model["services"]["worker"]["build"]["args"] == {"PYTHON_IMAGE": "avs-local/python:3.11-bookworm",
+                                                            "AVS_DEVICE": "cuda"}
 
 
 # ------------------------------------------------------------------------------------ configuration
-@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
 def test_every_variable_is_var_with_default(path: Path) -> None:
     text = "\n".join(line.split(" #")[0] for line in path.read_text(encoding="utf-8").splitlines())
     refs = variables(text)
@@ -121,10 +125,10 @@ def test_settings_variables_mean_the_setting_they_are_named_after() -> None:
     walk(raw, None)
 
 
-def test_service_environments_are_valid_settings(base: dict[str, Any], cpu: dict[str, Any],
+def test_service_environments_are_valid_settings(base: dict[str, Any], gpu: dict[str, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Each AVS_* key is a real setting and the defaults parse (a typo would be silently ignored)."""
-    for model, service, device in ((base, "api", "cpu"), (base, "worker", "cuda"), (cpu, "worker", "cpu")):
+    for model, service, device in ((base, "api", "cpu"), (base, "worker", "cpu"), (gpu, "worker", "cuda")):
         env = _env(model["services"][service])
         avs = {k: v for k, v in env.items() if k.startswith("AVS_")}
         unknown = sorted(set(avs) - SETTINGS_FIELDS)
@@ -184,14 +188,14 @@ def test_worker_service_scales(base: dict[str, Any]) -> None:
     assert [str(p) for p in worker["expose"]] == [METRICS_PORT, env["AVS_LIVE_PORT"]]
     assert env["AVS_LIVE_HOST"] == "0.0.0.0"
     assert env["AVS_WORKER_METRICS_PORT"] == METRICS_PORT
-    assert env["AVS_DEVICE"] == "cuda"
+    assert env["AVS_DEVICE"] == "cpu"  # docker-compose.gpu.yml adds the GPU
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert worker["healthcheck"]["test"] == ["CMD", "python", "/usr/local/lib/avs/healthcheck.py", "worker"]
     assert parse_duration(worker["healthcheck"]["start_period"]) >= 120, "model load + CUDA init + warm-up"
 
 
-def test_worker_gpu_reservation(base: dict[str, Any]) -> None:
-    devices = base["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+def test_worker_gpu_reservation(gpu: dict[str, Any]) -> None:
+    devices = gpu["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
@@ -211,16 +215,23 @@ def test_worker_shares_the_data_volume_and_mounts_weights_read_only(base: dict[s
     assert _env(worker)["AVS_CHECKPOINT"] == "", "empty = the demo checkpoint shipped in the image"
 
 
-def test_cpu_override_drops_the_gpu(base: dict[str, Any], cpu: dict[str, Any]) -> None:
-    worker = cpu["services"]["worker"]
-    assert "devices" not in worker.get("deploy", {}).get("resources", {}).get("reservations", {})
-    assert _env(worker)["AVS_DEVICE"] == "cpu"
-    # Everything else is the base file's.
+def test_the_base_file_needs_no_gpu_and_the_gpu_override_adds_only_the_gpu(base: dict[str, Any],
+                                                                          gpu: dict[str, Any]) -> None:
+    """The base file runs anywhere (and with docker-compose 1.29, which has no `!reset`); the override adds the
+    GPU reservation, the device and the image's device default, nothing else."""
+    plain = base["services"]["worker"]
+    assert "deploy" not in plain
+    assert (_env(plain)["AVS_DEVICE"], _env(plain)["NVIDIA_VISIBLE_DEVICES"]) == ("cpu", "void")
+    worker = gpu["services"]["worker"]
+    assert (_env(worker)["AVS_DEVICE"], _env(worker)["NVIDIA_VISIBLE_DEVICES"]) == ("cuda", "all")
+    assert worker["build"]["args"]["AVS_DEVICE"] == "cuda"
     for key in ("image", "volumes", "expose", "stop_grace_period", "healthcheck", "depends_on"):
-        assert worker[key] == base["services"]["worker"][key], key
-    assert {k: v for k, v in _env(worker).items() if k not in ("AVS_DEVICE", "NVIDIA_VISIBLE_DEVICES")} == {
-        k: v for k, v in _env(base["services"]["worker"]).items() if k != "AVS_DEVICE"}
-    assert set(cpu["services"]) == set(base["services"])
+        assert worker[key] == plain[key], key
+    changed = {"AVS_DEVICE", "NVIDIA_VISIBLE_DEVICES"}
+    assert {k: v for k, v in _env(worker).items() if k not in changed} == {
+        k: v for k, v in _env(plain).items() if k not in changed}
+    assert set(gpu["services"]) == set(base["services"])
+    assert "!reset" not in COMPOSE_GPU.read_text(encoding="utf-8")
 
 
 def test_monitoring_services(base: dict[str, Any]) -> None:

@@ -74,9 +74,11 @@ def test_dockerfile_rules(which: str) -> None:
     instructions = dockerfile(DOCKERFILES[which])
     froms = [i for i in instructions if i.name == "FROM"]
     assert len(froms) == 3, "deps / wheel / runtime stages"
-    for stage in froms:
-        image = stage.args.split()[0]
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", image), f"pin an exact tag: {image}"
+    for stage in froms:  # every stage on the one base, a build argument (local stand-ins where Hub is unreachable)
+        assert stage.args.split()[0] == "${PYTHON_IMAGE}", stage.args
+    default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILES[which].read_text(encoding="utf-8"), re.M)
+    assert default, "ARG PYTHON_IMAGE=<the public image> before the first FROM"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", default.group(1)), f"pin an exact tag: {default.group(1)}"
     final = len(froms) - 1
     last = [i for i in instructions if i.stage == final]
     users = [i.args for i in last if i.name == "USER"]
@@ -113,7 +115,9 @@ def test_worker_image_entrypoint() -> None:
     last = [i for i in dockerfile(DOCKERFILES["worker"]) if i.stage == 2]
     assert json.loads(next(i.args for i in last if i.name == "ENTRYPOINT")) == ["avs", "worker"]
     env = " ".join(i.args for i in last if i.name == "ENV")
-    assert "AVS_DEVICE=cuda" in env
+    assert "AVS_DEVICE=${AVS_DEVICE}" in env
+    device = [i.args for i in last if i.name == "ARG" and i.args.startswith("AVS_DEVICE=")]
+    assert device == ["AVS_DEVICE=cuda"], "the GPU image by default; --build-arg AVS_DEVICE=cpu for the CPU one"
     assert "AVS_WORKER_METRICS_PORT=9101" in env
     assert "PROMETHEUS_MULTIPROC_DIR" not in env, "one solo-pool process serves its own registry"
     assert next(i.args for i in last if i.name == "STOPSIGNAL") == "SIGTERM"
