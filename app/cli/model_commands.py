@@ -64,6 +64,8 @@ def _weights_import(kind: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _bench_model(args: argparse.Namespace) -> int:
+    if args.runtime == "onnxruntime":
+        return _bench_onnxruntime(args)
     from model.lab.model_bench import bench_model
 
     result = bench_model(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
@@ -72,6 +74,21 @@ def _bench_model(args: argparse.Namespace) -> int:
     return emit(args, result, lambda: (
         f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
         f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads"))
+
+
+def _bench_onnxruntime(args: argparse.Namespace) -> int:
+    if args.device != "cpu" or args.amp or args.breakdown:
+        raise ValueError("--runtime onnxruntime runs on the CPU, without --amp or --breakdown")
+    from model.lab.model_bench import bench_onnxruntime
+
+    result = bench_onnxruntime(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
+                               warmup=args.warmup, threads=args.threads, opset=args.opset)
+    return emit(args, result, lambda: (
+        f"{result['variant']} without audio encoder, batch {result['batch_size']}, {result['size']}², "
+        f"{result['threads']} threads: torch {result['torch_fps']} frames/s ({result['torch_ms_per_frame']} ms/frame), "
+        f"onnxruntime {result['onnxruntime']} {result['onnxruntime_fps']} frames/s "
+        f"({result['onnxruntime_ms_per_frame']} ms/frame), x{result['speedup']}; "
+        f"max |logit difference| {result['max_abs_diff']:.2e}"))
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
@@ -123,12 +140,16 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
         add_json_flag(p)
         p.set_defaults(handler=_weights_import(kind))
 
-    p = bench.add_parser("model", help="model frames/s (full forward incl. audio encoder)")
+    p = bench.add_parser("model", help="model frames/s (torch: full forward incl. audio encoder; "
+                                       "onnxruntime: torch vs ONNX Runtime from the audio embedding on)")
     p.add_argument("--variant", required=True, help="a name from `avs model list`")
     p.add_argument("--batch-size", type=int, default=1, help="frames per forward pass")
     _timing_args(p, iters=10, warmup=2)
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: export to ONNX, time torch and ONNX Runtime (CPU) alternately in one run")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset of the export (--runtime onnxruntime)")
     add_json_flag(p)
     p.set_defaults(handler=_bench_model)
     p = bench.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones")

@@ -3,6 +3,7 @@
 The timed call is the whole `AVSModel.forward` on random frames and one log-mel example per frame, so
 the audio encoder is included (as in EASE's speed table, model-spec §5.3). With `breakdown=True` the
 visual and audio encoders are also timed alone; "decoder" is the rest (neck, decoder, head).
+`bench_onnxruntime` times PyTorch against ONNX Runtime from the audio embedding on (no audio encoder).
 """
 
 from __future__ import annotations
@@ -120,3 +121,104 @@ def bench_compare(backbones: list[str], batch_sizes: list[int], *, size: int = 2
         del models
     return {"size": size, "iters": iters, "device": device, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "rows": rows}
+
+
+def bench_onnxruntime(variant: str, *, batch_size: int = 1, size: int = 224, iters: int = 10, warmup: int = 2,
+                      threads: int | None = None, opset: int = 18, seed: int = 0) -> dict[str, object]:
+    """PyTorch vs ONNX Runtime (CPU) on the same model, inputs and threads, in one process and one run.
+
+    The timed call is frames [B, 3, size, size] + audio embeddings [B, 128] -> mask logits [B, K, size, size]
+    in both runtimes: the audio encoder is left out of both (the ONNX graph starts at the embedding, see
+    `model.onnx_export`), so these numbers are not comparable with `bench_model`'s. The model is exported
+    to a temporary file at `size`. ONNX Runtime gets `intra_op_num_threads = torch.get_num_threads()`
+    so neither side has more cores, and no spin-waiting between runs. The two runtimes are timed in
+    alternation (as in `bench_compare`) and each reports the median of its own `iters` runs.
+
+    Returns the `bench_model` fields (with "fps"/"ms_per_frame" those of ONNX Runtime), "torch_fps",
+    "torch_ms_per_frame", "onnxruntime_fps", "onnxruntime_ms_per_frame", "speedup" (ORT fps / torch
+    fps), "max_abs_diff" (largest |logit difference| on the timed inputs), "onnxruntime" (version),
+    "opset", "exporter", "export_s".
+
+    Raises:
+        ValueError: batch_size or iters < 1, warmup < 0, size not a multiple of 32.
+        ImportError: onnx, onnxscript or onnxruntime is not installed.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    from model.onnx_export import export_onnx
+
+    if batch_size < 1 or iters < 1 or warmup < 0:
+        raise ValueError("batch_size and iters must be >= 1, warmup >= 0")
+    if size % 32:
+        raise ValueError(f"size {size} must be a multiple of 32")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device("cpu")
+    torch.manual_seed(seed)
+    cfg = get_config(variant)
+    model = build_model(cfg).eval()
+    frames = torch.rand(batch_size, 3, size, size)
+    with torch.inference_mode():
+        # Real embeddings (of random log-mel), not random numbers: the encoder's output range is what the
+        # decoder sees in service.
+        embedding = model.encode_audio(torch.randn(batch_size, 1, 96, 64))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1  # one graph node at a time, like torch's eager execution
+    # ORT's idle workers spin-wait after each run by default; in alternation they would hold the cores
+    # torch's next run needs (measured: torch up to 2x slower right after an ORT run with spinning on).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory(prefix="avs-onnx-") as tmp:
+        start = time.perf_counter()
+        export = export_onnx(model, cfg, f"{tmp}/{variant}.onnx", opset=opset, size=size)
+        export_s = time.perf_counter() - start
+        # The session holds the graph in memory once built, so the file can go with the folder.
+        session = ort.InferenceSession(export["path"], options, providers=["CPUExecutionProvider"])
+    feeds = {"frames": frames.numpy(), "audio_embedding": embedding.numpy()}
+
+    def run_torch() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(frames, audio_embedding=embedding).mask_logits
+
+    def run_ort() -> torch.Tensor:
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    calls = {"torch": run_torch, "onnxruntime": run_ort}
+    max_abs_diff = float((run_torch() - run_ort()).abs().max())
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        _timed(call, iters=0, warmup=warmup, device=dev)
+    for _ in range(iters):
+        for name, call in calls.items():
+            times[name] += _timed(call, iters=1, warmup=0, device=dev)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    fps = {name: batch_size / m for name, m in median.items()}
+    ms = {name: 1000 * m / batch_size for name, m in median.items()}
+    return {
+        "variant": variant,
+        "runtime": "onnxruntime",
+        "timed": "frames + audio embedding -> mask logits (audio encoder excluded, both runtimes)",
+        "fps": round(fps["onnxruntime"], 3),
+        "ms_per_frame": round(ms["onnxruntime"], 3),
+        "batch_size": batch_size,
+        "size": size,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "iters": iters,
+        "amp": False,
+        "params_timed": export["params"],  # the graph's: the audio encoder is not in it
+        "torch": torch.__version__,
+        "torch_fps": round(fps["torch"], 3),
+        "torch_ms_per_frame": round(ms["torch"], 3),
+        "onnxruntime_fps": round(fps["onnxruntime"], 3),
+        "onnxruntime_ms_per_frame": round(ms["onnxruntime"], 3),
+        "speedup": round(fps["onnxruntime"] / fps["torch"], 3),
+        "max_abs_diff": max_abs_diff,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_spinning": False,
+        "opset": export["opset"],
+        "exporter": export["exporter"],
+        "export_s": round(export_s, 1),
+    }
