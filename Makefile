@@ -8,7 +8,7 @@ AVS := $(VENV)/bin/avs
 # one on every call. Hide only that line, keep every other message and pip's exit status.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup demo demo-checkpoint test test-slow test-all lint format clean
+.PHONY: setup demo demo-checkpoint test test-slow test-all deploy-test lint format clean
 
 # Creates .venv in the checkout and installs the pinned torch stack plus dev tools.
 # The stamp file is rebuilt whenever pyproject.toml changes.
@@ -52,7 +52,14 @@ demo-checkpoint: setup
 test: setup
 	@bash scripts/install-test-deps.sh
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "not slow and not gpu"
+	$(VENV)/bin/pytest -m "not slow and not gpu and not deploy"
+
+# The Compose stack built and run for real: images (on local base images where Docker Hub cannot be
+# reached), Redis + API + worker + Prometheus, a clip over HTTP, a killed worker, a Redis restart
+# (tests/deploy/test_stack.py; about 10 min once the images are cached). Summary: runs/deploy-test/.
+deploy-test: setup
+	@bash scripts/install-deploy-deps.sh
+	$(VENV)/bin/pytest -m deploy tests/deploy/test_stack.py -v -p no:cacheprovider
 
 test-slow: setup
 	@bash scripts/install-test-deps.sh
@@ -60,7 +67,7 @@ test-slow: setup
 
 test-all: setup
 	@bash scripts/install-test-deps.sh
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not deploy"
 
 lint: setup
 	$(VENV)/bin/ruff check .
