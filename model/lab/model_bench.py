@@ -34,15 +34,20 @@ def _timed(fn: Callable[[], object], *, iters: int, warmup: int, device: torch.d
     return times
 
 
-def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: int = 10, warmup: int = 2,
-                device: str = "cpu", threads: int | None = None, amp: bool = False,
-                breakdown: bool = False, seed: int = 0) -> dict[str, object]:
+def _check_timing(*, batch_size: int, size: int, iters: int, warmup: int, threads: int | None) -> None:
+    """ValueError for counts no benchmark can use; applies `threads` to torch."""
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise ValueError("batch_size and iters must be >= 1, warmup >= 0")
     if size % 32:
         raise ValueError(f"size {size} must be a multiple of 32")
     if threads:
         torch.set_num_threads(threads)
+
+
+def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: int = 10, warmup: int = 2,
+                device: str = "cpu", threads: int | None = None, amp: bool = False,
+                breakdown: bool = False, seed: int = 0) -> dict[str, object]:
+    _check_timing(batch_size=batch_size, size=size, iters=iters, warmup=warmup, threads=threads)
     dev = torch.device(device)
     torch.manual_seed(seed)
     cfg = get_config(variant)
@@ -149,12 +154,7 @@ def bench_onnxruntime(variant: str, *, batch_size: int = 1, size: int = 224, ite
 
     from model.onnx_export import export_onnx
 
-    if batch_size < 1 or iters < 1 or warmup < 0:
-        raise ValueError("batch_size and iters must be >= 1, warmup >= 0")
-    if size % 32:
-        raise ValueError(f"size {size} must be a multiple of 32")
-    if threads:
-        torch.set_num_threads(threads)
+    _check_timing(batch_size=batch_size, size=size, iters=iters, warmup=warmup, threads=threads)
     dev = torch.device("cpu")
     torch.manual_seed(seed)
     cfg = get_config(variant)
