@@ -196,6 +196,12 @@ def test_a_clip_is_segmented_over_http_and_scores_against_its_ground_truth(stack
     SUMMARY["miou_over_http"] = round(score["miou"], 4)
     assert [f["frame_index"] for f in frames] == list(range(score["frames"]))
     assert score["miou"] >= 0.9, score
+    with stack.client() as http:  # the web page's files are in the API image (package data of the wheel)
+        page, module = http.get("/"), http.get("/static/upload.js")
+    assert page.status_code == 200
+    assert 'src="static/main.js"' in page.text
+    assert module.status_code == 200
+    assert "javascript" in module.headers["content-type"]
 
 
 def test_prometheus_scrapes_the_api_and_the_worker(stack: Stack) -> None:
