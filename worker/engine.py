@@ -217,10 +217,12 @@ class FrameEngine:
                 self._infer_loop(until=done.is_set)
         return handle.wait()
 
-    def serve(self) -> None:
+    def serve(self, on_serving: Callable[[], None] | None = None) -> None:
         """Run the batcher in this thread until `close()`: the thread that built and warmed the model should
-        be the one that runs it (see the module docstring)."""
-        self._infer_loop()
+        be the one that runs it (see the module docstring). If a caller of `finish` is serving, this waits for
+        it to hand over. `on_serving()` is called once this thread holds the role and before it runs a batch:
+        announce the engine from there, so that no job's thread finds it unserved and starts a second batcher."""
+        self._infer_loop(on_claimed=on_serving)
 
     def start(self) -> FrameEngine:
         """Run the batcher on a thread of its own."""
@@ -389,9 +391,26 @@ class FrameEngine:
         self._cond.notify_all()  # decoders waiting for room
         return [(job, taken[id(job)]) for job in ready if taken[id(job)]]
 
-    def _infer_loop(self, until: Callable[[], bool] | None = None) -> None:
+    def _claim(self, *, wait: bool) -> bool:
+        """Take the batcher's role for this thread, atomically (lock held inside): True once taken. With `wait`
+        (the serving thread) wait for the thread that has it to hand it over; without (a caller of `finish`)
+        give up at once. One batcher at a time is what keeps each job's batches, and so its lines, in order,
+        and its end behind its last frames."""
+        me = threading.get_ident()
         with self._cond:
-            self._model_thread = threading.get_ident()
+            while self._model_thread not in (None, me):
+                if not wait or self._closed:
+                    return False
+                self._cond.wait()
+            self._model_thread = me
+            return True
+
+    def _infer_loop(self, until: Callable[[], bool] | None = None,
+                    on_claimed: Callable[[], None] | None = None) -> None:
+        if not self._claim(wait=until is None):
+            return  # another thread serves (a caller of `finish` goes back to waiting for its job)
+        if on_claimed is not None:
+            on_claimed()
         try:
             while True:
                 with self._cond:
@@ -423,6 +442,7 @@ class FrameEngine:
         finally:
             with self._cond:
                 self._model_thread = None
+                self._cond.notify_all()  # a thread waiting to serve takes over
 
     @staticmethod
     def _embeddings(job: _Job, pts_s: list[float]) -> torch.Tensor:

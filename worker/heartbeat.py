@@ -73,14 +73,19 @@ class WorkerRuntime:
         self._engine = FrameEngine(predictor, max_batch_size=settings.batch_size,
                                    max_wait_ms=settings.max_batch_wait_ms, on_batch=observe_batch)
         self._predictor = predictor
-        self._ready.set()
-        log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
-        self._start_live()
-        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._beat_thread.start()
+
+        def serving() -> None:
+            # Jobs that arrived while the model loaded wait on `_ready`: release them only once this thread
+            # serves the engine, or each would find it unserved and run a batcher of its own beside this one.
+            self._ready.set()
+            log.info("model %s ready on %s in %.1fs", predictor.cfg.variant, predictor.device, self.load_seconds)
+            self._start_live()
+            self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._beat_thread.start()
+
         # This thread built and warmed the model: it runs it from now on (worker.engine, "one thread runs the
         # model"), serving the batches of every job in flight until the worker stops.
-        self._engine.serve()
+        self._engine.serve(on_serving=serving)
 
     def _start_live(self) -> None:
         """The live endpoint (worker.live.server), advertised in the heartbeat; a worker that cannot bind it

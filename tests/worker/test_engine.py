@@ -159,3 +159,59 @@ def test_resume_skips_what_was_written(videos: list[Path], tmp_path: Path) -> No
     finally:
         engine.close()
     assert (resumed / "masks.ndjson").read_text() == "".join(lines)
+
+
+class ThreadRecordingPredictor(PerFramePredictor):
+    """Also records which thread made each inference call. One batcher at a time means each thread's calls form
+    one unbroken run: a caller serves until its own job is done and never again, the serving thread until the
+    end. Two batchers at once interleave (their calls are serialised by the engine's model lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.gate: threading.Event | None = None  # each call waits for it, when set up
+
+    def predict_logits(self, frames: np.ndarray, emb: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.threads.append(threading.get_ident())
+        if self.gate is not None:
+            self.gate.wait(30)
+        time.sleep(0.002)  # widen the window a second batcher would need
+        return super().predict_logits(frames, emb)
+
+    def interleaved(self) -> bool:
+        runs = [t for i, t in enumerate(self.threads) if i == 0 or self.threads[i - 1] != t]
+        return len(runs) != len(set(runs))
+
+
+def test_one_batcher_at_a_time_when_the_model_thread_starts_serving_after_a_caller(
+        videos: list[Path], tmp_path: Path) -> None:
+    """A worker whose job arrived while its model was loading: the job's thread found no one serving and
+    serves the engine itself (`finish`); then the model thread starts `serve()`. It must wait for the caller
+    to hand over: two batchers at once finish batches out of order, so a job's lines are written out of
+    order and a job's end can overtake its last frames (lines lost)."""
+    predictor = ThreadRecordingPredictor()
+    options = SegmentOptions(batch_size=4)
+    segment_video(videos[0], tmp_path / "alone", predictor, options)
+    predictor.threads.clear()
+    gate = threading.Event()
+    predictor.gate = gate
+    engine = FrameEngine(predictor, max_batch_size=4, max_wait_ms=0)  # not started: the caller serves it
+    caller = threading.Thread(target=segment_video, args=(videos[0], tmp_path / "served", predictor, options),
+                              kwargs={"engine": engine})
+    caller.start()
+    server = threading.Thread(target=engine.serve)
+    try:
+        deadline = time.monotonic() + 30
+        while not predictor.threads and time.monotonic() < deadline:  # the caller is in its first batch
+            time.sleep(0.01)
+        server.start()  # the model thread arrives now
+        time.sleep(0.3)
+        gate.set()
+        caller.join(60)
+    finally:
+        gate.set()
+        engine.close()
+        server.join(10)
+    assert not predictor.interleaved(), "the model thread ran batches beside the caller"
+    assert _lines(tmp_path / "served") == _lines(tmp_path / "alone")
