@@ -29,7 +29,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         config = get_config(args.variant)
         torch.manual_seed(args.seed)  # the same random weights on every run, so two exports can be compared
         model = build_model(config)
-    summary = export_onnx(model, config, args.out, opset=args.opset)
+    summary = export_onnx(model, config, args.out, opset=args.opset, size=args.size)
     result = {**summary, "checkpoint": args.checkpoint, "seed": None if args.checkpoint else args.seed}
     inputs = ", ".join(f"{name} {shape}" for name, shape in summary["inputs"].items())
     outputs = ", ".join(f"{name} {shape}" for name, shape in summary["outputs"].items())
@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="a .safetensors checkpoint of that variant (default: random weights, seeded)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (18 or later)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame side the graph is fixed to, a multiple of 32 (default: the variant's input size; "
+                        "give the size a model was trained at with `avs train --size`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --checkpoint)")
     add_json_flag(p)
     p.set_defaults(handler=_export_onnx)

@@ -61,14 +61,25 @@ def _train(args: argparse.Namespace) -> int:
             bar.update(row["step"] - bar.n)
             bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
 
-        summary = train(cfg, on_step=progress)
+        try:
+            summary = train(cfg, on_step=progress)
+        except KeyboardInterrupt:
+            if main:
+                sys.stderr.write(f"avs: interrupted; the same command resumes from the last state saved in "
+                                 f"{args.out}.state/ (--no-resume starts over)\n")
+            return 130
     if not main:
         return 0
     best = f"; best {cfg.eval_split} mIoU {summary['best_miou']} (epoch {summary['best_epoch']})" \
         if summary["best_miou"] is not None else ""
-    return emit(args, summary, lambda: (
-        f"trained {summary['steps']} steps in {summary['seconds']}s, final loss {summary['final_loss']}{best}: "
-        f"{args.out}"))
+    resumed = summary["resumed_from_step"]
+    if resumed is not None and summary["steps_this_run"] == 0:
+        text = f"already complete at step {resumed} ({args.out}); --no-resume trains again"
+    else:
+        start = f"resumed at step {resumed}, " if resumed is not None else ""
+        text = (f"{start}trained to step {summary['steps']} in {summary['seconds']}s, final loss "
+                f"{summary['final_loss']}{best}: {args.out}")
+    return emit(args, summary, lambda: text)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -158,7 +169,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--eval-from", type=int, default=None, help="first epoch evaluated (default: 1)")
     p.add_argument("--eval-split", default=None, choices=SPLITS, help="the split evaluated (default: val)")
     p.add_argument("--save-every", type=int, default=0,
-                   help="also save the resumable state every k steps (default: at each epoch's end only)")
+                   help="also save the resumable state every k steps (0: at each epoch's end only)")
     p.add_argument("--tensorboard", default=None, help="TensorBoard event folder (default: <out>.tb; '' for none)")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (.safetensors; frozen)")
     p.add_argument("--pvt", default=None, help="converted visual backbone weights (.safetensors)")

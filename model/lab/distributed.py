@@ -55,7 +55,10 @@ def resolve_device(device: str, local_rank: int, world_size: int) -> torch.devic
 
     Raises ConfigError when CUDA is asked for and absent, or a GPU index does not exist.
     """
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N for training, got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: CUDA is not available on this machine")

@@ -184,6 +184,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     """Raise ConfigError for values no run could use (before anything is built or any process group joined)."""
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise ConfigError("epochs, batch size and grad accumulation must be >= 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.clip_grad < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0 or cfg.eval_every < 0:
@@ -218,6 +220,7 @@ class _Trainer:
         self.on_step = on_step if ctx.is_main else None
         self.out = Path(cfg.out)
         self.amp = amp_dtype(cfg.amp, ctx.device)
+        self.resumed_from: int | None = None  # the step of the state this run resumed from
 
     # ------------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
@@ -259,6 +262,7 @@ class _Trainer:
                 saved.batches_done = 0
             saved.world_size, saved.batch_size, saved.grad_accum = ctx.world_size, cfg.batch_size, cfg.grad_accum
             self.progress = saved
+            self.resumed_from = saved.step
             if ctx.is_main:
                 log.info("resumed from %s (epoch %d, step %d)", latest, saved.epoch + 1, saved.step)
 
@@ -295,7 +299,10 @@ class _Trainer:
         if not self.ctx.is_main:
             return None, None
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        jsonl = self.out.with_name(self.out.name + ".log.jsonl").open("a", encoding="utf-8")
+        log_path = self.out.with_name(self.out.name + ".log.jsonl")
+        if self.resumed_from is not None:
+            _cut_log(log_path, self.resumed_from)  # lines a killed run wrote after its last state come again
+        jsonl = log_path.open("a", encoding="utf-8")
         folder = self.cfg.tensorboard if self.cfg.tensorboard is not None else str(self.out) + ".tb"
         if not folder:
             return jsonl, None
@@ -460,7 +467,24 @@ class _Trainer:
                 "overrides": list(cfg.overrides), "final_loss": last.get("loss"),
                 "best_miou": self.progress.best_miou, "best_epoch": self.progress.best_epoch,
                 "best_checkpoint": str(self.best_path()) if self.progress.best_miou is not None else None,
+                "resumed_from_step": self.resumed_from, "steps_this_run": self.progress.step - (self.resumed_from or 0),
                 "seconds": round(seconds, 1)}
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the JSONL log's lines of steps up to `step` (a resumed run writes the later ones again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue  # a line torn by the kill
+    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _initialise(model: AVSModel, model_cfg: AVSConfig, path: str) -> list[str]:

@@ -116,8 +116,14 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(d
     resumed = subprocess.run([str(BIN / "avs"), *_train_args(data, killed, *extra)], env=ENV, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 8
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert (summary["steps"], summary["resumed_from_step"], summary["steps_this_run"]) == (8, 3, 5)
     assert _max_difference(whole, killed) < 1e-6
+    assert [row["step"] for row in _log(killed)] == list(range(1, 9))  # lines after the last state not doubled
+    again = subprocess.run([str(BIN / "avs"), *[a for a in _train_args(data, killed, *extra) if a != "--json"]],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert "already complete at step 8" in again.stdout
     assert len(list(states.glob("step-*"))) <= 2  # older states are pruned
     assert not list(states.glob(".partial-*"))
 
@@ -206,6 +212,7 @@ def test_recipes_hold_the_published_schedules_and_flags_win(data: Path, tmp_path
 def test_bad_training_settings_are_refused_before_anything_runs(data: Path, tmp_path: Path) -> None:
     base = {"data": str(data), "subset": "s4", "variant": "avesformer-tiny", "out": str(tmp_path / "x.st")}
     for bad, match in (({"grad_accum": 0}, ">= 1"), ({"schedule": "step"}, "schedule"), ({"amp": "fp8"}, "--amp"),
+                       ({"max_steps": 0}, "max_steps"), ({"device": "tpu"}, "--device"),
                        ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "--device"),
                        ({"eval_every": 1, "eval_split": "test"}, "no clip of split 'test'")):
         with pytest.raises((ConfigError, DatasetError), match=match):
