@@ -119,20 +119,8 @@ class JobStore:
     def admission(self, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         """One lock for every API process: a backlog count and the reservation that follows it (the job's
         folder, made before its body is read) happen together, so concurrent uploads cannot all pass."""
-        with open(self.root / ".admission.lock", "a+") as lock:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise JobLocked(f"admission lock busy for {timeout_s:g} s") from None
-                    time.sleep(0.005)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _exclusive(self.root / ".admission.lock", timeout_s, "admission lock", poll_s=0.005):
+            yield
 
     # ------------------------------------------------------------------------------------ files
     def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
@@ -169,20 +157,8 @@ class JobStore:
         directory = self.job_dir(job_id)
         if not directory.exists():
             raise JobNotFound(job_id)
-        with open(directory / "job.lock", "a+") as lock:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise JobLocked(f"job {job_id}: record lock busy for {timeout_s:g} s") from None
-                    time.sleep(0.01)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _exclusive(directory / "job.lock", timeout_s, f"job {job_id}: record lock"):
+            yield
 
 
     def write(self, record: JobRecord) -> None:
@@ -196,3 +172,23 @@ class JobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+@contextmanager
+def _exclusive(path: Path, timeout_s: float, what: str, *, poll_s: float = 0.01) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (across processes on the volume's host); `JobLocked` naming `what`
+    when it is not free within `timeout_s`."""
+    with open(path, "a+") as lock:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise JobLocked(f"{what} busy for {timeout_s:g} s") from None
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
