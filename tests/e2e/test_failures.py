@@ -145,6 +145,16 @@ def _running_on(service: Service, job_id: str, workers: list[Proc], frames: int 
     return next(w for w in workers if _owner_name(w) == owner)
 
 
+def _job_on_one_of_two_workers(service: Service, video: Path) -> tuple[str, Proc, Proc]:
+    """The API and two workers up; a job submitted and running. Returns (job id, its owner, the idle worker)."""
+    _api(service)
+    workers = [_worker(service), _worker(service)]
+    _wait_ready_workers(service, 2)
+    job_id = _submit(service, video)
+    owner = _running_on(service, job_id, workers)
+    return job_id, owner, next(w for w in workers if w is not owner)
+
+
 def _lock_free(service: Service, job_id: str) -> bool:
     with open(service.data_dir / "jobs" / job_id / "job.lock", "a+") as lock:
         try:
@@ -171,12 +181,7 @@ def test_a_killed_worker_is_replaced_within_the_lease_and_a_duplicate_message_do
     # (with free slots the owner may take it itself, which its lease turns away as well, but in its own log)
     service = _service(tmp_path, own_redis[0], AVS_JOBS_PER_WORKER="1")
     try:
-        _api(service)
-        workers = [_worker(service), _worker(service)]
-        _wait_ready_workers(service, 2)
-        job_id = _submit(service, long_clip)
-        owner = _running_on(service, job_id, workers)
-        other = next(w for w in workers if w is not owner)
+        job_id, owner, other = _job_on_one_of_two_workers(service, long_clip)
         # a duplicate message while the owner is alive (what a redelivery looks like): the idle worker takes
         # it, finds a live lease and does nothing
         create_celery(ServiceSettings(_env_file=None, data_dir=service.data_dir, broker_url=own_redis[0]),
@@ -204,12 +209,7 @@ def test_a_stopped_worker_writes_nothing_when_it_resumes(tmp_path: Path, own_red
                                                          long_clip: Path) -> None:
     service = _service(tmp_path, own_redis[0])
     try:
-        _api(service)
-        workers = [_worker(service), _worker(service)]
-        _wait_ready_workers(service, 2)
-        job_id = _submit(service, long_clip)
-        owner = _running_on(service, job_id, workers)
-        other = next(w for w in workers if w is not owner)
+        job_id, owner, other = _job_on_one_of_two_workers(service, long_clip)
         for _ in range(20):  # pause it between two writes (a stop inside its record lock only delays the takeover)
             os.kill(owner.popen.pid, signal.SIGSTOP)
             if _lock_free(service, job_id):
