@@ -42,7 +42,7 @@ from model.config import AVSConfig, with_overrides
 from model.errors import CheckpointError, ConfigError
 from model.lab.data import files, layout
 from model.lab.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
-from model.lab.distributed import DistContext, barrier, init_distributed, mean_over_ranks, shutdown
+from model.lab.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_over_ranks, shutdown
 from model.lab.losses import binary_loss, semantic_loss
 from model.lab.lr_schedule import SCHEDULES, lr_factor
 from model.lab.train_state import Progress, TrainState
@@ -446,8 +446,6 @@ class _Trainer:
                 board.add_scalar(f"{cfg.eval_split}/fscore", result["fscore"], progress.step)
         barrier(self.ctx)
         # every rank keeps the same progress record (only the main one saves it, but all resume from it)
-        from model.lab.distributed import broadcast_object
-
         progress.best_miou, progress.best_epoch = broadcast_object((progress.best_miou, progress.best_epoch),
                                                                    self.ctx)
 
