@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
 
 log = logging.getLogger("avs.worker")
@@ -130,7 +131,8 @@ class WorkerRuntime:
             self._stop.wait(self.settings.heartbeat_s)
 
     def write_heartbeat(self) -> None:
-        record = {"hostname": socket.gethostname(), "pid": os.getpid(), "warm": self._predictor is not None,
+        record = {"hostname": socket.gethostname(), "pid": os.getpid(), "pid_namespace": pid_namespace(),
+                  "warm": self._predictor is not None,
                   "last_seen": time.time(), "variant": getattr(getattr(self._predictor, "cfg", None), "variant", None),
                   "device": str(getattr(self._predictor, "device", self.settings.device)),
                   "current_jobs": sorted(self.current_jobs), "model_load_seconds": self.load_seconds,

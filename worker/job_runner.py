@@ -97,6 +97,13 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     except JobLocked:  # its record is held by a stopped process: the reconciler requeues it once it is free
         log.warning("job %s: record busy, not taken this time", job_id)
         return {"job_id": job_id, "status": "busy"}
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Not taken, not failed: the job was accepted and stays queued; the reconciler sends it again
+        # ("sent but never taken") until there is room to run it.
+        log.warning("job %s: the data volume is full; not taken this time", job_id)
+        return {"job_id": job_id, "status": "storage_full"}
     if outcome is Acquired.MISSING:
         log.warning("job %s has no record (deleted?): skipped", job_id)
         return {"job_id": job_id, "status": "missing"}

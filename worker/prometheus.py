@@ -32,6 +32,9 @@ JOBS_TAKEN_OVER = Counter("avs_jobs_taken_over_total",
                           "Jobs this worker resumed after their former owner's lease expired.")
 LEASE_WRITES_REFUSED = Counter("avs_lease_writes_refused_total",
                                "Writes a worker did not make because its lease on the job was gone.")
+BROKER_MESSAGES_SET_ASIDE = Counter("avs_broker_messages_set_aside_total", "Malformed broker messages this worker "
+                                    "set aside instead of running (worker.core.broker_transport), by reason.",
+                                    ["reason"])
 MODEL_LOAD_SECONDS = Histogram("avs_model_load_seconds", "Model load + warm-up time per worker process.",
                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 

@@ -12,7 +12,8 @@ import logging
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from worker.core.celery_app import create_celery, ensure_broker_dirs
+from worker.core import broker_transport
+from worker.core.celery_app import create_celery
 from worker.core.contracts import TASK_SEGMENT
 from worker.core.jobstore import JobStore
 from worker.core.settings import get_settings
@@ -20,13 +21,15 @@ from worker.heartbeat import WorkerRuntime
 from worker.job_runner import run_job
 
 log = logging.getLogger("avs.worker")
-app = create_celery(prepare=False)  # no file at import time; the folders come at worker start
+app = create_celery()
 runtime = WorkerRuntime(get_settings())
 
 
 @worker_init.connect
-def _prepare_broker(**_: object) -> None:
-    ensure_broker_dirs(get_settings())
+def _count_set_aside_messages(**_: object) -> None:
+    from worker.prometheus import BROKER_MESSAGES_SET_ASIDE
+
+    broker_transport.on_set_aside.append(lambda reason: BROKER_MESSAGES_SET_ASIDE.labels(reason=reason).inc())
 
 
 @worker_ready.connect

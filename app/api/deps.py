@@ -64,20 +64,35 @@ class CelerySender:
     def _app(self):  # -> celery.Celery
         with self._lock:
             if self._celery is None:
-                from worker.core.celery_app import create_celery  # torch-free; imported on first send only
+                # torch-free; imported on first send only
+                from worker.core.celery_app import broker_url, create_celery
 
+                if broker_url(self.settings) is None:  # embedded: `avs serve` has not started its Redis
+                    raise ConnectionError("the embedded broker is not running (start `avs serve`)")
                 self._celery = create_celery(self.settings)
             return self._celery
 
     def __call__(self, job_id: str) -> None:
         self._app().send_task(
-            TASK_SEGMENT, args=[job_id],
+            # The job id as the task id: the reconciler finds which jobs still wait in the queue by it.
+            TASK_SEGMENT, args=[job_id], task_id=job_id,
             # The job record is the result: no result-backend subscription per task in the API process
             # (with Redis it would also make a send block ~20 s on its reconnect loop when Redis is down).
             ignore_result=True,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5,
                                       "interval_max": 0.5},
         )
+
+    def waiting_job_ids(self) -> set[str] | None:
+        """The jobs whose message waits in the queue (`worker.core.broker_queue`); None when the broker cannot
+        be read that way (not Redis, or not running). Raises when Redis does not answer in time."""
+        from worker.core.broker_queue import waiting_job_ids
+        from worker.core.celery_app import broker_url
+
+        url = broker_url(self.settings)
+        if url is None or not url.startswith(("redis://", "rediss://")):
+            return None
+        return waiting_job_ids(url, timeout_s=self.settings.broker_timeout_s)
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:

@@ -1,21 +1,23 @@
 """Readiness: is there a broker to queue on, and a warm worker to run what is queued?
 
-* Broker. Redis (any `redis://`/`rediss://` URL): `PING` with a 1 s socket timeout. Embedded mode: the
-  filesystem broker directory (`AVS_DATA_DIR/broker`) exists and is writable. Other URLs are not probed
-  (reported ready: we cannot check them without importing their transports).
+* Broker. Redis (`AVS_BROKER_URL`, or the embedded default's private Redis recorded under
+  `AVS_DATA_DIR/broker`): `PING` with a 1 s socket timeout. Other URLs are not probed (reported ready: we
+  cannot check them without importing their transports).
 * Worker. Workers write a heartbeat file `settings.workers_dir/<name>.json`
   (`{"hostname", "pid", "warm": true, "last_seen": <unix time>, "variant", "device", ...}`) once their
   model is loaded and warmed up, and refresh it every `heartbeat_s`. Ready needs at least one with
-  `warm` true and `last_seen` newer than `3 × heartbeat_s`.
+  `warm` true and `last_seen` newer than `3 × heartbeat_s`, whose process is not known to be dead (a
+  worker on this host in our PID namespace is checked at once: `worker.core.process_identity`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
+from worker.core.private_redis import broker_url
+from worker.core.process_identity import process_gone
 from worker.core.settings import ServiceSettings
 
 STALE_FACTOR = 3.0
@@ -23,14 +25,9 @@ STALE_FACTOR = 3.0
 
 def broker_problem(settings: ServiceSettings) -> str | None:
     """None when the broker is reachable, else what is wrong (for the 503 message)."""
-    if settings.embedded:
-        directory = settings.broker_dir
-        if not directory.is_dir():
-            return f"broker not reachable: the embedded broker directory {directory.name!r} does not exist"
-        if not os.access(directory, os.W_OK | os.X_OK):
-            return "broker not reachable: the embedded broker directory is not writable"
-        return None
-    url = settings.broker_url or ""
+    url = broker_url(settings)
+    if url is None:
+        return "broker not reachable: the embedded broker is not running (it starts with `avs serve`)"
     if url.startswith(("redis://", "rediss://", "unix://")):
         import redis
 
@@ -71,8 +68,8 @@ def warm_workers(settings: ServiceSettings, *, now: float | None = None) -> tupl
         if beat.get("warm") is not True or not isinstance(last_seen, int | float):
             continue
         age = now - float(last_seen)
-        if age > max_age:
-            continue
+        if age > max_age or process_gone(beat.get("pid"), beat.get("pid_namespace")):
+            continue  # stale, or its process is known to be dead (same host): no need to wait for staleness
         pid = beat.get("pid")
         fresh.append({"name": path.stem, "hostname": beat.get("hostname"), "pid": pid if isinstance(pid, int) else None,
                       "variant": beat.get("variant"), "device": beat.get("device"), "age_s": round(max(age, 0.0), 3),

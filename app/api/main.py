@@ -62,7 +62,9 @@ async def reconcile_loop(settings: ServiceSettings, send: TaskSender) -> None:
         try:
             done = await anyio.to_thread.run_sync(
                 lambda: reconcile(store, send, lease_timeout_s=settings.lease_timeout_s,
-                                  unsent_grace_s=settings.unsent_grace_s, unsent_give_up_s=settings.unsent_give_up_s),
+                                  unsent_grace_s=settings.unsent_grace_s, unsent_give_up_s=settings.unsent_give_up_s,
+                                  untaken_grace_s=settings.untaken_grace_s,
+                                  waiting=getattr(send, "waiting_job_ids", None)),
                 limiter=limiter)
             for job_id in done.requeued:
                 log.warning("job %s: its worker's lease expired; requeued", job_id)
@@ -72,6 +74,8 @@ async def reconcile_loop(settings: ServiceSettings, send: TaskSender) -> None:
                 prometheus.LEASES_EXPIRED.labels("cancelled").inc(len(done.cancelled))
             if done.resent:
                 prometheus.MESSAGES_RESENT.inc(len(done.resent))
+            if done.untaken:
+                prometheus.MESSAGES_UNTAKEN.inc(len(done.untaken))
         except Exception:
             log.exception("job reconciliation failed")
         await asyncio.sleep(settings.reconcile_interval_s)

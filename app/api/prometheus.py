@@ -48,8 +48,13 @@ LEASES_EXPIRED = Counter("avs_leases_expired", "Running jobs whose owner's lease
                          "cancel was asked for, cancelled) by the reconciler", ["action"])
 LIVE_REFUSED = Counter("avs_live_refused", "Live sessions the API refused before any worker ran them, by error "
                        "code (unauthorized, invalid_request, too_many_sessions, not_ready)", ["code"])
+LIVE_WORKER_LOST = Counter("avs_live_worker_lost", "Live sessions whose worker connection dropped mid-session "
+                           "(the client got `worker_lost` and close code 1011)")
 MESSAGES_RESENT = Counter("avs_job_messages_resent", "Job messages the reconciler sent again (a requeued job, "
                           "or one whose first send never happened)")
+MESSAGES_UNTAKEN = Counter("avs_job_messages_untaken", "Queued jobs whose message had left the queue without the "
+                           "job being run (a worker died before taking it, a malformed message set aside, a lost "
+                           "broker), sent again by the reconciler")
 
 UNMATCHED = "unmatched"
 

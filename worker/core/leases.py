@@ -20,13 +20,18 @@ writes):
   taken under the record's lock). A running job whose lease expired goes back to `queued` with its takeover
   recorded and a new message is sent; the next worker resumes it after the last complete frame. A running
   job whose owner is gone and whose cancellation was asked for is cancelled at once. A queued job whose
-  message was never sent (the API died between the record and the send) is sent again.
+  message was never sent (the API died between the record and the send) is sent again. A queued job whose
+  message was sent `untaken_grace_s` ago and no longer waits in the broker's queue was taken and never run
+  (its worker died before taking the lease; the message was malformed and set aside; the broker lost it)
+  and is sent again too (`worker.core.broker_queue`). Sending again is always safe: a message for a job
+  that is running or finished does nothing.
 
 Torch-free: the API imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -153,14 +158,20 @@ class Reconciled:
     cancelled: list[str]
     resent: list[str]
     failed_unsent: list[str]
+    untaken: list[str] = dataclasses.field(default_factory=list)
 
 
 def reconcile(store: JobStore, send: Callable[[str], None], *, lease_timeout_s: float, unsent_grace_s: float,
-              unsent_give_up_s: float, now: float | None = None) -> Reconciled:
+              unsent_give_up_s: float, untaken_grace_s: float | None = None,
+              waiting: Callable[[], set[str] | None] | None = None, now: float | None = None) -> Reconciled:
     """One pass over the unfinished jobs (see the module docstring). `send(job_id)` publishes a message and
-    raises when the broker does not take it; a job whose send fails is left for the next pass."""
+    raises when the broker does not take it; a job whose send fails is left for the next pass. `waiting()`
+    gives the ids of the jobs whose message waits in the broker's queue (None: it cannot tell; it may raise
+    when the broker does not answer); without it, or without `untaken_grace_s`, untaken messages are not
+    looked for."""
     now = time.time() if now is None else now
     done = Reconciled([], [], [], [])
+    untaken: list[str] = []
     for record in list(store.records()):
         try:
             if record.status is JobStatus.RUNNING and not lease_live(record, now):
@@ -168,9 +179,41 @@ def reconcile(store: JobStore, send: Callable[[str], None], *, lease_timeout_s: 
             elif record.status is JobStatus.QUEUED and record.message_sent_at is None \
                     and now - record.created_at > unsent_grace_s:
                 _unsent(store, record.job_id, send, now, unsent_give_up_s, done)
+            elif record.status is JobStatus.QUEUED and record.message_sent_at is not None \
+                    and untaken_grace_s is not None and now - record.message_sent_at > untaken_grace_s:
+                untaken.append(record.job_id)
         except (JobNotFound, JobLocked, ValueError) as exc:  # gone, busy or unreadable: the next pass sees it
             log.info("reconcile: job %s skipped this pass (%s)", record.job_id, exc)
+    if untaken and waiting is not None and untaken_grace_s is not None:
+        _resend_untaken(store, untaken, send, waiting, now, untaken_grace_s, done)
     return done
+
+
+def _resend_untaken(store: JobStore, candidates: list[str], send: Callable[[str], None],
+                    waiting: Callable[[], set[str] | None], now: float, grace_s: float, done: Reconciled) -> None:
+    try:
+        in_queue = waiting()
+    except Exception as exc:  # the broker is down or stalled: the next pass looks again
+        log.warning("reconcile: could not read the broker's queue (%s)", exc)
+        return
+    if in_queue is None:
+        return
+    for job_id in candidates:
+        if job_id in in_queue:
+            continue  # waiting its turn
+        try:
+            record = store.get(job_id)  # read again: a worker may have taken it since the pass began
+        except (JobNotFound, ValueError):
+            continue
+        if record.status is not JobStatus.QUEUED or record.message_sent_at is None \
+                or now - record.message_sent_at <= grace_s:
+            continue
+        log.warning("job %s: queued, its message sent %.0f s ago and no longer in the queue; sending it again",
+                    job_id, now - record.message_sent_at)
+        before = len(done.resent)
+        _send(store, job_id, send, done.resent)
+        if len(done.resent) > before:
+            done.untaken.append(job_id)
 
 
 def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: float, done: Reconciled) -> None:

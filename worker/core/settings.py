@@ -20,7 +20,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AVS_", env_file=".env", extra="ignore")
 
     data_dir: Path = Path("avs-data")  # uploads, job records, masks; shared volume in Docker Compose
-    # None = embedded default: Celery's filesystem transport under data_dir/broker, no server needed.
+    # None = embedded default: the private Redis that `avs serve` starts under data_dir/broker.
     broker_url: str | None = None
     result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
     # Upload and media limits (the API enforces them before a job exists); media defaults are MediaLimits'.
@@ -50,6 +50,9 @@ class ServiceSettings(BaseSettings):
     broker_timeout_s: float = Field(5.0, gt=0)  # every broker call gives up after this (503 + Retry-After)
     unsent_grace_s: float = Field(60.0, gt=0)  # a queued job without a sent message this old is sent again
     unsent_give_up_s: float = Field(3600.0, gt=0)  # ... and failed (not_ready) when it still is after this
+    # A queued job whose message was sent this long ago and no longer waits in the broker's queue was taken and
+    # never run (or lost): it is sent again (worker.core.leases, "sent but never taken").
+    untaken_grace_s: float = Field(30.0, gt=0)
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus endpoint of a worker process (0 = off)
     # Live sessions (worker.live): each worker serves them on its own WebSocket endpoint, which the API proxies.
     live_max_sessions: int = Field(4, ge=0)  # per worker process (0: no live sessions on this worker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.api.main import create_app
 from worker.core.contracts import JobStatus
 from worker.core.jobstore import JobStore
+from worker.core.private_redis import PrivateRedis
+from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -47,33 +50,63 @@ def test_healthz(client: TestClient) -> None:
 
 def test_readyz_embedded(make_settings: Callable[..., ServiceSettings]) -> None:
     settings = make_settings(heartbeat_s=2.0)
+    broker = PrivateRedis(settings.broker_dir)
+    try:
+        with TestClient(create_app(settings, task_sender=Recorder())) as client:
+            response = client.get("/readyz")  # no private Redis yet (`avs serve` starts it)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "not_ready"
+            assert "embedded broker is not running" in response.json()["error"]["message"]
+
+            broker.start()
+            response = client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["error"]["message"] == "no warm worker: no worker heartbeat found"
+
+            write_heartbeat(settings, age_s=7.0)  # older than 3 x 2 s
+            response = client.get("/readyz")
+            assert response.status_code == 503
+            assert "none warm and newer than 6 s" in response.json()["error"]["message"]
+
+            write_heartbeat(settings, "cold", warm=False)
+            assert client.get("/readyz").status_code == 503
+
+            (settings.workers_dir / "junk.json").write_text("{not json")
+            write_heartbeat(settings, "fresh", age_s=1.0)
+            response = client.get("/readyz")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert (body["status"], body["broker"]) == ("ready", "embedded")
+            assert [w["name"] for w in body["workers"]] == ["fresh"]
+            assert body["workers"][0]["device"] == "cpu"
+
+            broker.stop()  # the private Redis gone: not ready, whatever the workers say
+            response = client.get("/readyz")
+            assert response.status_code == 503
+            assert "Redis did not answer PING" in response.json()["error"]["message"]
+    finally:
+        broker.stop()
+
+
+def test_a_worker_known_dead_is_not_ready_even_with_a_fresh_heartbeat(make_settings: Callable[..., ServiceSettings],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker on this host whose process is gone stops counting at once, not 3 heartbeats later (issue #27:
+    `/readyz` said 200 for 10-15 s after the worker died while `/live` refused). Heartbeats from another PID
+    namespace (a container) keep the staleness rule alone."""
+    settings = make_settings(heartbeat_s=5.0)
+    monkeypatch.setattr("app.api.health.broker_problem", lambda _settings: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
     with TestClient(create_app(settings, task_sender=Recorder())) as client:
-        response = client.get("/readyz")  # no broker directory yet (no worker ever started)
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "not_ready"
-        assert "broker" in response.json()["error"]["message"]
-
-        (settings.broker_dir / "queue").mkdir(parents=True)
+        path = write_heartbeat(settings, "here", age_s=0.5)
+        beat = json.loads(path.read_text())
+        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": pid_namespace()}))
         response = client.get("/readyz")
-        assert response.status_code == 503
-        assert response.json()["error"]["message"] == "no warm worker: no worker heartbeat found"
-
-        write_heartbeat(settings, age_s=7.0)  # older than 3 x 2 s
-        response = client.get("/readyz")
-        assert response.status_code == 503
-        assert "none warm and newer than 6 s" in response.json()["error"]["message"]
-
-        write_heartbeat(settings, "cold", warm=False)
-        assert client.get("/readyz").status_code == 503
-
-        (settings.workers_dir / "junk.json").write_text("{not json")
-        write_heartbeat(settings, "fresh", age_s=1.0)
-        response = client.get("/readyz")
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert (body["status"], body["broker"]) == ("ready", "embedded")
-        assert [w["name"] for w in body["workers"]] == ["fresh"]
-        assert body["workers"][0]["device"] == "cpu"
+        assert response.status_code == 503, response.text
+        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": "another-boot/4026531836"}))
+        assert client.get("/readyz").status_code == 200  # another namespace: cannot tell, the beat is fresh
+        path.write_text(json.dumps({**beat, "pid": os.getpid(), "pid_namespace": pid_namespace()}))
+        assert client.get("/readyz").status_code == 200  # alive
 
 
 @pytest.mark.skipif(not _redis_available(), reason="no Redis on 127.0.0.1:6379")

@@ -177,3 +177,47 @@ def test_a_stopped_lock_holder_makes_others_give_up_not_hang(store: JobStore) ->
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.join()
+
+
+def test_reconcile_sends_again_a_message_that_left_the_queue_without_its_job_running(store: JobStore) -> None:
+    """Issue #27: a message taken by a worker that died before taking the lease, set aside as malformed, or
+    lost with the broker's memory left its job `queued` for good. Now a queued job whose message is no longer
+    in the queue `untaken_grace_s` after it was sent is sent again; one that waits its turn is left alone."""
+    waits = _job(store, message_sent_at=T - 100)
+    lost = _job(store, message_sent_at=T - 100)
+    _job(store, message_sent_at=T - 10)  # sent recently: within its grace
+    running = _job(store)
+    acquire(store, running, "worker-a", TIMEOUT, now=T - 5)
+    sends = Sends()
+    asked: list[int] = []
+
+    def waiting() -> set[str]:
+        asked.append(1)
+        return {waits}
+
+    done = reconcile(store, sends, lease_timeout_s=TIMEOUT, unsent_grace_s=60, unsent_give_up_s=3600,
+                     untaken_grace_s=30, waiting=waiting, now=T)
+    assert sends.sent == [lost]
+    assert done.untaken == [lost]
+    assert len(asked) == 1  # the queue is read once per pass
+    resent_at = store.get(lost).message_sent_at
+    assert resent_at is not None
+    assert resent_at > T
+    assert store.get(lost).status is JobStatus.QUEUED
+    again = reconcile(store, sends, lease_timeout_s=TIMEOUT, unsent_grace_s=60, unsent_give_up_s=3600,
+                      untaken_grace_s=30, waiting=lambda: set(), now=T)
+    assert again.untaken == [waits]  # `lost` was just sent again: within its grace
+
+
+def test_reconcile_leaves_untaken_jobs_when_the_queue_cannot_be_read(store: JobStore) -> None:
+    job_id = _job(store, message_sent_at=T - 100)
+    sends = Sends()
+
+    def down() -> set[str]:
+        raise ConnectionError("broker down")
+
+    for waiting in (down, lambda: None):
+        done = reconcile(store, sends, lease_timeout_s=TIMEOUT, unsent_grace_s=60, unsent_give_up_s=3600,
+                         untaken_grace_s=30, waiting=waiting, now=T)
+        assert (done.untaken, sends.sent) == ([], [])
+    assert store.get(job_id).message_sent_at == T - 100
