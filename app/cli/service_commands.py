@@ -14,124 +14,71 @@ from app.cli.output import add_json_flag, emit, print_json
 
 def _worker(args: argparse.Namespace) -> int:
     import os
+    import time
 
+    from worker.core.private_redis import broker_url
     from worker.core.settings import get_settings
+    from worker.parent_watch import watch_supervisor
 
     settings = get_settings()  # invalid settings stop here, before Celery starts
+    if broker_url(settings) is None:  # embedded: the private Redis is started by `avs serve`
+        sys.stderr.write(f"avs worker: waiting for the private Redis of `avs serve` ({settings.broker_dir})\n")
+        while broker_url(settings) is None:
+            time.sleep(0.5)
     from worker.tasks import app
 
+    watch_supervisor()
     # Threads: several jobs per process share one model and its frame engine (README, "The frame engine").
     argv = ["worker", "--pool=threads", f"--concurrency={settings.jobs_per_worker}", f"--loglevel={args.loglevel}",
             "-n", args.name or f"avs-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
-    if settings.embedded:
-        argv.append("--without-heartbeat")  # the filesystem transport has no fanout for Celery's heartbeats
     app.worker_main(argv)
     return 0
 
 
-def _terminate_with_parent() -> None:
-    """In a child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
-    import contextlib
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError):  # not Linux/glibc: the forwarding in `_serve` still covers a normal exit
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-class WorkerSupervisor:
-    """`avs serve`'s worker: started in its own session, restarted when it dies (an out-of-memory kill, a
-    GPU fault) with a back-off of 1 s doubling to 30 s (reset after a minute of life), stopped with a warm
-    SIGTERM. Its jobs are recovered through their leases by the API's reconciler, not by this class."""
-
-    def __init__(self, command: list[str]) -> None:
-        import threading
-
-        self.command = command
-        self.proc = None
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
-
-    def _spawn(self) -> None:
-        import subprocess
-        import time
-
-        # Its own session, so a Ctrl-C or a group SIGTERM does not reach it twice (a second signal turns
-        # Celery's warm shutdown into a cold one); instead the kernel sends it SIGTERM when this process
-        # ends, however it ends (uvicorn re-raises the signal it caught, so a `finally` may never run).
-        self.proc = subprocess.Popen(self.command, start_new_session=True, preexec_fn=_terminate_with_parent)
-        self.started_at = time.monotonic()
-
-    def start(self) -> WorkerSupervisor:
-        self._spawn()
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        import time
-
-        backoff = 1.0
-        while not self._stop.wait(0.5):
-            code = self.proc.poll()  # reaps it: a dead worker never lingers as a zombie
-            if code is None:
-                continue
-            if time.monotonic() - self.started_at > 60:
-                backoff = 1.0
-            sys.stderr.write(f"avs serve: the worker exited ({code}); restarting in {backoff:g}s\n")
-            if self._stop.wait(backoff):
-                return
-            backoff = min(backoff * 2, 30.0)
-            self.restarts += 1
-            self._spawn()
-
-    def stop(self) -> None:
-        import signal
-        import subprocess
-
-        self._stop.set()
-        self._thread.join(timeout=5)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: the current batch ends, the job is handed back
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 def _serve(args: argparse.Namespace) -> int:
     import os
-    import shutil
     import signal
 
     import uvicorn
 
+    from app.cli.supervisor import WorkerSupervisor, private_metrics_dir
+    from worker.core.private_redis import PrivateRedis
     from worker.core.settings import get_settings
 
     settings = get_settings()  # invalid settings stop here, before anything starts
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # API and worker processes write their metrics here; the API's /metrics aggregates them all.
-    metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "prometheus")
-    shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files of dead processes would count forever
-    metrics_dir.mkdir(parents=True, exist_ok=True)  # exist_ok: the directory may be a mount point
+    # API and worker processes write their metrics here (mmapped files); the API's /metrics aggregates them.
+    metrics_dir = private_metrics_dir(settings.data_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["AVS_DATA_DIR"] = str(settings.data_dir)
-    mode = "embedded (filesystem broker, no server)" if settings.embedded else f"broker {settings.broker_url}"
+    broker = None
+    if settings.embedded:  # the private Redis first: the API and the worker both need it
+        broker = PrivateRedis(settings.broker_dir)
+        endpoint = broker.start()
+        mode = (f"embedded broker (private Redis on {endpoint.host}:{endpoint.port}"
+                f"{'' if broker.owned else ', shared with another avs serve'})")
+    else:
+        mode = f"broker {settings.broker_url}"
     sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
     worker = None
-    if not args.no_worker:
-        worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--loglevel",
-                                   args.loglevel.upper()]).start()
-    # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
-    # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, lambda *_: None)
     try:
-        uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.loglevel,
-                    root_path=_root_path(args.root_path))
+        if not args.no_worker:
+            worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--loglevel",
+                                       args.loglevel.upper()], settings=settings).start()
+        # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
+        # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, lambda *_: None)
+        uvicorn.run("app.api.main:app", host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.loglevel, root_path=_root_path(args.root_path))
     finally:
         if worker is not None:
             worker.stop()
+        if broker is not None:
+            broker.stop()  # last: the worker hands its jobs back through it
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
