@@ -26,7 +26,7 @@ from app.api.uploads import FORM_OVERHEAD_BYTES, invalid, receive_upload, storag
 from worker.core.contracts import JobStatus, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo, new_job_id
-from worker.core.jobstore import JobStore
+from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.media.probe import probe_media
 from worker.core.settings import ServiceSettings
 
@@ -159,11 +159,15 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
         await send_bounded(send_task, job_id, settings.broker_timeout_s)
     except BrokerUnavailable as exc:
         log.error("could not queue job %s: %s", job_id, exc)
-        message = f"the job queue is not reachable ({exc}); the job was not queued"
-        await anyio.to_thread.run_sync(_fail_unsent, store, job_id, message)
-        _reject(ServiceErrorCode.NOT_READY)
-        raise ApiError(ServiceErrorCode.NOT_READY, message, headers={"Retry-After": str(settings.retry_after_s)}) \
-            from None
+        full = _broker_storage_full(exc)
+        code = ServiceErrorCode.STORAGE_FULL if full else ServiceErrorCode.NOT_READY
+        message = ("no space left on the broker's volume; the job was not queued; retry later" if full
+                   else f"the job queue is not reachable ({exc}); the job was not queued")
+        refused = await anyio.to_thread.run_sync(_refuse_unsent, store, job_id, code, message)
+        if refused:
+            _reject(code)
+            raise ApiError(code, message, headers={"Retry-After": str(settings.retry_after_s)}) from None
+        log.warning("job %s: the send timed out but a worker has the job: accepted", job_id)
     with contextlib.suppress(Exception):  # only a hint for the reconciler: a lost write means one resend at most
         await anyio.to_thread.run_sync(lambda: store.set_fields(job_id, message_sent_at=time.time()))
     prometheus.JOBS_SUBMITTED.inc()
@@ -203,7 +207,36 @@ async def _receive_and_probe(request: Request, settings: ServiceSettings, store:
     return record
 
 
-def _fail_unsent(store: JobStore, job_id: str, message: str) -> None:
-    store.set_fields(job_id, status=JobStatus.FAILED, finished_at=time.time(),
-                     error=JobError(code=ServiceErrorCode.NOT_READY.value, message=message))
-    store.remove_files(job_id)
+def _broker_storage_full(exc: BaseException) -> bool:
+    """True when the broker refused the message for lack of disk space (an ENOSPC of ours, or Redis's
+    `MISCONF Errors writing to the AOF file: No space left on device`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (isinstance(seen, OSError) and _storage_full(seen)) or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message: str) -> bool:
+    """The client is told the job was not queued: make sure it never runs. Returns False when it is too late
+    (the send only seemed to fail: a worker has already taken the job, so it was accepted after all).
+
+    The record becomes a `failed` tombstone without its files; when even that small write fails (the disk is
+    full, issue #27), the whole job folder goes, so no reconciler ever finds a queued record to send again
+    for a client that never got its id.
+    """
+    try:
+        with store.locked(job_id):
+            record = store.get(job_id)
+            if record.status is not JobStatus.QUEUED:
+                return False
+            record.status, record.finished_at = JobStatus.FAILED, time.time()
+            record.error = JobError(code=code.value, message=message)
+            record.updated_at = record.finished_at
+            store.write(record)
+        store.remove_files(job_id)
+    except (OSError, JobLocked, JobNotFound, ValueError) as exc:
+        log.warning("job %s: no tombstone (%s); its folder is removed", job_id, exc)
+        shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+    return True

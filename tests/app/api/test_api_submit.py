@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-from api_support import FailingSender, Recorder, add_job, job_dirs, multipart
+from api_support import FailingSender, Recorder, add_job, job_dirs, multipart, run
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from worker.core.contracts import TASK_SEGMENT, JobStatus
 from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobStore
+from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -200,6 +203,85 @@ def test_broker_down_fails_the_job_and_answers_503(make_settings: Callable[..., 
     assert record["error"]["code"] == "not_ready"
     assert record["finished_at"] is not None
     assert not (job_dir / "upload.mp4").exists()
+
+
+class FullDiskSender:
+    """The broker refuses the message for lack of disk space, as a send to a full volume does (an ENOSPC of
+    the writer, or Redis's `MISCONF Errors writing to the AOF file: No space left on device`)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, job_id: str) -> None:
+        raise self.exc
+
+
+def _nothing_to_send(settings: ServiceSettings) -> None:
+    """The reconciler finds nothing to send, now or later: a refused job never runs."""
+    sends = Recorder()
+    reconcile(JobStore(settings.data_dir), sends, lease_timeout_s=30, unsent_grace_s=0, unsent_give_up_s=1e9,
+              untaken_grace_s=0, waiting=set, now=time.time() + 3600)
+    assert sends.calls == []
+
+
+AOF_FULL = "MISCONF Errors writing to the AOF file: No space left on device"
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"), redis.ResponseError(AOF_FULL)],
+                         ids=["enospc", "redis-aof"])
+def test_a_full_disk_at_the_send_is_507_and_the_job_never_runs(make_settings: Callable[..., ServiceSettings],
+                                                              media: dict[str, Path], exc: Exception) -> None:
+    """Issue #27: a send refused for lack of space answered 500 and left a queued record that the reconciler
+    later ran for a client that never got its id."""
+    settings = make_settings()
+    with TestClient(create_app(settings, task_sender=FullDiskSender(exc))) as client:
+        response = _post(client, media["ok"])
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "storage_full"
+    assert response.headers["Retry-After"] == "7"
+    (job_dir,) = job_dirs(settings)
+    record = json.loads((job_dir / "job.json").read_text())
+    assert (record["status"], record["error"]["code"]) == ("failed", "storage_full")
+    _nothing_to_send(settings)
+
+
+def test_when_even_the_refusal_cannot_be_written_the_job_folder_goes(make_settings: Callable[..., ServiceSettings],
+                                                                     media: dict[str, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send fails with ENOSPC and so does the small write that marks the job failed: no queued record may
+    stay behind (it would be sent again and run)."""
+    settings = make_settings()
+    write = JobStore.write
+
+    def write_unless_failing(self: JobStore, record: JobRecord) -> None:
+        if record.status is JobStatus.FAILED:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, record)
+
+    monkeypatch.setattr(JobStore, "write", write_unless_failing)
+    sender = FullDiskSender(OSError(errno.ENOSPC, "No space left on device"))
+    with TestClient(create_app(settings, task_sender=sender)) as client:
+        response = _post(client, media["ok"])
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "storage_full"
+    assert job_dirs(settings) == []
+    _nothing_to_send(settings)
+
+
+def test_a_send_that_only_seemed_to_fail_is_accepted(make_settings: Callable[..., ServiceSettings],
+                                                     media: dict[str, Path]) -> None:
+    """The broker took the message but answered too late; a worker already runs the job: the client is told
+    202, never an error for a job that runs."""
+    settings = make_settings()
+
+    def slow_but_delivered(job_id: str) -> None:
+        run(JobStore(settings.data_dir), job_id)
+        raise TimeoutError("the broker answered too late")
+
+    with TestClient(create_app(settings, task_sender=slow_but_delivered)) as client:
+        response = _post(client, media["ok"])
+    assert response.status_code == 202, response.text
+    assert json.loads((job_dirs(settings)[0] / "job.json").read_text())["status"] == "running"
 
 
 def test_real_celery_sender_with_broker_down(make_settings: Callable[..., ServiceSettings],
