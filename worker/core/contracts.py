@@ -51,6 +51,8 @@ class ServiceErrorCode(StrEnum):
     """A live session received no media for `AVS_LIVE_IDLE_TIMEOUT_S`."""
     CLIENT_GONE = "client_gone"
     """A live session's client disconnected before ending it."""
+    WORKER_LOST = "worker_lost"
+    """The worker running a live session stopped mid-session (its connection dropped); start a new session."""
 
 
 class JobStatus(StrEnum):

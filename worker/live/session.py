@@ -159,6 +159,7 @@ class LiveSession:
         self._audio_lock = threading.Lock()
         self._last_input = time.monotonic()
         self._bytes_in = 0  # pushed bytes received
+        self._failed_before_idle = False  # ffmpeg had exited with an error when the idle timeout fired
         self._last_processed_pts: float | None = None
         self._ended = threading.Event()
         self._stop = threading.Event()
@@ -245,8 +246,10 @@ class LiveSession:
             self.engine.finish(self._handle)
         except BaseException as exc:
             idle = isinstance(self.error, SessionError) and self.error.code == ServiceErrorCode.IDLE_TIMEOUT
-            # bytes that ffmpeg could not read: what it said says more than the silence that followed
-            if self.error is None or (idle and isinstance(exc, MediaError) and self._bytes_in):
+            # The first cause wins. A client that sent a header (or anything) and then stalled is `idle_timeout`,
+            # however ffmpeg then reacts to the truncated input we closed (issue #27); ffmpeg's complaint wins
+            # only when ffmpeg had already failed before the idle timeout ended the input.
+            if self.error is None or (idle and isinstance(exc, MediaError) and self._failed_before_idle):
                 self.error = exc
         finally:
             self._stop.set()
@@ -338,7 +341,7 @@ class LiveSession:
             h, w = self._video_size
             raise MediaError(ErrorCode.TOO_MANY_PIXELS, f"the stream is {w}x{h}; the limit is "
                                                         f"{self.limits.max_pixels} pixels per frame")
-        message = ffmpeg_message(_without_frame_lines(stderr), "stream", "ffmpeg could not read the stream")
+        message = ffmpeg_message(stderr, "stream", "ffmpeg could not read the stream")
         if "matches no streams" in stderr:
             raise MediaError(ErrorCode.NO_VIDEO_STREAM, "the stream holds no video")
         if self._video_size is None:
@@ -394,6 +397,7 @@ class LiveSession:
             elif now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
                 # (a pulled stream normally ends before: ffmpeg's own read timeout, `with_read_timeout`)
                 log.info("live session %s idle for %gs: ended", self.key, self.idle_timeout_s)
+                self._failed_before_idle = self._proc is not None and self._proc.popen.poll() not in (None, 0)
                 self.error = SessionError(ServiceErrorCode.IDLE_TIMEOUT, f"no media for {self.idle_timeout_s:g} s")
                 self.ended_by = "idle_timeout"
                 self.end()
@@ -432,7 +436,3 @@ class LiveSession:
         if self.on_drop_reason is not None:
             self.on_drop_reason(reason)
 
-
-def _without_frame_lines(stderr: str) -> str:
-    """ffmpeg's log without the per-frame showinfo lines (the error is in what remains)."""
-    return "\n".join(line for line in stderr.splitlines() if "showinfo" not in line and "frame=" not in line)

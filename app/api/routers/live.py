@@ -107,6 +107,29 @@ async def live(websocket: WebSocket, settings: SettingsDep) -> None:
     await _close(websocket, ServiceErrorCode.NOT_READY.value, "no worker's live endpoint answered", CLOSE_TRY_AGAIN)
 
 
+def relayable_close_code(code: int | None) -> int:
+    """The close code to send the client for the worker's `code`. 1005 (no code), 1006 (the connection dropped
+    without a close frame) and 1015 (TLS) only describe what a peer saw and must never be sent (RFC 6455
+    §7.4.1); None is a worker that never closed. All of them mean the worker was lost: 1011."""
+    if code is None or code in (1005, 1006, 1015) or not (1000 <= code <= 4999):
+        return CLOSE_ERROR
+    return code
+
+
+def worker_lost(upstream: Any) -> bool:
+    """True when the worker's side ended without a close frame (its process died, the network cut it)."""
+    return upstream.close_code is None or upstream.close_code in (1005, 1006)
+
+
+async def _tell_worker_lost(websocket: WebSocket) -> None:
+    prometheus.LIVE_WORKER_LOST.inc()
+    with contextlib.suppress(Exception):
+        await websocket.send_json(message_error(ServiceErrorCode.WORKER_LOST.value, "the worker running this "
+                                                "session stopped; start a new session"))
+    with contextlib.suppress(Exception):
+        await websocket.close(CLOSE_ERROR)
+
+
 def _json(message: Any) -> dict[str, Any]:
     try:
         value = json.loads(message) if isinstance(message, str) else None
@@ -119,7 +142,7 @@ async def _relay_close(websocket: WebSocket, upstream: Any) -> None:
     with contextlib.suppress(Exception):
         await upstream.wait_closed()
     with contextlib.suppress(Exception):
-        await websocket.close(upstream.close_code or CLOSE_ERROR)
+        await websocket.close(relayable_close_code(upstream.close_code))
 
 
 async def _proxy(websocket: WebSocket, upstream: Any) -> None:
@@ -149,9 +172,15 @@ async def _proxy(websocket: WebSocket, upstream: Any) -> None:
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(up, down, return_exceptions=True)
-    if down in done:  # the worker ended the session: pass its close code on
+    if down in done:  # the worker ended the session: pass its close code on, or say it was lost
         with contextlib.suppress(Exception):
-            await websocket.close(upstream.close_code or CLOSE_ERROR)
+            await upstream.wait_closed()
+        if worker_lost(upstream):
+            log.warning("live session: the worker's connection dropped (close code %s)", upstream.close_code)
+            await _tell_worker_lost(websocket)
+            return
+        with contextlib.suppress(Exception):
+            await websocket.close(relayable_close_code(upstream.close_code))
     else:  # the client went away: the worker's endpoint sees the close and aborts the session
         with contextlib.suppress(Exception):
             await upstream.close()

@@ -112,9 +112,11 @@ _LEVEL_TAG = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trac
 
 def ffmpeg_message(stderr: str, path: str | Path, fallback: str) -> str:
     """The last (up to two) lines ffmpeg printed, fit for a user: the server-side path is replaced by the
-    file's name, severity tags are dropped and log contexts like "[h264 @ 0x55d0...]" become "h264: "."""
+    file's name, severity tags are dropped and log contexts like "[h264 @ 0x55d0...]" become "h264: ".
+    Progress lines ("frame= ... fps= ...", "size=N/A time=... bitrate=...") and `showinfo`'s per-frame lines
+    are never the reason, whatever they end with: they are skipped."""
     resolved, name = str(Path(path).resolve()), Path(path).name
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not _PROGRESS_LINE.search(line)]
     if not lines:
         return fallback
     # The last line is often generic ("Invalid data found when processing input"); the one before it
@@ -123,6 +125,9 @@ def ffmpeg_message(stderr: str, path: str | Path, fallback: str) -> str:
     text = "; ".join(picked).replace(f"file:{resolved}", name).replace(resolved, name)
     text = _LEVEL_TAG.sub("", text)
     return _LOG_CONTEXT.sub(lambda m: "" if m.group(1) == "NULL" else f"{m.group(1)}: ", text)[:500]
+
+
+_PROGRESS_LINE = re.compile(r"^\s*(?:\[\w+\]\s*)?(frame|size)=\s*\S+.*\btime=|\bParsed_showinfo_|\bshowinfo\b")
 
 
 def _refused_format(stderr: str) -> str | None:
