@@ -184,8 +184,8 @@ def test_a_killed_worker_is_replaced_within_the_lease_and_a_duplicate_message_do
         job_id, owner, other = _job_on_one_of_two_workers(service, long_clip)
         # a duplicate message while the owner is alive (what a redelivery looks like): the idle worker takes
         # it, finds a live lease and does nothing
-        create_celery(ServiceSettings(_env_file=None, data_dir=service.data_dir, broker_url=own_redis[0]),
-                      prepare=False).send_task(TASK_SEGMENT, args=[job_id])
+        create_celery(ServiceSettings(_env_file=None, data_dir=service.data_dir, broker_url=own_redis[0])
+                      ).send_task(TASK_SEGMENT, args=[job_id])
         _wait(lambda: "this delivery does nothing" in other.tail(100_000), 30, "the duplicate delivery")
         assert _record(service, job_id)["attempts"] == 1
         assert _record(service, job_id)["owner"] == _owner_name(owner)
@@ -382,8 +382,8 @@ def test_a_burst_of_uploads_never_passes_the_backlog_limit(tmp_path: Path, own_r
 
 
 def test_the_embedded_default_restarts_its_worker_and_recovers_the_job(tmp_path: Path, long_clip: Path) -> None:
-    """The filesystem transport deletes a message when a worker takes it: the job survives its worker's death
-    through its lease, and `avs serve` restarts the worker."""
+    """On the embedded default (`avs serve`'s private Redis) the job survives its worker's death through its
+    lease, and `avs serve` restarts the worker."""
     service = Service(tmp_path / "data", _base_env(tmp_path / "data"))
     service.data_dir.mkdir()
     service.env["AVS_WORKER_METRICS_PORT"] = "0"

@@ -245,6 +245,13 @@ def test_refusals_and_limits_have_stable_codes(service: Service, webm: Path) -> 
     idle = _exchange(service, {"type": "start"})
     assert idle[-1]["type"] == "end"
     assert idle[-1]["error"]["code"] == "idle_timeout"
+    # ... and so does one that sends a container's header and then stalls, whatever ffmpeg makes of the
+    # truncated stream (issue #27: it was not_media/corrupt_media with ffmpeg's statistics line)
+    for head in (webm.read_bytes()[:300], webm.read_bytes()[:4000]):
+        stalled = _exchange(service, {"type": "start"}, then=head)
+        assert stalled[-1]["type"] == "end"
+        assert stalled[-1]["error"]["code"] == "idle_timeout", stalled[-1]
+        assert "time=" not in stalled[-1]["error"]["message"]
     # capacity: MAX_SESSIONS sessions run, one more is refused until one ends
     with contextlib.ExitStack() as stack:
         for _ in range(MAX_SESSIONS):

@@ -41,6 +41,7 @@ from model.modeling.audio_frontend import SAMPLE_RATE
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.live_sources import LiveSource, with_read_timeout
+from worker.core.media.containers import SNIFF_BYTES, sniff_container_head
 from worker.core.media.media_info import MediaLimits
 from worker.core.media.probe import ffmpeg_message
 from worker.core.media.process import BoundedProcess
@@ -160,6 +161,7 @@ class LiveSession:
         self._last_input = time.monotonic()
         self._bytes_in = 0  # pushed bytes received
         self._failed_before_idle = False  # ffmpeg had exited with an error when the idle timeout fired
+        self._head = b""  # the first pushed bytes: a container header or not
         self._last_processed_pts: float | None = None
         self._ended = threading.Event()
         self._stop = threading.Event()
@@ -193,6 +195,8 @@ class LiveSession:
         if self._proc is None or self._proc.popen.stdin is None or self._ended.is_set():
             return
         self._last_input = time.monotonic()
+        if len(self._head) < SNIFF_BYTES:
+            self._head += data[:SNIFF_BYTES - len(self._head)]
         self._bytes_in += len(data)
         try:
             self._proc.popen.stdin.write(data)
@@ -246,10 +250,12 @@ class LiveSession:
             self.engine.finish(self._handle)
         except BaseException as exc:
             idle = isinstance(self.error, SessionError) and self.error.code == ServiceErrorCode.IDLE_TIMEOUT
-            # The first cause wins. A client that sent a header (or anything) and then stalled is `idle_timeout`,
-            # however ffmpeg then reacts to the truncated input we closed (issue #27); ffmpeg's complaint wins
-            # only when ffmpeg had already failed before the idle timeout ended the input.
-            if self.error is None or (idle and isinstance(exc, MediaError) and self._failed_before_idle):
+            # A client that sent a container's header and then stalled is `idle_timeout`, however ffmpeg reacts
+            # to the truncated input we then closed (issue #27). ffmpeg's verdict wins when it had failed before
+            # the idle timeout, or when what came was no container at all (bytes that ffmpeg could not read
+            # say more than the silence that followed).
+            ffmpeg_first = self._failed_before_idle or (self._bytes_in and sniff_container_head(self._head) is None)
+            if self.error is None or (idle and isinstance(exc, MediaError) and ffmpeg_first):
                 self.error = exc
         finally:
             self._stop.set()

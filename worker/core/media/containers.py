@@ -92,6 +92,9 @@ def is_audio_only(demuxer: str) -> bool:
     return demuxer in AUDIO_ONLY_DEMUXERS
 
 
+SNIFF_BYTES = 512
+
+
 def sniff_container(path: str | Path) -> str | None:
     """Guess the accepted video container from the file's first bytes (its magic), without ffmpeg.
 
@@ -100,9 +103,14 @@ def sniff_container(path: str | Path) -> str | None:
     """
     try:
         with open(path, "rb") as fh:
-            head = fh.read(512)
+            head = fh.read(SNIFF_BYTES)
     except OSError:
         return None
+    return sniff_container_head(head)
+
+
+def sniff_container_head(head: bytes) -> str | None:
+    """`sniff_container` on the first `SNIFF_BYTES` of a file or stream (fewer: only the short signatures)."""
     if len(head) >= 8 and head[4:8] in _MOV_BOXES:
         return "mov"
     if head[:4] == b"\x1a\x45\xdf\xa3":
