@@ -45,6 +45,18 @@ def decode_rle(counts: str, size: Sequence[int]) -> np.ndarray:
     return coco_mask.decode({"size": [int(size[0]), int(size[1])], "counts": counts.encode("ascii")})
 
 
+def record_labels(record: dict[str, Any]) -> np.ndarray:
+    """A frame record back to its mask: uint8 [h, w] at the record's `size`, 0/1 for a binary record, class
+    ids for a semantic one (its `segments`)."""
+    size = record["size"]
+    if "segments" not in record:
+        return decode_rle(record["counts"], size)
+    labels = np.zeros((int(size[0]), int(size[1])), dtype=np.uint8)
+    for segment in record["segments"]:
+        labels[decode_rle(segment["counts"], size) > 0] = segment["class_id"]
+    return labels
+
+
 def mask_records(masks: np.ndarray, *, start_index: int, pts_s: Sequence[float],
                  class_names: Sequence[str]) -> list[dict[str, Any]]:
     """masks uint8 [n, h, w] (0/1, or class ids when len(class_names) > 1) -> one record per frame."""

@@ -14,7 +14,10 @@ time, and its sound is the source's chosen audio track moved to the same timelin
 
 Geometry: the frames are upright (the source's rotation applied by the decoder, so no rotation metadata
 is needed) and carry the source's pixel aspect ratio (`setsar`), so the overlay plays in the source's shape
-in any player. H.264 in yuv420p needs even sizes: an odd dimension is padded by one pixel.
+in any player. H.264 in yuv420p needs even sizes: an odd dimension is padded by one pixel. A stream whose
+frame size changes mid-way (issue #21) keeps the first frame's size as the overlay's: a frame of another
+shape is fitted inside it with its own aspect ratio (black bars), its mask with it, since players do not
+follow a resolution change inside one MP4 track.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from worker.core.errors import MediaError
 from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import FFMPEG
 from worker.core.media.process import BoundedProcess
-from worker.masks import decode_rle, read_mask_lines
+from worker.masks import read_mask_lines, record_labels
 from worker.media.decode import FrameReader
 from worker.media.ffmpeg_input import input_url, media_input_args, timeline_filter
 
@@ -83,8 +86,12 @@ def encoder_command(info: MediaInfo, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+Shown = tuple[np.ndarray, float, dict[str, Any], tuple[int, int] | None]
+"""(frame at the overlay's size, its time, its mask record, the frame's own display size)."""
+
+
 def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]], *, hold: bool = False
-                       ) -> Iterator[tuple[np.ndarray, float, dict[str, Any]]]:
+                       ) -> Iterator[Shown]:
     """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree. `hold`
     (a live session, which drops frames): a frame without a mask of its own shows the last one before it,
     as the session's viewer saw it; frames before the first mask are left out."""
@@ -99,17 +106,16 @@ def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]], *, 
         if record["frame_index"] != batch.start_index or abs(float(record["pts_s"]) - pts) > PTS_TOLERANCE_S:
             raise RuntimeError(f"overlay: frame {batch.start_index} at {pts:.6f} s does not match its mask line "
                                f"(frame {record['frame_index']} at {record['pts_s']} s)")
-        yield batch.frames[0], pts, record
+        yield batch.frames[0], pts, record, batch.sizes[0] if batch.sizes else None
 
 
-def _frames_holding_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]
-                          ) -> Iterator[tuple[np.ndarray, float, dict[str, Any]]]:
+def _frames_holding_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]) -> Iterator[Shown]:
     current, upcoming = None, next(masks, None)
     for batch in reader.iter_batches(1):
         while upcoming is not None and upcoming["frame_index"] <= batch.start_index:
             current, upcoming = upcoming, next(masks, None)
         if current is not None:
-            yield batch.frames[0], batch.pts_s[0], current
+            yield batch.frames[0], batch.pts_s[0], current, batch.sizes[0] if batch.sizes else None
 
 
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
@@ -152,17 +158,16 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     return out_path
 
 
-def _mux(sink: Any, info: MediaInfo, first: tuple[np.ndarray, float, dict[str, Any]],
-         rest: Iterator[tuple[np.ndarray, float, dict[str, Any]]], palette: np.ndarray | None) -> None:
+def _mux(sink: Any, info: MediaInfo, first: Shown, rest: Iterator[Shown], palette: np.ndarray | None) -> None:
     """Blend and write every frame to `sink` as NUT rawvideo with its presentation time."""
     with av.open(sink, mode="w", format="nut") as container:
         stream = container.add_stream("rawvideo")
         stream.width, stream.height, stream.pix_fmt = info.width, info.height, "rgb24"
         stream.time_base = stream.codec_context.time_base = TIME_BASE
         last = -1
-        for frame, pts_s, record in itertools.chain([first], rest):
-            mask = decode_rle(record["counts"], record["size"]) if palette is None else _labels(record)
-            picture = av.VideoFrame.from_ndarray(blend(frame, mask, palette), format="rgb24")
+        for frame, pts_s, record, size in itertools.chain([first], rest):
+            drawn = drawn_frame(frame, record_labels(record), size, palette)
+            picture = av.VideoFrame.from_ndarray(drawn, format="rgb24")
             # strictly increasing, as a muxer requires; equal source times (never in a valid file) move 1 µs
             last = picture.pts = max(round(pts_s / TIME_BASE), last + 1)
             picture.time_base = TIME_BASE
@@ -170,9 +175,29 @@ def _mux(sink: Any, info: MediaInfo, first: tuple[np.ndarray, float, dict[str, A
         container.mux(stream.encode(None))
 
 
-def _labels(record: dict) -> np.ndarray:
-    h, w = record["size"]
-    labels = np.zeros((h, w), dtype=np.uint8)
-    for segment in record.get("segments", []):
-        labels[decode_rle(segment["counts"], record["size"]) > 0] = segment["class_id"]
-    return labels
+def fit_inside(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a picture of display size `size` (h, w) fitted inside `canvas` (h, w)
+    with its aspect ratio kept and centred."""
+    scale = min(canvas[0] / size[0], canvas[1] / size[1])
+    height, width = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return (canvas[0] - height) // 2, (canvas[1] - width) // 2, height, width
+
+
+def drawn_frame(frame: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None,
+                palette: np.ndarray | None) -> np.ndarray:
+    """The overlay picture for `frame` (uint8 [H, W, 3] at the overlay's size) and its `mask` (uint8 [h, w], the
+    frame's own size). A frame whose display size `size` has another shape than the overlay was stretched by
+    the decoder: it is put back in its own shape inside the overlay, with black bars."""
+    from PIL import Image
+
+    canvas = frame.shape[:2]
+    if size is None or size == canvas or size[0] * canvas[1] == size[1] * canvas[0]:
+        if mask.shape != canvas:  # same shape, another size: the mask follows the picture
+            mask = np.asarray(Image.fromarray(mask).resize((canvas[1], canvas[0]), Image.NEAREST))
+        return blend(frame, mask, palette)
+    top, left, height, width = fit_inside(size, canvas)
+    picture = np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    out = np.zeros_like(frame)
+    out[top:top + height, left:left + width] = blend(picture, mask, palette)
+    return out

@@ -26,7 +26,7 @@ for upsampling, RLE and writing, in order. Memory stays bounded whatever the vid
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ from worker.core.media.probe import probe_media
 from worker.engine import FrameEngine, JobSpec
 from worker.masks import MaskWriter, mask_records
 from worker.media.audio import read_audio
-from worker.media.decode import FrameReader
+from worker.media.decode import FrameBatch, FrameReader
 
 # The decoder's deadline is wall-clock for the whole pass, model time included (ffmpeg waits on a full
 # pipe while the model works). Budget this much per expected frame on top of the media limits' decode
@@ -84,13 +84,15 @@ class SegmentResult:
     seconds_total: float
     masks_path: str
     overlay_path: str | None = None
+    frames_skipped: int = 0  # undecodable frames before the first one (a stream starting mid-GOP)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds_total if self.seconds_total > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "video": self.video, "timings": self.timings,
+        return {"frames": self.frames, "frames_skipped": self.frames_skipped, "video": self.video,
+                "timings": self.timings,
                 "seconds_total": round(self.seconds_total, 4), "frames_per_second": round(self.fps, 3),
                 "masks": self.masks_path, "overlay": self.overlay_path}
 
@@ -139,18 +141,26 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         if png_dir is not None:
             png_dir.mkdir(exist_ok=True)
 
+        sizes: dict[int, tuple[int, int]] = {}  # frame index -> the display size it was decoded at
+
+        def batches() -> Iterator[FrameBatch]:
+            for batch in reader.iter_batches(options.batch_size):
+                for i, size in enumerate(batch.sizes or ()):
+                    sizes[batch.start_index + i] = size
+                yield batch
+
         def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
-            masks = predictor.postprocess(logits, (info.height, info.width), threshold=options.threshold)
-            records = mask_records(masks, start_index=start_index, pts_s=pts_s, class_names=predictor.class_names)
+            frame_sizes = [sizes.pop(start_index + i, (info.height, info.width)) for i in range(len(pts_s))]
+            records = encode_masks(predictor, logits, start_index, pts_s, frame_sizes, options.threshold)
             with fence():
                 writer.write(records)
             if png_dir is not None:
-                _write_pngs(png_dir, masks, start_index, predictor.num_classes)
+                _write_pngs(png_dir, records, start_index, predictor.num_classes)
             if on_progress is not None:
                 on_progress(start_index + len(records), expected)
 
         # Frames start decoding now, while the sound is read and encoded: the first batch is ready sooner.
-        handle = engine.submit(JobSpec(key=str(video), batches=reader.iter_batches(options.batch_size), table=None,
+        handle = engine.submit(JobSpec(key=str(video), batches=batches(), table=None,
                                        encode=encode, should_cancel=should_cancel, start_frame=options.start_frame))
         try:
             try:
@@ -190,16 +200,37 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps, fence=fence,
                                          num_classes=predictor.num_classes, limits=options.limits))
         timings["overlay"] = time.perf_counter() - t
-    return SegmentResult(frames=stats.frames, video=info.to_dict(),
+    return SegmentResult(frames=stats.frames, video=info.to_dict(), frames_skipped=reader.frames_skipped,
                          timings={k: round(v, 4) for k, v in timings.items()},
                          seconds_total=time.perf_counter() - started, masks_path=str(masks_path),
                          overlay_path=overlay_path)
 
 
-def _write_pngs(directory: Path, masks: np.ndarray, start_index: int, num_classes: int) -> None:
+def encode_masks(predictor: AVSPredictor, logits: torch.Tensor, start_index: int, pts_s: list[float],
+                 sizes: list[tuple[int, int]], threshold: float | None) -> list[dict[str, Any]]:
+    """Mask records for consecutive frames whose display sizes may differ (a stream whose resolution changes):
+    each run of equal sizes is upsampled and encoded at its own size. `logits` [n, C, h, w]; `sizes` n
+    (height, width) pairs. Returns n records (`worker.masks.mask_records`)."""
+    records: list[dict[str, Any]] = []
+    start = 0
+    while start < len(sizes):
+        end = start
+        while end < len(sizes) and sizes[end] == sizes[start]:
+            end += 1
+        masks = predictor.postprocess(logits[start:end], sizes[start], threshold=threshold)
+        records.extend(mask_records(masks, start_index=start_index + start, pts_s=pts_s[start:end],
+                                    class_names=predictor.class_names))
+        start = end
+    return records
+
+
+def _write_pngs(directory: Path, records: list[dict[str, Any]], start_index: int, num_classes: int) -> None:
     from PIL import Image
 
-    for i, mask in enumerate(masks):
+    from worker.masks import record_labels
+
+    for i, record in enumerate(records):
+        mask = record_labels(record)
         # binary: 0/255 so the PNG is visible as is; semantic: class ids (a palette-free label map)
         image = mask * 255 if num_classes == 1 else mask
         Image.fromarray(image.astype(np.uint8), mode="L").save(directory / f"{start_index + i:06d}.png")

@@ -56,7 +56,7 @@ def _live_local(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     session = LiveSession(source, engine, lambda record: _write_record(out, record),
                           options=LiveOptions(threshold=args.threshold, fps=args.fps, window=args.window),
                           limits=media_limits(args), realtime=source.url.startswith("file:") and not args.no_realtime,
-                          idle_timeout_s=args.idle_timeout)
+                          idle_timeout_s=args.idle_timeout, reconnect_s=args.reconnect)
     session.start()
     try:
         summary = session.wait()  # this thread loaded the model: it runs it (worker.engine)
@@ -105,6 +105,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--window", type=int, default=2,
                    help="frames that may wait for the model; one more drops the oldest (never fall behind)")
     p.add_argument("--idle-timeout", type=float, default=10.0, help="end after this many seconds without media")
+    p.add_argument("--reconnect", type=float, default=30.0,
+                   help="a stream URL that drops is opened again (back-off 0.5 s to 8 s) until this many seconds "
+                        "have passed since its last frame (0: end when it drops)")
     p.add_argument("--no-realtime", action="store_true", help="read a file as fast as possible (not at its rate)")
     p.add_argument("--server", default=None,
                    help="stream to a running service instead (http://host:port); a URL source is pulled by it")

@@ -62,7 +62,7 @@ def _decode_all(info: MediaInfo, **kwargs: object) -> tuple[np.ndarray, list[flo
 def test_error_codes_are_stable_strings() -> None:
     assert {code.value for code in ErrorCode} == {
         "not_media", "no_video_stream", "no_audio_track", "corrupt_media", "too_long", "too_many_pixels",
-        "media_timeout",
+        "media_timeout", "not_fragmented",
     }  # fmt: skip
     err = MediaError(ErrorCode.TOO_LONG, "too long by far")
     assert str(err) == "too long by far"

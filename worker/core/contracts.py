@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     """The frame size (width × height) is larger than the configured limit."""
     MEDIA_TIMEOUT = "media_timeout"
     """ffprobe/ffmpeg did not finish within its deadline and was killed."""
+    NOT_FRAGMENTED = "not_fragmented"
+    """A live stream in MP4 whose media comes before its index (`mdat` before `moov`): it cannot be read as it
+    arrives; send fragmented MP4, or upload the file."""
 
 
 class ServiceErrorCode(StrEnum):

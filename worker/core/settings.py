@@ -61,6 +61,9 @@ class ServiceSettings(BaseSettings):
     live_advertise_host: str | None = None  # the host the API dials (default: live_host, or the hostname)
     live_idle_timeout_s: float = Field(10.0, gt=0)  # a session that receives no media this long ends
     live_max_duration_s: float = Field(3600.0, gt=0)  # a session ends (well) after this long
+    # A pulled stream that drops is opened again (back-off 0.5 s doubling to 8 s) until this many seconds have
+    # passed since its last frame; then the session ends (`ended_by: source_lost`). 0: end when it drops.
+    live_reconnect_s: float = Field(30.0, ge=0)
     # Stream URLs a session may pull, by scheme and host ("udp://127.0.0.1,srt://camera.lan"); none by default:
     # a URL fetched for a client is a server-side request forgery hole until allow-listed.
     live_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)

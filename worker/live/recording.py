@@ -10,6 +10,7 @@ a file job that fails keeps its masks). A worker killed mid-session leaves a dir
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from worker.core.contracts import JobStatus
 from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobOptions, JobRecord, Progress
 from worker.core.jobstore import RECORD, JobStore
-from worker.core.media.media_info import MediaLimits
+from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import probe_media
 from worker.masks import MaskWriter
 from worker.overlay import write_overlay
@@ -50,12 +51,18 @@ class Recording:
         self.writer.write([{k: v for k, v in record.items() if k not in ("type", "latency_ms")}])
 
     def finish(self, summary: dict[str, Any], error: tuple[str, str] | None, *, num_classes: int,
-               limits: MediaLimits) -> JobRecord:
-        """Commit the masks, render the overlay when asked (and there is something to draw), write the record."""
+               limits: MediaLimits, rotation: int = 0) -> JobRecord:
+        """Commit the masks, render the overlay when asked (and there is something to draw), write the record.
+
+        `rotation`: the clockwise display rotation of the session's input (ffmpeg applied it to the frames the
+        masks were made from). The copy of the stream is Matroska, which keeps no display matrix, so it is
+        turned the same way for the overlay, which then plays upright like the masks (issue #21)."""
         self.writer.commit()
         if error is None and self.copy_path is not None and summary["frames_processed"]:
             try:
                 info = probe_media(self.copy_path, limits, require_audio=False)
+                if rotation % 360 and info.rotation == 0:
+                    info = rotated(info, rotation)
                 write_overlay(info, self.store.masks_path(self.job_id), self.store.overlay_path(self.job_id),
                               fps=None, num_classes=num_classes, limits=limits, hold=True)
             except MediaError as exc:
@@ -79,6 +86,14 @@ class Recording:
         """Nothing kept: the client went away before ending the session."""
         self.writer.abort()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rotated(info: MediaInfo, rotation: int) -> MediaInfo:
+    """`info` of a stream stored unrotated, shown turned `rotation` degrees clockwise (display size swapped
+    for 90/270, as the probe reports a rotated file)."""
+    quarter = rotation % 180 == 90
+    return dataclasses.replace(info, rotation=rotation % 360, width=info.height if quarter else info.width,
+                               height=info.width if quarter else info.height)
 
 
 def sweep_orphans(store: JobStore, *, older_than_s: float, now: float | None = None) -> list[str]:

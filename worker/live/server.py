@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from errno import EDQUOT, ENOSPC
 from typing import Any
 
 from pydantic import ValidationError
@@ -208,6 +209,7 @@ class LiveServer:
 
         session = LiveSession(
             source, engine, on_record, key=session_id, idle_timeout_s=self.settings.live_idle_timeout_s,
+            reconnect_s=self.settings.live_reconnect_s,
             options=LiveOptions(threshold=start.threshold, fps=start.fps, window=start.window),
             limits=self.settings.media_limits(), max_duration_s=self.settings.live_max_duration_s,
             on_latency=prometheus.LIVE_LATENCY_SECONDS.observe,
@@ -244,16 +246,28 @@ class LiveServer:
             summary = await waiter
         error = error_of(session.error)
         client_gone = error is not None and error[0] == ServiceErrorCode.CLIENT_GONE.value
-        status = "client_gone" if client_gone else ("failed" if error else "succeeded")
-        prometheus.LIVE_SESSIONS_ENDED.labels(status=status).inc()
         job_id = None
         if recording is not None:
             if client_gone:
                 await asyncio.to_thread(recording.discard)
             else:
-                await asyncio.to_thread(recording.finish, summary, error, num_classes=predictor.cfg.num_classes,
-                                        limits=self.settings.media_limits())
-                job_id = session_id
+                # The end message says what the job says (issue #21: a recording whose overlay failed ended
+                # `succeeded` on the socket while its job was `failed`).
+                try:
+                    kept = await asyncio.to_thread(recording.finish, summary, error,
+                                                   num_classes=predictor.cfg.num_classes,
+                                                   limits=self.settings.media_limits(), rotation=session.rotation)
+                except Exception as exc:  # no record could be written (a full disk): no job to point to
+                    log.exception("live session %s: the recording could not be kept", session_id)
+                    code = ServiceErrorCode.STORAGE_FULL if isinstance(exc, OSError) and exc.errno in (ENOSPC, EDQUOT) \
+                        else ServiceErrorCode.INTERNAL_ERROR
+                    error = (code.value, "the recording could not be kept")
+                else:
+                    job_id = session_id
+                    if kept.error is not None:
+                        error = (kept.error.code, kept.error.message)
+        status = "client_gone" if client_gone else ("failed" if error else "succeeded")
+        prometheus.LIVE_SESSIONS_ENDED.labels(status=status).inc()
         if client_gone:
             return
         end = {"type": "end", "status": "failed" if error else "succeeded", "session_id": session_id,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -41,20 +42,23 @@ from model.modeling.audio_frontend import SAMPLE_RATE
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.live_sources import LiveSource, with_read_timeout
-from worker.core.media.containers import SNIFF_BYTES, sniff_container_head
+from worker.core.media.containers import SNIFF_BYTES, mp4_media_before_index, sniff_container_head
 from worker.core.media.media_info import MediaLimits
 from worker.core.media.probe import ffmpeg_message
 from worker.core.media.process import BoundedProcess
 from worker.engine import FrameEngine, JobHandle, JobSpec
-from worker.masks import mask_records
+from worker.live.reconnect import Gaps, backoff_delays
 from worker.media.decode import FrameBatch
+from worker.media.ffmpeg_input import continuous_audio_pts, continuous_video_pts
+from worker.media.frame_log import frame_seconds, parse_frame_line, parse_time_base
+from worker.pipeline import encode_masks
 
 log = logging.getLogger("avs.live")
 
-_SHOWINFO = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
-_TIME_BASE = re.compile(r"Parsed_showinfo.*config in time_base:\s*(\d+)/(\d+)")
 _INPUT_START = re.compile(r"Duration: .*?, start: (-?\d+(?:\.\d+)?)")
 _VIDEO_SIZE = re.compile(r"Stream #0:\d+.*Video: .*?, (\d{2,5})x(\d{2,5})")
+_AUDIO_STREAM = re.compile(r"Stream #0:\d+.*: Audio: ")
+_ROTATION = re.compile(r"displaymatrix: rotation of (-?\d+(?:\.\d+)?) degrees")
 END_GRACE_S = 10.0  # an ffmpeg asked to finish that has not after this is killed
 AUDIO_KEEP_S = 10.0  # seconds of sound kept for the embeddings (a window needs 0.975 s)
 
@@ -96,9 +100,18 @@ class LiveStats:
 def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: int, realtime: bool = False,
                  copy_to: Path | None = None, read_timeout_s: float = 10.0) -> list[str]:
     """ffmpeg reading the source once and writing both outputs: frames (stdout) and sound (`audio_fd`), and,
-    when `copy_to` is given, the stream itself, not re-encoded (Matroska), for a recorded session's overlay."""
+    when `copy_to` is given, the stream itself, not re-encoded (Matroska), for a recorded session's overlay.
+
+    The same rules as an upload's decode (`worker.media.decode`): one filter graph across frame size changes
+    (`-reinit_filter 0`), `showinfo` before `scale` (each frame's own size), timestamps made continuous across
+    a restart in both chains (`worker.media.ffmpeg_input`). The display matrix is applied by ffmpeg itself
+    (autorotation, on by default), so the frames and the sizes showinfo logs are upright."""
     copy = ["-map", "0:v:0", "-map", "0:a:0?", "-c", "copy", "-f", "matroska", str(copy_to)] if copy_to else []
     url, timeout = with_read_timeout(source, read_timeout_s)
+    video = f"{continuous_video_pts()},showinfo=checksum=0,scale={size}:{size}:flags=bilinear,format=rgb24," \
+            "settb=1,setpts=N"
+    audio = f"{continuous_audio_pts()},aresample=async=1:first_pts=0,aformat=sample_fmts=flt:sample_rates=16000:" \
+            "channel_layouts=mono"
     return [
         "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "repeat+level+info",
         *([] if source.pushed else ["-nostdin"]),
@@ -108,13 +121,13 @@ def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: in
         "-probesize", "500000", "-analyzeduration", "500000",
         # one decoding thread: frame threading holds back (threads - 1) frames, 40 ms each at 25 fps
         "-threads", "1",
+        "-reinit_filter", "0",
         *(["-re"] if realtime else []),
         "-max_pixels", str(max_pixels), *timeout,
         "-i", url,
-        "-map", "0:v:0", "-vf", f"scale={size}:{size}:flags=bilinear,format=rgb24,showinfo=checksum=0,settb=1,setpts=N",
+        "-map", "0:v:0", "-vf", video,
         "-fps_mode", "passthrough", "-enc_time_base:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-        "-map", "0:a:0?", "-af", "aresample=async=1:first_pts=0,aformat=sample_fmts=flt:sample_rates=16000:"
-        "channel_layouts=mono", "-flush_packets", "1", "-f", "f32le", f"pipe:{audio_fd}",
+        "-map", "0:a:0?", "-af", audio, "-flush_packets", "1", "-f", "f32le", f"pipe:{audio_fd}",
         *copy,
     ]  # fmt: skip
 
@@ -133,7 +146,7 @@ class LiveSession:
                  idle_timeout_s: float = 10.0, key: str = "live",
                  on_latency: Callable[[float], None] | None = None,
                  on_drop: Callable[[str], None] | None = None, copy_to: Path | None = None,
-                 max_duration_s: float | None = None) -> None:
+                 max_duration_s: float | None = None, reconnect_s: float = 0.0) -> None:
         self.source, self.engine, self.on_record = source, engine, on_record
         self.options = options or LiveOptions()
         self.limits = limits or MediaLimits()
@@ -141,13 +154,24 @@ class LiveSession:
         self.on_latency, self.on_drop_reason = on_latency, on_drop
         self.copy_to = copy_to
         self.max_duration_s = max_duration_s or self.limits.max_duration_s
-        self.ended_by: str | None = None  # "client", "source", "max_duration" when it ended well
+        # A pulled source that drops is opened again for this long (worker.live.reconnect); not while its stream
+        # is copied for an overlay (the copy is one file per connection).
+        self.reconnect_s = reconnect_s if not source.pushed and copy_to is None else 0.0
+        self.gaps = Gaps()
+        self._segment_offset = 0.0  # session time of the current connection's t = 0 (seconds)
+        self._last_time: float | None = None  # session time of the latest frame
+        self._last_frame_at = time.monotonic()  # when the latest frame arrived
+        self._reconnected_at: float | None = None  # set until the first frame of a new connection
+        self.ended_by: str | None = None  # "client", "source", "source_lost", "max_duration" when it ended well
         self._started_at = time.monotonic()
         self.predictor = engine.predictor
         self.stats = LiveStats()
         self._arrivals: dict[int, float] = {}
-        self._pts: collections.deque[float] = collections.deque()
+        self._pts: collections.deque[tuple[float, tuple[int, int] | None]] = collections.deque()  # (time, size)
+        self._sizes: dict[int, tuple[int, int]] = {}  # frame index -> its display size (height, width)
         self._time_base = 0.0
+        self._audio_declared = False  # the input lists an audio stream
+        self.rotation = 0  # clockwise degrees of the input's display matrix (ffmpeg applies it to the frames)
         # ffmpeg moves the input's timeline to start at 0 (it subtracts the input's start time, which an Opus
         # track makes negative and MPEG-TS makes 1.4 s or hours); masks carry the stream's own timestamps,
         # so this is added back, while the sound, on ffmpeg's timeline, is looked up without it.
@@ -172,23 +196,14 @@ class LiveSession:
 
     # ------------------------------------------------------------------------------------------ life
     def start(self) -> None:
-        read_fd, write_fd = os.pipe()
-        command = live_command(self.source, size=self.predictor.input_size, audio_fd=write_fd,
-                               max_pixels=self.limits.max_pixels, realtime=self.realtime, copy_to=self.copy_to,
-                               read_timeout_s=self.idle_timeout_s)
-        self._proc = BoundedProcess(command, timeout_s=self.limits.max_duration_s + 30.0, stdin=self.source.pushed,
-                                    on_stderr_line=self._on_stderr, pass_fds=(write_fd,))
-        os.close(write_fd)
-        audio = threading.Thread(target=self._read_audio, args=(read_fd,), name=f"live-audio-{self.key[:8]}",
-                                 daemon=True)
+        self._spawn()
         watchdog = threading.Thread(target=self._watch, name=f"live-watch-{self.key[:8]}", daemon=True)
-        self._threads = [audio, watchdog]
-        for thread in self._threads:
-            thread.start()
+        self._threads.append(watchdog)
+        watchdog.start()
         self._handle = self.engine.submit(JobSpec(
             key=self.key, batches=self._frames(), table=None, encode=self._encode,
             should_cancel=self._stop.is_set, live_window=max(1, self.options.window), embed=self._embed,
-            on_drop=lambda _index: self._dropped("late")))
+            on_drop=self._dropped_late))
 
     def feed(self, data: bytes) -> None:
         """Pushed media bytes, in order (a pushed session only)."""
@@ -197,6 +212,17 @@ class LiveSession:
         self._last_input = time.monotonic()
         if len(self._head) < SNIFF_BYTES:
             self._head += data[:SNIFF_BYTES - len(self._head)]
+            container = sniff_container_head(self._head)
+            if container is not None and container not in ("matroska", "mov"):
+                self.abort(ErrorCode.NOT_MEDIA.value, f"this is {container}: a live session takes WebM/Matroska or "
+                           "fragmented MP4 over the socket (what MediaRecorder writes); other streams can be "
+                           "pulled from an allowed URL (`source`), or uploaded to POST /segment")
+                return
+            if mp4_media_before_index(self._head):
+                self.abort(ErrorCode.NOT_FRAGMENTED.value, "an MP4 whose media comes before its index cannot be "
+                           "read as it arrives: send fragmented MP4 (MediaRecorder's, or ffmpeg -movflags "
+                           "frag_keyframe+empty_moov), or upload the file to POST /segment")
+                return
         self._bytes_in += len(data)
         try:
             self._proc.popen.stdin.write(data)
@@ -263,45 +289,112 @@ class LiveSession:
                 self._proc.close()
             for thread in self._threads:
                 thread.join(timeout=5)
-        return self.stats.summary()
+        return {**self.stats.summary(), **self.gaps.summary()}
 
     # -------------------------------------------------------------------------------------- inputs
+    def _spawn(self) -> None:
+        """One connection to the source: an ffmpeg writing frames (stdout) and sound (a pipe), a thread reading
+        the sound. The log's per-connection facts (time base, streams, rotation) start afresh."""
+        read_fd, write_fd = os.pipe()
+        command = live_command(self.source, size=self.predictor.input_size, audio_fd=write_fd,
+                               max_pixels=self.limits.max_pixels, realtime=self.realtime, copy_to=self.copy_to,
+                               read_timeout_s=self.idle_timeout_s)
+        with self._cond:
+            self._pts.clear()
+            self._time_base, self._outputs_listed, self._audio_declared = 0.0, False, False
+        self._proc = BoundedProcess(command, timeout_s=self.limits.max_duration_s + 30.0, stdin=self.source.pushed,
+                                    on_stderr_line=self._on_stderr, pass_fds=(write_fd,))
+        os.close(write_fd)
+        audio = threading.Thread(target=self._read_audio, args=(read_fd,), name=f"live-audio-{self.key[:8]}",
+                                 daemon=True)
+        self._threads.append(audio)
+        audio.start()
+
+    def _reconnect(self, frames: int) -> bool:
+        """The source dropped: open it again (worker.live.reconnect) until a connection gives a frame or the
+        window since the last frame passes. True when a new connection is up; False to end the session."""
+        assert self._proc is not None
+        self._proc.wait()
+        self._proc.join_stderr(5)
+        self._proc.close()
+        deadline = self._last_frame_at + self.reconnect_s
+        for delay in backoff_delays():
+            if self._stop.is_set() or self._ended.is_set():
+                return False
+            if time.monotonic() + delay > deadline:
+                self.gaps.lost = True
+                log.info("live session %s: the source did not come back within %gs", self.key, self.reconnect_s)
+                return False
+            if self._stop.wait(delay):
+                return False
+            # the new connection's t = 0 goes after the time missed, and its sound after silence for the gap
+            with self._audio_lock:
+                heard = (self._audio_start + len(self._audio)) / SAMPLE_RATE
+            missed = time.monotonic() - self._last_frame_at
+            self._segment_offset = max((self._last_time or 0.0) + missed, heard)
+            with self._audio_lock:
+                pad = int(self._segment_offset * SAMPLE_RATE) - (self._audio_start + len(self._audio))
+                if pad > 0:
+                    self._audio = np.concatenate([self._audio, np.zeros(pad, dtype=np.float32)])
+            self._reconnected_at = self._last_frame_at
+            log.info("live session %s: source dropped after frame %d; connecting again", self.key, frames - 1)
+            self._spawn()
+            return True
+        return False
+
     def _interrupt_again(self) -> None:
         if self._proc is not None and self._proc.popen.poll() is None:
             with contextlib.suppress(OSError):
                 self._proc.popen.send_signal(signal.SIGINT)
 
     def _on_stderr(self, line: str) -> None:
-        if self._video_size is None and not self._outputs_listed:
+        if not self._outputs_listed:
             if "Output #" in line:
                 self._outputs_listed = True
-            elif (start := _INPUT_START.search(line)) is not None:
+            elif (start := _INPUT_START.search(line)) is not None and self.gaps.reconnects == 0 \
+                    and self._last_time is None:
                 self._input_start = float(start.group(1))
-            else:
-                size = _VIDEO_SIZE.search(line)
-                if size is not None:  # the input video's own size: masks are drawn at it
-                    self._video_size = (int(size.group(2)), int(size.group(1)))
-        match = _SHOWINFO.search(line)
-        if match is not None:
-            text = match.group(2)
-            pts = int(text) * self._time_base if text != "NOPTS" and self._time_base else float(match.group(3))
+            elif _AUDIO_STREAM.search(line):
+                self._audio_declared = True
+            elif (rotation := _ROTATION.search(line)) is not None:
+                self.rotation = round(-float(rotation.group(1)) / 90) * 90 % 360  # counter-clockwise in ffmpeg
+            elif self._video_size is None and (size := _VIDEO_SIZE.search(line)) is not None:
+                self._video_size = (int(size.group(2)), int(size.group(1)))  # for the pixel limit's message
+        frame = parse_frame_line(line)
+        if frame is not None:
+            seconds = frame_seconds(frame, self._time_base)
             with self._cond:
-                self._pts.append(pts)
+                self._pts.append((seconds if seconds is not None else math.nan,
+                                  (frame.height, frame.width) if frame.width else None))
                 self._cond.notify_all()
             return
-        match = _TIME_BASE.search(line)
-        if match is not None:
-            num, den = int(match.group(1)), int(match.group(2))
-            self._time_base = num / den if den else 0.0
+        time_base = parse_time_base(line)
+        if time_base is not None:
+            self._time_base = time_base
 
     def _frames(self) -> Iterator[FrameBatch]:
-        """Frames as ffmpeg delivers them, one at a time (latency first), with their arrival times."""
+        """Frames as ffmpeg delivers them, one at a time (latency first), with their arrival times; a pulled
+        source that drops is connected again (`_reconnect`) and its frames go on where they stopped."""
+        index = 0
+        while True:
+            index = yield from self._connection_frames(index)
+            if self._stop.is_set():
+                return
+            if self.reconnect_s > 0 and not self._ended.is_set() and index > 0 and self._reconnect(index):
+                continue
+            if self.ended_by is None:  # the stream ended by itself (end of file, or no data for the timeout)
+                self.ended_by = "source_lost" if self.gaps.lost else "source"
+            if not self.gaps.lost:
+                self._check_exit(frames=index)
+            return
+
+    def _connection_frames(self, index: int) -> Iterator[FrameBatch]:
+        """The frames of the current connection; returns the next frame index."""
         assert self._proc is not None
         assert self._proc.popen.stdout is not None
         size = self.predictor.input_size
         frame_bytes = size * size * 3
         stdout = self._proc.popen.stdout
-        index = 0
         while not self._stop.is_set():
             data = stdout.read(frame_bytes)
             if len(data) < frame_bytes:
@@ -314,20 +407,29 @@ class LiveSession:
                     if self._proc.stderr_finished():
                         break
                     self._cond.wait(0.05)
-                pts = (self._pts.popleft() if self._pts else index / 25.0) + self._input_start
+                seconds, frame_size = self._pts.popleft() if self._pts else (math.nan, None)
+            session_time = (seconds if not math.isnan(seconds) else index / 25.0) + self._segment_offset
+            if self._last_time is not None and session_time <= self._last_time:  # never back in time
+                session_time = self._last_time + 1e-3
+            if self._reconnected_at is not None and self._last_time is not None:  # the first frame after a gap
+                self.gaps.add(index - 1, session_time - self._last_time)  # as the timeline shows it
+                log.info("live session %s: frames again after %.1f s without", self.key, arrived - self._reconnected_at)
+                self._reconnected_at = None
+            self._last_time, self._last_frame_at = session_time, arrived
+            pts = session_time + self._input_start
+            if frame_size is not None:
+                self._sizes[index] = frame_size
             self.stats.frames_received += 1
             if self._rate_limited(pts):
                 self._dropped("rate")
+                self._sizes.pop(index, None)
                 index += 1
                 continue
             self._arrivals[index] = arrived
             frame = np.frombuffer(data, dtype=np.uint8).reshape(1, size, size, 3)
             yield FrameBatch(frames=frame, pts_s=[pts], start_index=index)
             index += 1
-        if not self._stop.is_set():
-            if self.ended_by is None:
-                self.ended_by = "source"  # the stream ended by itself (end of file, or no data for the timeout)
-            self._check_exit(frames=index)
+        return index
 
     def _check_exit(self, frames: int) -> None:
         """After ffmpeg's last frame: raise `MediaError` unless it ended well (or because we asked it to). A
@@ -350,6 +452,9 @@ class LiveSession:
         message = ffmpeg_message(stderr, "stream", "ffmpeg could not read the stream")
         if "matches no streams" in stderr:
             raise MediaError(ErrorCode.NO_VIDEO_STREAM, "the stream holds no video")
+        if self._outputs_listed and not self._audio_declared:  # the same rule as an upload's (probe)
+            raise MediaError(ErrorCode.NO_AUDIO_TRACK, "the stream has no sound (the model needs it: send the "
+                                                       "microphone's track too)")
         if self._video_size is None:
             raise MediaError(ErrorCode.NOT_MEDIA, f"not a stream we read: {message}")
         raise MediaError(ErrorCode.CORRUPT_MEDIA, f"damaged stream: {message}")
@@ -390,7 +495,7 @@ class LiveSession:
             now = time.monotonic()
             if self._ended.is_set():
                 ended_at = ended_at or now
-                if now - ended_at > END_GRACE_S and self._proc is not None:
+                if now - ended_at > END_GRACE_S and self._proc is not None and self._proc.popen.poll() is None:
                     log.warning("live session %s: ffmpeg still running %gs after the end; killed", self.key,
                                 END_GRACE_S)
                     self._proc.kill()
@@ -400,7 +505,8 @@ class LiveSession:
                 log.info("live session %s reached %gs: ended", self.key, self.max_duration_s)
                 self.ended_by = "max_duration"
                 self.end()
-            elif now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
+            elif self.reconnect_s <= 0 and \
+                    now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
                 # (a pulled stream normally ends before: ffmpeg's own read timeout, `with_read_timeout`)
                 log.info("live session %s idle for %gs: ended", self.key, self.idle_timeout_s)
                 self._failed_before_idle = self._proc is not None and self._proc.popen.poll() not in (None, 0)
@@ -416,8 +522,8 @@ class LiveSession:
         return self.predictor.embeddings_ending_at(audio, start, [p - self._input_start for p in pts_s])
 
     def _encode(self, start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
-        masks = self.predictor.postprocess(logits, self._out_size(), threshold=self.options.threshold)
-        records = mask_records(masks, start_index=start_index, pts_s=pts_s, class_names=self.predictor.class_names)
+        sizes = [self._sizes.pop(start_index + i, None) or self._out_size() for i in range(len(pts_s))]
+        records = encode_masks(self.predictor, logits, start_index, pts_s, sizes, self.options.threshold)
         for record in records:
             arrived = self._arrivals.pop(record["frame_index"], None)
             latency_ms = (time.monotonic() - arrived) * 1000 if arrived is not None else None
@@ -430,12 +536,18 @@ class LiveSession:
             self.on_record(record)
 
     def _out_size(self) -> tuple[int, int]:
-        """Masks at the stream's own size (as for files), from ffmpeg's description of its input; the model's
-        size if it was not seen (a client draws them scaled over its picture either way)."""
+        """The size of a frame whose own size was not logged: the stream's, from ffmpeg's description of its
+        input (upright when rotated); the model's if it was not seen either."""
         if self._video_size is not None:
-            return self._video_size
+            h, w = self._video_size
+            return (w, h) if self.rotation % 180 == 90 else (h, w)
         size = self.predictor.input_size
         return size, size
+
+    def _dropped_late(self, index: int) -> None:
+        self._sizes.pop(index, None)
+        self._arrivals.pop(index, None)
+        self._dropped("late")
 
     def _dropped(self, reason: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1

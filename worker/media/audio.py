@@ -1,7 +1,10 @@
 """The sound of a probed video as 16 kHz mono float32, on the frames' timeline (0 = the container start).
 
-Audio uses only ffmpeg's exit status (with `-xerror`): concealed glitches last one codec frame (~20 ms) and
-the model pools ~1 s windows; a decoder that returns errors fails the read. Torch-free.
+Audio uses only ffmpeg's exit status: concealed glitches last one codec frame (~20 ms) and the model pools
+~1 s windows. No `-xerror`: it turned a packet the demuxer flags as corrupt (two MPEG-TS segments joined with
+`cat`, which every player plays) into a failure (issue #21). The timestamps are made continuous first, as the
+frames' are (`worker.media.ffmpeg_input.timeline_filter`): the sound of a recording that restarts inside the
+stream follows the sound before it instead of being dropped as "in the past". Torch-free.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def read_audio(
         f"atrim=end={max_seconds:.6f}"
     )
     command = [
-        FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-xerror",
+        FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
         *media_input_args(info),
         "-i", input_url(info),
         "-map", f"0:{info.audio_stream_index}",

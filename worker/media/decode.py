@@ -30,9 +30,15 @@ Design, and why:
 * **Rotation from the probe, not from ffmpeg.** `-noautorotate` plus our own `transpose`/`hflip,vflip`
   from `MediaInfo.rotation`: the frames always come out at the display orientation the probe reported
   (ffmpeg 5.1's own autorotation ignores the legacy `rotate` tag, which the probe honours).
-* **A fixed output size.** The chain always ends in `scale=W:H`, even at the native size, so a stream that
-  changes resolution mid-way cannot shift the byte layout of the pipe. `-max_pixels` makes the decoder
-  itself refuse oversized pictures (a mid-stream size change to 16k × 16k would otherwise allocate gigabytes).
+* **A fixed output size, and each frame's own size.** The chain always ends in `scale=W:H`, even at the
+  native size, so a stream that changes resolution mid-way cannot shift the byte layout of the pipe;
+  `-reinit_filter 0` keeps one filter graph across such a change (a rebuilt graph restarted `setpts=N` at 0:
+  "non monotonically increasing dts", issue #21), and `showinfo`, placed before `scale`, logs the size each
+  frame was decoded at: `FrameBatch.sizes` gives every frame's display size, at which its mask is drawn.
+  `-max_pixels` makes the decoder itself refuse oversized pictures (a mid-stream size change to
+  16k × 16k would otherwise allocate gigabytes).
+* **One timeline.** `continuous_video_pts` first in the chain: timestamps that restart inside the stream (two
+  recordings in one file) continue where the previous part ended (`worker.media.ffmpeg_input`).
 * **The deadline is wall-clock for the whole iteration**, consumer time included: ffmpeg waits on a full
   pipe while the consumer works. A slow consumer (CPU inference on a long video) must pass a `timeout_s`
   that covers its own processing time as well.
@@ -40,17 +46,19 @@ Design, and why:
   passed again, the file is named `file:<absolute path>`, and a SIGKILL deadline covers the whole decode.
 
 Damaged streams (decided deliberately; see the tests): ffmpeg's decoders conceal most bitstream damage and
-go on with an error message but exit 0, i.e. they output garbage frames silently. We run ffmpeg with
-`-xerror` (a decoder or demuxer *returning* an error aborts it with a non-zero status) and also treat any
-error-level message logged after the first frame came out as fatal: the reader kills ffmpeg and raises
-`MediaError(corrupt_media)` with ffmpeg's message instead of yielding the batch. Error messages logged
-before the first frame are tolerated, because that is how a stream that starts mid-GOP looks (typical of
-cut MPEG-TS recordings): the decoder drops the packets it cannot decode and outputs nothing for them.
-The hole this leaves: with frame-threaded decoding an error can be logged a few packets before the first
-frame reaches showinfo, so damage within the first few frames of a stream may pass.
+go on with an error message but exit 0, i.e. they output garbage frames silently. Any error-level message
+logged after the first frame came out is fatal: the reader kills ffmpeg and raises
+`MediaError(corrupt_media)` with ffmpeg's message instead of yielding the batch (except the few messages
+in `BENIGN_ERRORS`, which describe the container, not damage). What a player decodes we decode too (issue
+#21): a stream that starts mid-GOP (a cut MPEG-TS recording, a WebM whose first cluster was lost) has its
+undecodable frames before the first keyframe skipped and counted (`frames_skipped`), and a packet the
+demuxer flags as corrupt (the continuity counters of two MPEG-TS segments joined with `cat`) is a warning,
+not an error: `-xerror`, which turned both into failures, is not used. The hole this leaves: with
+frame-threaded decoding an error can be logged a few packets before the first frame reaches showinfo, so
+damage within the first few frames of a stream may pass.
 
-Audio uses only ffmpeg's exit status (with `-xerror`): concealed glitches last one codec frame (~20 ms)
-and the model pools ~1 s windows; a decoder that returns errors fails the read.
+Audio uses only ffmpeg's exit status: concealed glitches last one codec frame (~20 ms) and the model pools
+~1 s windows.
 
 This module does not import torch.
 """
@@ -72,12 +80,20 @@ from worker.core.errors import MediaError
 from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import FFMPEG, ffmpeg_message
 from worker.core.media.process import BoundedProcess
-from worker.media.ffmpeg_input import input_url, media_input_args
+from worker.media.ffmpeg_input import continuous_video_pts, input_url, media_input_args
+from worker.media.frame_log import (
+    DECODE_ERROR,
+    ERROR_LINE,
+    display_size,
+    frame_seconds,
+    parse_frame_line,
+    parse_time_base,
+)
 
-_SHOWINFO_FRAME = re.compile(r"Parsed_showinfo.*\]\s+(?:\[\w+\]\s+)?n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+)")
-_SHOWINFO_CONFIG = re.compile(r"Parsed_showinfo.*config in time_base:\s*(\d+)/(\d+)")
-_ERROR_LINE = re.compile(r"^(?:\[[^\]]* @ 0x[0-9a-f]+\]\s*)*\[(?:panic|fatal|error)\]\s*(.*)$")
 _PTS_WAIT_SLICE_S = 0.05
+BENIGN_ERRORS = re.compile(r"Found unknown-length element with ID 0x18538067")
+"""Error-level messages that describe the container, not damage: a second Matroska Segment (a recording that
+restarts inside the stream; its timestamps are made continuous, `worker.media.ffmpeg_input`)."""
 
 
 @dataclass
@@ -86,11 +102,13 @@ class FrameBatch:
 
     `frames`: uint8 [n, H, W, 3] RGB. `pts_s`: n presentation times in seconds (ffmpeg timeline, 0 at the
     container start). `start_index`: index of the first frame in the whole decode (frame_index in outputs).
+    `sizes`: n display sizes (height, width) the frames were decoded at (None: not known, the video's size).
     """
 
     frames: np.ndarray
     pts_s: list[float]
     start_index: int
+    sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -140,8 +158,9 @@ class FrameReader:
         self._first_pts: float | None = None  # time of the first frame yielded, for the duration limit
         # State shared with the stderr thread, guarded by _cond.
         self._cond = threading.Condition()
-        self._pts: deque[float] = deque()
+        self._pts: deque[tuple[float, tuple[int, int]]] = deque()  # (time, display size) per frame announced
         self._time_base = 0.0
+        self.frames_skipped = 0  # undecodable frames before the first one (a stream starting mid-GOP)
         self._last_pts: float | None = None
         self._frames_announced = 0
         self._fatal: str | None = None
@@ -164,17 +183,19 @@ class FrameReader:
         return self.width * self.height * 3
 
     def filter_chain(self) -> str:
-        """The -vf chain: resample rate, scale (+ convert to RGB), rotate, log timestamps."""
-        filters: list[str] = []
+        """The -vf chain: continuous timestamps, resample rate, log time and size, scale (+ convert to RGB),
+        rotate."""
+        filters: list[str] = [continuous_video_pts()]
         if self.fps is not None:
             filters.append(f"fps={self.fps:.12g}:eof_action=pass")
+        # checksum=0: the per-plane checksums and mean/stdev cost ~7 ms per 1080p frame and we only need the
+        # time and the size (logged here, before `scale`: the size the frame was decoded at)
+        filters.append("showinfo=checksum=0")
         rotation = self.info.rotation % 360
         stored_w, stored_h = (self.height, self.width) if rotation in (90, 270) else (self.width, self.height)
         filters.append(f"scale={stored_w}:{stored_h}:flags=bilinear")
         filters.append("format=rgb24")
         filters.extend(_rotation_filters(rotation))
-        # checksum=0: the per-plane checksums and mean/stdev cost ~7 ms per 1080p frame and we only need pts
-        filters.append("showinfo=checksum=0")
         # The real times are logged; from here on frame n is at n s, so no two frames can ever share a
         # timestamp in the raw pipe (see the module docstring: VFR).
         filters.extend(["settb=1", "setpts=N"])
@@ -188,7 +209,6 @@ class FrameReader:
             # showinfo logs at info level; "level" tags each line with its severity, "repeat" stops ffmpeg
             # from collapsing identical lines into "Last message repeated N times".
             "-loglevel", "repeat+level+info",
-            "-xerror",
             *media_input_args(self.info),
             "-noautorotate",
             "-max_pixels", str(max_pixels),
@@ -205,33 +225,34 @@ class FrameReader:
 
     # ------------------------------------------------------------------------- stderr (drain thread)
     def _on_stderr_line(self, line: str) -> None:
-        match = _SHOWINFO_FRAME.search(line)
-        if match is not None:
-            pts_text = match.group(2)
+        frame = parse_frame_line(line)
+        if frame is not None:
             with self._cond:
-                if pts_text != "NOPTS" and self._time_base > 0:
-                    pts_s = int(pts_text) * self._time_base - self.info.origin_s
-                elif pts_text != "NOPTS":
-                    pts_s = float(match.group(3)) - self.info.origin_s
+                seconds = frame_seconds(frame, self._time_base)
+                if seconds is not None:
+                    pts_s = seconds - self.info.origin_s
                 else:  # no timestamp at all: one nominal frame after the previous one
                     step = 1.0 / (self.fps or self.info.fps or 25.0)
                     pts_s = (self._last_pts + step) if self._last_pts is not None else 0.0
+                size = display_size(frame.width, frame.height, self.info.rotation) if frame.width \
+                    else (self.info.height, self.info.width)
                 self._last_pts = pts_s
-                self._pts.append(pts_s)
+                self._pts.append((pts_s, size))
                 self._frames_announced += 1
                 self._cond.notify_all()
             return
-        match = _SHOWINFO_CONFIG.search(line)
-        if match is not None:
-            num, den = int(match.group(1)), int(match.group(2))
+        time_base = parse_time_base(line)
+        if time_base is not None:
             with self._cond:
-                self._time_base = num / den if den > 0 else 0.0
+                self._time_base = time_base
             return
-        match = _ERROR_LINE.match(line)
-        if match is None:
+        match = ERROR_LINE.match(line)
+        if match is None or BENIGN_ERRORS.search(line):
             return
         with self._cond:
             if self._frames_announced == 0:
+                if DECODE_ERROR.search(line):
+                    self.frames_skipped += 1  # a packet before the first decodable frame: skipped, as players do
                 if len(self._leading_errors) < 32:
                     self._leading_errors.append(line)
                 return
@@ -252,7 +273,7 @@ class FrameReader:
         if detail is None:
             detail = self._fatal  # we killed ffmpeg ourselves: the line that made us do it says why
         if detail is None:  # ffmpeg's error-level lines say what went wrong; info lines are showinfo noise
-            errors = [line for line in proc.stderr_text().splitlines() if _ERROR_LINE.match(line)]
+            errors = [line for line in proc.stderr_text().splitlines() if ERROR_LINE.match(line)]
             detail = "\n".join(errors) if errors else proc.stderr_text()
         reason = ffmpeg_message(detail, self.info.path, "ffmpeg failed without a message")
         return MediaError(ErrorCode.CORRUPT_MEDIA, f"{Path(self.info.path).name}: damaged video stream: {reason}")
@@ -268,9 +289,9 @@ class FrameReader:
         if pts and self._first_pts is not None and max(pts) - self._first_pts > self.limits.max_duration_s + 1e-6:
             raise self._too_long(f"a frame {max(pts) - self._first_pts:.1f} s after the first")
 
-    def _take_pts(self, proc: BoundedProcess, count: int) -> list[float]:
-        """Wait until the stderr thread has parsed `count` timestamps (they are logged before the frames
-        are written, so they are in the pipe already) and take them."""
+    def _take_pts(self, proc: BoundedProcess, count: int) -> list[tuple[float, tuple[int, int]]]:
+        """Wait until the stderr thread has parsed `count` frames' times and sizes (they are logged before the
+        frames are written, so they are in the pipe already) and take them."""
         with self._cond:
             while len(self._pts) < count:
                 if self._fatal is not None or proc.stderr_finished():
@@ -314,6 +335,7 @@ class FrameReader:
             self._pts.clear()
             self._time_base, self._last_pts, self._frames_announced = 0.0, None, 0
             self._fatal, self._leading_errors = None, []
+            self.frames_skipped = 0
         limit = self.frame_limit
         if limit == 0:
             return
@@ -330,12 +352,14 @@ class FrameReader:
                             raise self._error(proc)
                     if len(frames) == 0:
                         break
-                    pts = self._take_pts(proc, len(frames))
+                    announced = self._take_pts(proc, len(frames))
+                    pts = [time for time, _ in announced]
                     self._check_duration(pts)
                     if self.frames_read + len(frames) == limit and self._limit_is_the_budget \
                             and len(self._read_frames(proc, 1)):
                         raise self._too_long(f"more than {limit} frames")
-                    batch = FrameBatch(frames=frames, pts_s=pts, start_index=self.frames_read)
+                    batch = FrameBatch(frames=frames, pts_s=pts, start_index=self.frames_read,
+                                       sizes=[size for _, size in announced])
                     self.frames_read += len(frames)
                     yield batch
                     if len(frames) < want:

@@ -132,3 +132,25 @@ def sniff_container_head(head: bytes) -> str | None:
     if len(head) >= 389 and head[4] == head[196] == head[388] == 0x47:  # M2TS: 4-byte prefix per packet
         return "mpegts"
     return None
+
+
+_MP4_SKIPPABLE = (b"free", b"skip", b"wide", b"uuid", b"styp", b"sidx")
+
+
+def mp4_media_before_index(head: bytes) -> bool:
+    """True when `head`, the first bytes of an MP4/MOV stream, shows its media (`mdat`) before its index
+    (`moov`): the layout a camera or ffmpeg writes by default, which cannot be decoded as it arrives (the
+    index is at the end). A fragmented MP4 (MediaRecorder, `-movflags frag_keyframe+empty_moov`) and a
+    "fast start" one put `moov` first. False for anything else, or while `head` is too short to tell."""
+    if len(head) < 8 or head[4:8] != b"ftyp":
+        return False
+    offset = 0
+    while offset + 8 <= len(head):
+        size = int.from_bytes(head[offset:offset + 4], "big")
+        kind = head[offset + 4:offset + 8]
+        if kind == b"mdat":
+            return True
+        if kind == b"moov" or size < 8 or (offset > 0 and kind not in _MP4_SKIPPABLE):
+            return False
+        offset += size
+    return False

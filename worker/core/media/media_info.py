@@ -82,6 +82,8 @@ class MediaInfo:
     * `video_stream_index`/`audio_stream_index`: absolute stream indexes of the streams in use, so the
       decoder reads exactly the streams that were probed. `audio_tracks`: how many audio streams with
       packets the file has; `audio_language`: the used track's language tag, if any.
+    * `timeline_restarts`: how often the video's clock went back to an earlier time (two recordings in one
+      file); the decoders continue such a part after the one before it, and `duration_s` counts them all.
     """
 
     path: str
@@ -107,6 +109,7 @@ class MediaInfo:
     audio_language: str | None = None
     sample_aspect_ratio: tuple[int, int] = (1, 1)
     origin_s: float = 0.0
+    timeline_restarts: int = 0
 
     @property
     def display_aspect_ratio(self) -> float:
@@ -133,6 +136,7 @@ class MediaInfo:
             "sample_aspect_ratio": list(self.sample_aspect_ratio),
             "display_aspect_ratio": round(self.display_aspect_ratio, 6),
             "container": self.demuxer, "video_codec": self.video_codec, "video_stream_index": self.video_stream_index,
+            "timeline_restarts": self.timeline_restarts,
             "audio": None if self.audio_stream_index is None else {
                 "stream_index": self.audio_stream_index, "codec": self.audio_codec,
                 "sample_rate": self.audio_sample_rate, "channels": self.audio_channels,

@@ -26,6 +26,10 @@ from pathlib import Path
 from worker.core.media.process import BoundedProcess
 
 FFPROBE = "ffprobe"
+TIMELINE_RESTART_S = 0.5
+"""A packet time this far before the stream's latest is a restart of its clock (two recordings in one file:
+w3c/mediacapture-record#195), not B-frame reordering: the part that follows is counted after the part before,
+as the decoders continue it (`worker.media.ffmpeg_input`)."""
 
 
 @dataclass
@@ -34,6 +38,8 @@ class StreamPackets:
 
     `count`: packets read. `first_s`: the earliest presentation time; `last_s`/`before_last_s`: the two
     latest (None when no packet carried one); `last_duration_s`: the duration the latest packet declared.
+    `restarts`: how often the stream's clock went back (`TIMELINE_RESTART_S`); times after a restart are
+    counted from where the part before ended (`offset_s` added).
     """
 
     count: int = 0
@@ -41,11 +47,18 @@ class StreamPackets:
     last_s: float | None = None
     before_last_s: float | None = None
     last_duration_s: float | None = None
+    restarts: int = 0
+    offset_s: float = 0.0
 
     def add(self, time_s: float | None, duration_s: float | None) -> None:
         self.count += 1
         if time_s is None:
             return
+        if self.last_s is not None and time_s + self.offset_s < self.last_s - TIMELINE_RESTART_S:
+            step = self.last_s - self.before_last_s if self.before_last_s is not None else self.last_duration_s
+            self.offset_s = self.last_s + (step or 0.0) - time_s
+            self.restarts += 1
+        time_s += self.offset_s
         self.first_s = time_s if self.first_s is None else min(self.first_s, time_s)
         if self.last_s is None or time_s > self.last_s:
             self.before_last_s, self.last_s = self.last_s, time_s

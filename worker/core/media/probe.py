@@ -113,18 +113,31 @@ _LEVEL_TAG = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trac
 def ffmpeg_message(stderr: str, path: str | Path, fallback: str) -> str:
     """The last (up to two) lines ffmpeg printed, fit for a user: the server-side path is replaced by the
     file's name, severity tags are dropped and log contexts like "[h264 @ 0x55d0...]" become "h264: ".
-    Progress lines ("frame= ... fps= ...", "size=N/A time=... bitrate=...") and `showinfo`'s per-frame lines
-    are never the reason, whatever they end with: they are skipped."""
+    Nothing of ffmpeg's own plumbing or of the server reaches the user (issue #21): progress lines
+    ("frame= ... fps= ...", "size=N/A time=... bitrate=..."), `showinfo`'s per-frame lines and the generic
+    lines about filter graphs and conversions are skipped; pipes become "the stream" and any other absolute
+    path "a file"."""
     resolved, name = str(Path(path).resolve()), Path(path).name
-    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not _PROGRESS_LINE.search(line)]
+    lines = [line.strip() for line in stderr.splitlines()
+             if line.strip() and not _PROGRESS_LINE.search(line) and not _PLUMBING_LINE.search(line)]
     if not lines:
         return fallback
     # The last line is often generic ("Invalid data found when processing input"); the one before it
     # usually says what was wrong ("moov atom not found").
     picked = list(dict.fromkeys(lines[-2:]))
     text = "; ".join(picked).replace(f"file:{resolved}", name).replace(resolved, name)
+    text = _PIPE.sub("the stream", _ABSOLUTE_PATH.sub("a file", text))
     text = _LEVEL_TAG.sub("", text)
     return _LOG_CONTEXT.sub(lambda m: "" if m.group(1) == "NULL" else f"{m.group(1)}: ", text)[:500]
+
+
+_PIPE = re.compile(r"\bpipe:\d*")
+_ABSOLUTE_PATH = re.compile(r"(?:file:)?(?<![\w.])/(?:[^\s/:;'\"]+/)*[^\s/:;'\"]+")
+_PLUMBING_LINE = re.compile(r"Parsed_\w+|filtergraph|[Ff]ilter(?:s| graph| network)?\b.*(?:reinit|config|inject)|"
+                            r"Error reinitializing filters|Failed to inject frame|Error while filtering|"
+                            r"Error marking filters|Error sending frames to consumers|Conversion failed!|"
+                            r"Terminating thread with return code|Nothing was written into output file|"
+                            r"does not contain any stream|Output file #\d+")
 
 
 _PROGRESS_LINE = re.compile(r"^\s*(?:\[\w+\]\s*)?(frame|size)=\s*\S+.*\btime=|\bParsed_showinfo_|\bshowinfo\b")
@@ -375,6 +388,7 @@ def _media_info(
         audio_language=str(language) if isinstance(language, str) and language not in ("", "und") else None,
         sample_aspect_ratio=_sample_aspect(video, rotation),
         origin_s=container_start,
+        timeline_restarts=video_packets.restarts,
     )
 
 
