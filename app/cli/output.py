@@ -36,7 +36,7 @@ def error_code(exc: Exception) -> str | None:
         if isinstance(exc, MediaError):
             return str(exc.code)
     for module, name in (("worker.core.live_sources", "SourceRefused"), ("worker.live.session", "SessionError"),
-                         ("app.cli.live_client", "LiveRefused")):
+                         ("app.cli.live_client", "LiveRefused"), ("worker.core.model_card", "CardError")):
         if module in sys.modules and isinstance(exc, getattr(sys.modules[module], name)):
             return str(exc.code)  # type: ignore[attr-defined]
     if "worker.core.settings" in sys.modules:
