@@ -24,13 +24,14 @@ def build_model(cfg: AVSConfig) -> AVSModel:
     d, h = cfg.decoder, cfg.head
     visual = build_visual_encoder(cfg.visual.backbone, drop_path_rate=cfg.visual.drop_path_rate)
     audio = VGGish() if cfg.audio.backbone == "vggish" else TinyAudioEncoder()
-    neck = MultiScaleNeck(cfg.visual.channels, d.dim)
+    neck = MultiScaleNeck(cfg.visual.channels, d.dim, normalize_pos=d.pos_normalize)
     decoder = _build_decoder(cfg)
     head = MaskHead(dim=d.dim, num_tokens=decoder.num_tokens, num_classes=cfg.num_classes, num_heads=d.num_heads,
                     mlp_hidden=h.mlp_hidden, fc_channels=h.fc_channels, upsample_last=h.upsample_last,
-                    audio_gate=h.audio_gate)
+                    audio_gate=h.audio_gate, gate_qkv_bias=h.gate_qkv_bias,
+                    aux_before_query_maps=h.aux_before_query_maps)
     model = AVSModel(visual_encoder=visual, audio_encoder=audio, neck=neck, decoder=decoder, head=head,
-                     dim=d.dim, freeze_audio=cfg.audio.frozen)
+                     dim=d.dim, freeze_audio=cfg.audio.frozen, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std)
     if cfg.visual.weights:
         _load_backbone_weights(model.visual_encoder, cfg.visual.weights, expected=cfg.visual.backbone)
     if cfg.audio.weights:
@@ -49,7 +50,7 @@ def _build_decoder(cfg: AVSConfig) -> nn.Module:
             dim=d.dim, num_heads=d.num_heads, num_queries=d.num_queries, ffn_dim=d.ffn_dim, dropout=d.dropout,
             num_encoder_layers=d.num_encoder_layers, num_decoder_layers=d.num_decoder_layers,
             num_generator_layers=d.num_generator_layers, generator_ffn_dim=d.generator_ffn_dim,
-            num_points=d.deform_points)
+            num_points=d.deform_points, query_embed=d.query_embed, generator_dropout=d.generator_dropout)
     return ELFDecoder(
         dim=d.dim, num_heads=d.num_heads, num_queries=d.num_queries, ffn_dim=d.ffn_dim, dropout=d.dropout,
         pqg_mode=d.pqg_mode, pqg_mlp=d.pqg_mlp, num_conv_blocks=d.num_conv_blocks,

@@ -9,6 +9,11 @@ the JSON config in its header rebuilds the exact architecture without any other 
     config          AVSConfig as JSON (weight-file paths cleared: the checkpoint holds every tensor)
     provenance      JSON: created_at, package version, torch version, git commit, plus caller fields
                     (training data, command line, metrics ...)
+    card            optional JSON model card (`model.card`): training data, metrics and who measured them,
+                    source, licence, intended use; readable without torch (`worker.core.model_card`)
+
+The preprocessing a checkpoint needs travels in its config: `input_size`, `pixel_mean`, `pixel_std`,
+`num_classes`, `class_names`; the predictor applies them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from model.card import CARD_KEY, card_metadata
 from model.config import AVSConfig
 from model.errors import CheckpointError, ConfigError
 from model.modeling.avs_model import AVSModel
@@ -41,6 +47,7 @@ class CheckpointInfo:
     variant: str
     config: AVSConfig
     provenance: dict[str, Any]
+    card: dict[str, Any] | None = None
 
 
 def _without_weight_paths(cfg: AVSConfig) -> AVSConfig:
@@ -58,8 +65,19 @@ def _git_commit() -> str | None:
 
 
 def save_checkpoint(model: AVSModel, cfg: AVSConfig, path: Path | str, *, provenance: dict[str, Any] | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write `model`'s weights with `cfg` and provenance; `dtype=torch.float16` halves the file size."""
+                    dtype: torch.dtype | None = None, card: dict[str, Any] | None = None) -> Path:
+    """Write `model`'s weights with `cfg`, provenance and an optional card; `dtype=torch.float16` halves the file."""
+    return save_state_dict(model.state_dict(), cfg, path, provenance=provenance, dtype=dtype, card=card)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], cfg: AVSConfig, path: Path | str, *,
+                    provenance: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
+                    card: dict[str, Any] | None = None) -> Path:
+    """Write a state dict of `cfg`'s model (keys as `build_model(cfg).state_dict()`) as our checkpoint.
+
+    For writers that never build the model (`avs weights import-avsegformer`); `load_checkpoint` checks
+    keys and shapes when the file is read. The file appears atomically (written aside, then renamed).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -71,9 +89,10 @@ def save_checkpoint(model: AVSModel, cfg: AVSConfig, path: Path | str, *, proven
     info = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "avesformer": package_version,
             "torch": torch.__version__, "git_commit": _git_commit(), **(provenance or {})}
     meta = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "variant": cfg.variant,
-            "config": cfg.to_json(), "provenance": json.dumps(info, sort_keys=True, default=str)}
+            "config": cfg.to_json(), "provenance": json.dumps(info, sort_keys=True, default=str),
+            **card_metadata(card)}
     tensors = {}
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         value = value.detach().to("cpu")
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
@@ -86,7 +105,7 @@ def save_checkpoint(model: AVSModel, cfg: AVSConfig, path: Path | str, *, proven
 
 
 def read_checkpoint_info(path: Path | str) -> CheckpointInfo:
-    """Metadata only (no tensors are read): variant, config, provenance."""
+    """Metadata only (no tensors are read): variant, config, provenance, card."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -103,9 +122,11 @@ def read_checkpoint_info(path: Path | str) -> CheckpointInfo:
     try:
         cfg = AVSConfig.from_json(meta["config"])
         provenance = json.loads(meta.get("provenance", "{}"))
+        card = json.loads(meta[CARD_KEY]) if CARD_KEY in meta else None
     except (KeyError, ConfigError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has an unreadable config: {exc}") from exc
-    return CheckpointInfo(path=path, variant=meta.get("variant", cfg.variant), config=cfg, provenance=provenance)
+    return CheckpointInfo(path=path, variant=meta.get("variant", cfg.variant), config=cfg, provenance=provenance,
+                          card=card)
 
 
 def config_differences(a: AVSConfig, b: AVSConfig) -> list[str]:

@@ -1,8 +1,12 @@
 """Output class names.
 
-AVSBench-semantic (AVSS) labels: background plus 70 sounding-object categories, in the order of the
-dataset's `label2idx.json` (index 0 = background) [M: from memory of the AVSBench release, not
-re-verified here; a checkpoint trained on other labels stores its own `class_names` in its config].
+AVSBench-semantic (AVSS) labels: background plus 70 sounding-object categories. Index i is the class the
+AVSS loaders decode from palette colour i, i.e. the name whose value is i + 1 in the data release's
+`label2idx.json` (background = 1 there, black in the palette). The official AVSegFormer repository
+(github.com/vvvb-github/AVSegFormer at 7083cb6) does not ship that file: its loader reads
+`data/AVSS/label2idx.json` from the AVSBench-semantic download. Checked name by name against the copy of
+that file in github.com/YenanLiu/DDESeg (`label2idx.json`, 71 entries). A checkpoint trained on other
+labels stores its own `class_names` in its config.
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ VisualBackbone = Literal["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5", "re
 AudioBackbone = Literal["vggish", "tiny"]
 DecoderKind = Literal["elf", "avsegformer"]
 PQGMode = Literal["add", "concat"]
+QueryEmbed = Literal["positional", "additive"]
+
+# ImageNet statistics: every AVS code base normalises frames with them (model-spec §1.1).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Stage channels of each visual backbone at strides 4/8/16/32 (model-spec §1.3).
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
@@ -69,12 +74,21 @@ class DecoderConfig:
     conv_cross_scale: bool = True  # [R] conv blocks also add the upsampled coarser level (top-down fusion)
     memory_self_attn_levels: tuple[int, ...] = (1, 2)  # [R] memory self-attention keys: stride-16/32 levels only
     memory_attends_prompts: bool = True  # [R] visual tokens cross-attend to the PQG tokens (K = V = Q, Eq. 1 role)
+    # Sine positions of the memory: True = DETR's, scaled to [0, 2pi] over each map; False = raw pixel indices
+    # 1..H, 1..W (the official AVSegFormer: its SinePositionalEncoding is built with normalize=False).
+    pos_normalize: bool = True
     # --- AVSegFormer baseline (model-spec §3.2, §7.1) ---
     num_encoder_layers: int = 6  # deformable encoder depth
     num_decoder_layers: int = 6  # query decoder depth
     num_generator_layers: int = 6  # attention query generator depth
     generator_ffn_dim: int = 1024  # query generator FFN width (AVSegFormer: 1024)
     deform_points: int = 4  # sampling points per head and level in MSDeformAttn
+    # How `learnable_query` enters the query decoder. "positional": a DETR-style query position added to the
+    # decoder's attention queries/keys, the memory's sine positions added to its keys. "additive": the official
+    # AVSegFormer (model/head/AVSegHead.py, model/utils/transformer.py at 7083cb6): added once to the generated
+    # queries; the query decoder's attention uses no positional encoding at all.
+    query_embed: QueryEmbed = "positional"
+    generator_dropout: float | None = None  # dropout in the query generator; None = `dropout` (official: 0, none)
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,10 @@ class HeadConfig:
     fc_channels: tuple[int, int] = (128, 32)  # final conv widths (AVSegFormer `fc`)
     upsample_last: bool = True  # [R] True: every conv at 1/4 scale, logits upsampled; False: AVSegFormer order
     audio_gate: bool = True  # audio-query channel gate on the mask feature (AVSegFormer `fusion_block`)
+    gate_qkv_bias: bool = True  # biases on the gate's q/kv projections (official CrossModalMixer: qkv_bias=False)
+    # Auxiliary output: False = channel mean of the mask feature after the query maps are added; True = before
+    # (the official AVSegFormer returns the gated mask feature, and its "mix" loss takes that one's mean).
+    aux_before_query_maps: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,8 @@ class AVSConfig:
     num_classes: int = 1  # 1 = binary (S4/MS3, sigmoid); 71 = AVSS semantic (70 classes + background, softmax)
     input_size: int = 224  # square frame size fed to the network (AVS convention: 224)
     class_names: tuple[str, ...] = ()  # names of the num_classes outputs; empty = AVSBench's (71) or "class_<i>"
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN  # frames in [0, 1] are normalised (x - mean) / std
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         validate(self)
@@ -122,10 +142,10 @@ class AVSConfig:
         return cls.from_dict(data)
 
     def architecture_dict(self) -> dict[str, Any]:
-        """The fields that decide tensor shapes: everything except weight paths and the name."""
+        """The fields that decide the network: everything except weight paths, the name, labels and inputs."""
         data = self.to_dict()
-        data.pop("variant")
-        data.pop("class_names")  # labels only: they do not change any tensor
+        for name in ("variant", "class_names", "input_size", "pixel_mean", "pixel_std"):
+            data.pop(name)  # labels and input preprocessing: they change no tensor of the network
         data["visual"].pop("weights")
         data["audio"].pop("weights")
         return data
@@ -136,7 +156,8 @@ def validate(cfg: AVSConfig) -> None:
     d = cfg.decoder
     problems = []
     for section, value in (("visual.backbone", cfg.visual.backbone), ("audio.backbone", cfg.audio.backbone),
-                           ("decoder.kind", d.kind), ("decoder.pqg_mode", d.pqg_mode)):
+                           ("decoder.kind", d.kind), ("decoder.pqg_mode", d.pqg_mode),
+                           ("decoder.query_embed", d.query_embed)):
         allowed = _literal_choices(section)
         if value not in allowed:
             problems.append(f"{section}={value!r} is not one of {allowed}")
@@ -158,13 +179,17 @@ def validate(cfg: AVSConfig) -> None:
         problems.append(f"class_names has {len(cfg.class_names)} names for num_classes={cfg.num_classes}")
     if cfg.input_size % 32:
         problems.append(f"input_size={cfg.input_size} must be a multiple of 32 (backbone stride)")
+    if len(cfg.pixel_mean) != 3 or len(cfg.pixel_std) != 3 or min(cfg.pixel_std) <= 0:
+        problems.append(f"pixel_mean={cfg.pixel_mean} and pixel_std={cfg.pixel_std} need 3 values, std > 0")
+    if d.generator_dropout is not None and not 0 <= d.generator_dropout < 1:
+        problems.append(f"decoder.generator_dropout={d.generator_dropout} must be in [0, 1) or null")
     if problems:
         raise ConfigError("invalid model config: " + "; ".join(problems))
 
 
 def _literal_choices(section: str) -> tuple[str, ...]:
     literal = {"visual.backbone": VisualBackbone, "audio.backbone": AudioBackbone,
-               "decoder.kind": DecoderKind, "decoder.pqg_mode": PQGMode}[section]
+               "decoder.kind": DecoderKind, "decoder.pqg_mode": PQGMode, "decoder.query_embed": QueryEmbed}[section]
     return get_args(literal)
 
 

@@ -3,18 +3,24 @@
 AVESFormer on PVT-v2 b0/b1/b2/b5 and ResNet-50, the AVSegFormer baseline on the same backbones (so
 the paper's speed claim is measured in one code base), and `-tiny` variants for CPU tests and the
 shipped demo checkpoint. AVSegFormer settings follow its released configs (model-spec §4.2, §7.1):
-300 queries, FFN 2048, dropout 0.1, head MLP 300 -> 2048 -> 2048 -> 256, upsample before the last convs.
+300 queries, FFN 2048, dropout 0.1, head MLP 300 -> 2048 -> 2048 -> 256, upsample before the last convs,
+and the official code's details (github.com/vvvb-github/AVSegFormer at 7083cb6): learnable queries added to
+the generated ones, no positional encoding in the query decoder, raw-index sine positions, no dropout in
+the query generator, no q/kv biases in the audio gate, the auxiliary output taken before the query maps.
+With these the published checkpoints load exactly (`avs weights import-avsegformer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from model.config import AudioConfig, AVSConfig, DecoderConfig, HeadConfig, VisualConfig
 from model.errors import ConfigError
 
-_AVSEGFORMER_DECODER = DecoderConfig(kind="avsegformer", num_queries=300, ffn_dim=2048, dropout=0.1)
-_AVSEGFORMER_HEAD = HeadConfig(mlp_hidden=2048, upsample_last=False)
+_AVSEGFORMER_DECODER = DecoderConfig(kind="avsegformer", num_queries=300, ffn_dim=2048, dropout=0.1,
+                                     query_embed="additive", generator_dropout=0.0, pos_normalize=False)
+_AVSEGFORMER_HEAD = HeadConfig(mlp_hidden=2048, upsample_last=False, gate_qkv_bias=False, aux_before_query_maps=True)
 
 # Small enough for 2 CPU cores: PVT-v2-b0, a 0.1 M-parameter audio CNN (trained, not frozen: no
 # pretrained VGGish here), width 64, one block of each kind, 128-pixel frames. ~3.9 M parameters.
@@ -53,10 +59,10 @@ VARIANTS: dict[str, AVSConfig] = {
         ),
         AVSConfig(
             variant="avsegformer-tiny", visual=_TINY_VISUAL, audio=_TINY_AUDIO, input_size=128,
-            decoder=DecoderConfig(kind="avsegformer", dim=64, num_heads=4, num_queries=16, ffn_dim=256,
-                                  dropout=0.1, num_encoder_layers=1, num_decoder_layers=1,
-                                  num_generator_layers=1, generator_ffn_dim=256),
-            head=HeadConfig(mlp_hidden=64, fc_channels=(32, 16), upsample_last=False),
+            decoder=dataclasses.replace(_AVSEGFORMER_DECODER, dim=64, num_heads=4, num_queries=16, ffn_dim=256,
+                                        num_encoder_layers=1, num_decoder_layers=1, num_generator_layers=1,
+                                        generator_ffn_dim=256),
+            head=dataclasses.replace(_AVSEGFORMER_HEAD, mlp_hidden=64, fc_channels=(32, 16)),
         ),
     )
 }

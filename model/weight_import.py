@@ -78,21 +78,23 @@ def remap_pvt_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     """Original PVT-v2 layout -> timm layout; timm-layout input passes through. Drops the classifier."""
     state = _strip_prefix(_keep_with_prefix(_strip_prefix(state, ("module.",)), "backbone."), _WRAPPER_PREFIXES)
     state = _strip_prefix(state, ("body.",))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith("head."):
-            continue  # ImageNet classifier: not part of a feature extractor
-        new = key
-        if m := re.match(r"patch_embed(\d)\.(.*)", key):
-            stage = int(m[1]) - 1
-            new = f"patch_embed.{m[2]}" if stage == 0 else f"stages.{stage}.downsample.{m[2]}"
-        elif m := re.match(r"block(\d)\.(\d+)\.(.*)", key):
-            new = f"stages.{int(m[1]) - 1}.blocks.{m[2]}.{m[3]}"
-        elif m := re.match(r"norm(\d)\.(.*)", key):
-            new = f"stages.{int(m[1]) - 1}.norm.{m[2]}"
-        new = new.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")  # the release wraps the conv in a module
-        out[new] = value
-    return out
+    return {pvt_key_to_timm(key): value for key, value in state.items()
+            if not key.startswith("head.")}  # the ImageNet classifier is not part of a feature extractor
+
+
+def pvt_key_to_timm(key: str) -> str:
+    """One PVT-v2 release key (`patch_embed1.proj.weight`, `block3.7.mlp.dwconv.dwconv.bias`, `norm4.weight`)
+    -> timm's name (`patch_embed.proj.weight`, `stages.2.blocks.7.mlp.dwconv.bias`, `stages.3.norm.weight`);
+    timm names pass through unchanged."""
+    new = key
+    if m := re.match(r"patch_embed(\d)\.(.*)", key):
+        stage = int(m[1]) - 1
+        new = f"patch_embed.{m[2]}" if stage == 0 else f"stages.{stage}.downsample.{m[2]}"
+    elif m := re.match(r"block(\d)\.(\d+)\.(.*)", key):
+        new = f"stages.{int(m[1]) - 1}.blocks.{m[2]}.{m[3]}"
+    elif m := re.match(r"norm(\d)\.(.*)", key):
+        new = f"stages.{int(m[1]) - 1}.norm.{m[2]}"
+    return new.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")  # the release wraps the conv in a module
 
 
 def infer_pvt_backbone(state: Mapping[str, torch.Tensor]) -> str:
@@ -158,7 +160,7 @@ def write_converted_weights(state: Mapping[str, torch.Tensor], out: Path, *, kin
         "kind": kind,
         "backbone": backbone,
         "source": source.name,
-        "source_sha256": _sha256(source),
+        "source_sha256": file_sha256(source),
         "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "num_tensors": str(len(state)),
         "num_params": str(sum(v.numel() for v in state.values())),
@@ -188,7 +190,8 @@ def read_converted_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[st
     return state, meta
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

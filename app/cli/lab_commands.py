@@ -61,8 +61,13 @@ def _train(args: argparse.Namespace) -> int:
             bar.update(row["step"] - bar.n)
             bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
 
+        def announce_init(report: dict[str, Any]) -> None:
+            from model.lab.init_weights import describe_init
+
+            bar.write(describe_init(report), file=sys.stderr)
+
         try:
-            summary = train(cfg, on_step=progress)
+            summary = train(cfg, on_step=progress, on_init=announce_init)
         except KeyboardInterrupt:
             if main:
                 sys.stderr.write(f"avs: interrupted; the same command resumes from the last state saved in "
@@ -79,6 +84,10 @@ def _train(args: argparse.Namespace) -> int:
         start = f"resumed at step {resumed}, " if resumed is not None else ""
         text = (f"{start}trained to step {summary['steps']} in {summary['seconds']}s, final loss "
                 f"{summary['final_loss']}{best}: {args.out}")
+        if summary["init_report"] is not None:
+            from model.lab.init_weights import describe_init
+
+            text += "\n" + describe_init(summary["init_report"])
     return emit(args, summary, lambda: text)
 
 
@@ -173,7 +182,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--tensorboard", default=None, help="TensorBoard event folder (default: <out>.tb; '' for none)")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (.safetensors; frozen)")
     p.add_argument("--pvt", default=None, help="converted visual backbone weights (.safetensors)")
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same tensor names/shapes)")
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint's tensors whose names and shapes fit (e.g. an imported AVSegFormer "
+                        "for an AVESFormer of the same backbone); what was taken and what starts fresh is printed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the variant's config, e.g. head.upsample_last=false (repeatable)")
     p.add_argument("--size", type=int, default=None, help="training frame side in pixels (default: the variant's)")

@@ -1,4 +1,4 @@
-"""`avs model`, `avs weights`, `avs bench model|compare`: the network's variants, weights and speed.
+"""`avs model`, `avs weights`, `avs bench model|compare`: the network's variants, checkpoints, weights and speed.
 
 Torch is imported inside the handlers, never at module level (`avs --help` and the API stay torch-free).
 """
@@ -28,6 +28,10 @@ def _model_list(args: argparse.Namespace) -> int:
 
 
 def _model_info(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.variant is None):
+        raise ValueError("give a checkpoint file or --variant (one of the two)")
+    if args.checkpoint is not None:
+        return _checkpoint_info(args)
     from model.build import build_model
     from model.variants import get_config
 
@@ -45,6 +49,49 @@ def _model_info(args: argparse.Namespace) -> int:
         if args.config:
             print(json.dumps(cfg.to_dict(), indent=2))
     return 0
+
+
+def _checkpoint_info(args: argparse.Namespace) -> int:
+    """A checkpoint's card and preprocessing, from its header alone (no torch)."""
+    from worker.core.model_card import read_model_card
+
+    info = read_model_card(args.checkpoint)
+    if args.json:
+        print_json(info)
+        return 0
+    pre, parts = info["preprocessing"], info["params_by_part"]
+    names = pre["class_names"] or []
+    shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
+    print(f"{info['path']}: {info['variant']}, {info['params']:,} tensor values (visual {parts['visual']:,}, "
+          f"audio {parts['audio']:,}, decoder {parts['decoder']:,})")
+    print(f"  input: {pre['input_size']}x{pre['input_size']} RGB, normalised with mean {pre['pixel_mean']} "
+          f"std {pre['pixel_std']}; {pre['num_classes']} class(es){': ' + shown if shown else ''}")
+    card = info["card"]
+    if not card:
+        print("  card: none (a checkpoint written before model cards)")
+        return 0
+    from model.card import CARD_FIELDS  # torch-free
+
+    for key in sorted(card, key=lambda k: (CARD_FIELDS.index(k) if k in CARD_FIELDS else len(CARD_FIELDS), k)):
+        value = card[key]
+        text = "; ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"  {key}: {text}")
+    return 0
+
+
+def _import_avsegformer(args: argparse.Namespace) -> int:
+    from model.avsegformer_import import describe_dropped, import_avsegformer
+
+    info = import_avsegformer(Path(args.file), Path(args.out), setting=args.setting, backbone=args.backbone)
+    return emit(args, info, lambda: (
+        f"wrote {info['out']}: AVSegFormer {info['backbone']} {info['setting'].upper()} as {info['variant']} "
+        f"({info['num_classes']} class(es), input {info['input_size']}x{info['input_size']}); "
+        f"{info['keys_mapped']} official tensors mapped to {info['tensors_written']}, {info['params']:,} parameters"
+        + (f"; '{info['stripped_prefix']}' prefix removed" if info["stripped_prefix"] else "")
+        + f"\ndropped {len(info['dropped'])} tensors the official forward never uses:\n"
+        + (describe_dropped(info["dropped"]) or "  (none)")
+        + f"\nmetrics on the card: mIoU {info['card']['metrics']['mIoU']}, F {info['card']['metrics']['F-score']} "
+        f"({info['card']['metrics']['status']})"))
 
 
 def _weights_import(kind: str) -> Callable[[argparse.Namespace], int]:
@@ -120,8 +167,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p = model_p.add_parser("list", help="list the variants")
     add_json_flag(p)
     p.set_defaults(handler=_model_list)
-    p = model_p.add_parser("info", help="parameter counts of a variant")
-    p.add_argument("--variant", required=True, help="a name from `avs model list`")
+    p = model_p.add_parser("info", help="a checkpoint's card and preprocessing, or a variant's parameter counts")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (.safetensors): print its model card")
+    p.add_argument("--variant", default=None, help="a name from `avs model list`")
     p.add_argument("--num-classes", type=int, default=None, help="1 (S4/MS3, the default) or 71 (AVSS)")
     p.add_argument("--config", action="store_true", help="also print the full config (text mode)")
     add_json_flag(p)
@@ -139,6 +187,15 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
             p.add_argument("--backbone", default=None, help="expected variant, e.g. pvt_v2_b5 (checked)")
         add_json_flag(p)
         p.set_defaults(handler=_weights_import(kind))
+    p = weights_p.add_parser("import-avsegformer", help="convert a published AVSegFormer checkpoint "
+                                                         "(github.com/vvvb-github/AVSegFormer) to our checkpoint")
+    p.add_argument("file", help="the official .pth (R50 or PVT-v2-b5; S4, MS3 or AVSS)")
+    p.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
+    p.add_argument("--setting", choices=("s4", "ms3", "avss"), default=None,
+                   help="default: from the keys (71 classes: avss) and, for S4/MS3, the file name")
+    p.add_argument("--backbone", choices=("r50", "pvt_v2_b5"), default=None, help="default: from the keys")
+    add_json_flag(p)
+    p.set_defaults(handler=_import_avsegformer)
 
     p = bench.add_parser("model", help="model frames/s (torch: full forward incl. audio encoder; "
                                        "onnxruntime: torch vs ONNX Runtime from the audio embedding on)")

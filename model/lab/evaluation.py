@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from model.config import AVSConfig
 from model.lab.avsbench_metrics import BinaryMetrics, SemanticMetrics
-from model.lab.training import make_dataset
+from model.lab.train_parts import make_dataset
 from model.modeling.audio_frontend import SAMPLE_RATE, waveform_to_examples
 from model.modeling.avs_model import AVSModel
 

@@ -24,35 +24,39 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from model.build import build_model
-from model.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import AVSConfig, with_overrides
-from model.errors import CheckpointError, ConfigError
+from model.errors import ConfigError
 from model.lab.data import files, layout
-from model.lab.data.avsbench import AVSSDataset, MS3Dataset, S4Dataset
 from model.lab.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_over_ranks, shutdown
-from model.lab.losses import binary_loss, semantic_loss
+from model.lab.init_weights import initialise_from_checkpoint
 from model.lab.lr_schedule import SCHEDULES, lr_factor
+from model.lab.train_parts import (
+    AMP_DTYPES,
+    ShardSampler,
+    amp_dtype,
+    collate,
+    compute_loss,
+    labelled_frames,
+    make_dataset,
+    seed_everything,
+)
 from model.lab.train_state import Progress, TrainState
-from model.modeling.avs_model import AVSModel
-from model.state_dict import load_exact
 from model.variants import get_config
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class TrainConfig:
     seed: int = 123  # AVSegFormer's
     vggish: str | None = None  # converted VGGish weights: loaded and frozen
     pvt: str | None = None  # converted PVT-v2 (or ResNet-50) weights for the visual backbone
-    init: str | None = None  # start from this checkpoint's weights (fine-tuning); a fresh optimizer and schedule
+    init: str | None = None  # start from this checkpoint's tensors whose name and shape fit; fresh optimizer, schedule
     overrides: tuple[str, ...] = ()  # dotted config overrides on top of the variant, e.g. "head.upsample_last=true"
     size: int | None = None  # training frame size; default: the variant's input size
     all_train_masks: bool = True  # S4: use every mask file present (synthetic data labels all frames)
@@ -93,16 +97,6 @@ class TrainConfig:
     sync_bn: bool = True  # data parallel on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
-def make_dataset(data: str | Path, subset: str, split: str, size: int, *, all_train_masks: bool = False) -> Dataset:
-    if subset == "s4":
-        return S4Dataset(data, split, size, all_train_masks=all_train_masks)
-    if subset == "ms3":
-        return MS3Dataset(data, split, size)
-    if subset == "avss":
-        return AVSSDataset(data, split, size)
-    raise ConfigError(f"subset must be s4, ms3 or avss, got {subset!r}")
-
-
 def model_config_for(cfg: TrainConfig) -> AVSConfig:
     """The variant's config, with the weight files and, for AVSS, the dataset's classes."""
     model_cfg = with_overrides(get_config(cfg.variant), cfg.overrides)
@@ -116,68 +110,6 @@ def model_config_for(cfg: TrainConfig) -> AVSConfig:
     if cfg.pvt:
         model_cfg = model_cfg.replace(visual=dataclasses.replace(model_cfg.visual, weights=cfg.pvt))
     return model_cfg
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def labelled_frames(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clip batch [B, T, ...] -> labelled real frames: frames [N,3,S,S], audio [N,1,96,64], masks [N,S,S]."""
-    keep = (batch["gt_valid"] & batch["frame_valid"]).flatten()  # [B*T]
-    frames = batch["frames"].flatten(0, 1)[keep]
-    audio = batch["audio"].flatten(0, 1)[keep]
-    masks = batch["masks"].flatten(0, 1)[keep]
-    return frames, audio, masks
-
-
-def compute_loss(model: torch.nn.Module, frames: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor,
-                 num_classes: int) -> dict[str, torch.Tensor]:
-    """The recipe's losses of one batch (model-spec §4.2); logits are cast to float32 first, so the losses are
-    computed at full precision under autocast."""
-    out = model(frames, audio)
-    mask_logits, aux_logits = out.mask_logits.float(), out.aux_logits.float()
-    if num_classes == 1:
-        return binary_loss(mask_logits, aux_logits, masks)
-    return semantic_loss(mask_logits, aux_logits, masks.long())
-
-
-class ShardSampler(DistributedSampler):
-    """`DistributedSampler` that can start an epoch part-way (a resumed run skips the clips it already saw).
-
-    Its order depends only on (seed, epoch), as `DistributedSampler`'s does, so a resumed epoch continues
-    with exactly the clips the killed run would have seen next.
-    """
-
-    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int) -> None:
-        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                         drop_last=False)
-        self.skip = 0
-
-    def start_epoch(self, epoch: int, skip: int) -> None:
-        self.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, super().__len__() - self.skip)
-
-
-def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `--amp` (None: full precision). "auto": bfloat16 where the device supports it
-    (it needs no gradient scaler), else float16."""
-    if amp is None:
-        return None
-    if amp == "auto":
-        bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float16
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"--amp must be bf16, fp16 or auto, got {amp!r}")
-    return AMP_DTYPES[amp]
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -196,17 +128,22 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--amp must be bf16, fp16 or auto, got {cfg.amp!r}")
 
 
-def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None = None,
+          on_init: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write `cfg.out` (the last weights) and, with evaluation on, `<stem>.best<suffix>` (the best
     validation mIoU). Under torchrun every process calls this; only the main one writes and calls `on_step`.
     Returns the run's summary (also stored as the checkpoint's provenance).
 
-    Raises ConfigError for bad settings or data, CheckpointError for an `init` that does not fit.
+    With `cfg.init`, every tensor of that checkpoint whose name and shape fit is taken
+    (`model.lab.init_weights`); `on_init` gets the report (what was taken, what starts fresh) before the first
+    step, and the summary keeps it as `init_report`.
+
+    Raises ConfigError for bad settings or data, CheckpointError for an `init` of which no tensor fits.
     """
     check_train_config(cfg)
     ctx = init_distributed(cfg.device)
     try:
-        return _Trainer(cfg, ctx, on_step).run()
+        return _Trainer(cfg, ctx, on_step, on_init).run()
     finally:
         shutdown(ctx)
 
@@ -214,10 +151,12 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
 class _Trainer:
     """One process's share of a run (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, on_step: Callable[[dict[str, Any]], None] | None,
+                 on_init: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.on_step = on_step if ctx.is_main else None
+        self.on_init = on_init if ctx.is_main else None
         self.out = Path(cfg.out)
         self.amp = amp_dtype(cfg.amp, ctx.device)
         self.resumed_from: int | None = None  # the step of the state this run resumed from
@@ -235,10 +174,12 @@ class _Trainer:
             raise ConfigError(f"--eval-every: {cfg.data} has no {cfg.subset} {cfg.eval_split} clips")
         self.sampler = ShardSampler(self.dataset, ctx, cfg.seed)
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.num_workers, collate_fn=_collate,
+                                 num_workers=cfg.num_workers, collate_fn=collate,
                                  pin_memory=ctx.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
         self.model = build_model(self.model_cfg)
-        self.init_differences = _initialise(self.model, self.model_cfg, cfg.init) if cfg.init else []
+        self.init_report = initialise_from_checkpoint(self.model, self.model_cfg, cfg.init) if cfg.init else None
+        if self.init_report is not None and self.on_init is not None:
+            self.on_init(self.init_report)
         self._batch_norm_across_processes()
         self.model.to(ctx.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # not the frozen audio encoder
@@ -461,7 +402,7 @@ class _Trainer:
                 "size": self.size, "device": str(self.ctx.device),
                 "amp": str(self.amp).removeprefix("torch.") if self.amp is not None else None,
                 "compile": cfg.compile, "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
-                "train_clips": len(self.dataset), "init": cfg.init, "init_differences": self.init_differences,
+                "train_clips": len(self.dataset), "init": cfg.init, "init_report": self.init_report,
                 "overrides": list(cfg.overrides), "final_loss": last.get("loss"),
                 "best_miou": self.progress.best_miou, "best_epoch": self.progress.best_epoch,
                 "best_checkpoint": str(self.best_path()) if self.progress.best_miou is not None else None,
@@ -483,30 +424,3 @@ def _cut_log(path: Path, step: int) -> None:
     tmp = path.with_suffix(path.suffix + ".partial")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     tmp.replace(path)
-
-
-def _initialise(model: AVSModel, model_cfg: AVSConfig, path: str) -> list[str]:
-    """Load a checkpoint's weights into `model` for fine-tuning; returns the config fields that differ.
-
-    Every key and shape must match (load_exact names what does not), but the configs may differ in
-    fields that change no tensor, e.g. where the mask head upsamples; those differences are returned so
-    the run's summary records them. The optimizer and lr schedule start fresh, as in AVSBench's
-    S4 -> MS3 initialisation.
-    """
-    start, info = load_checkpoint(path)
-    if info.config.num_classes != model_cfg.num_classes:
-        raise ConfigError(f"--init {path} has {info.config.num_classes} classes, this run needs "
-                          f"{model_cfg.num_classes}")
-    load_exact(model, start.state_dict(), source=f"--init {path}", error=CheckpointError)
-    differences = config_differences(info.config, model_cfg)
-    if differences:
-        log.warning("--init %s was trained with a different config: %s", path, "; ".join(differences))
-    return differences
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    batch: dict[str, Any] = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return batch

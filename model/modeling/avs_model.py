@@ -12,8 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.config import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AVSModel", "AVSOutput"]
 
 
 class AVSOutput(NamedTuple):
@@ -22,8 +23,13 @@ class AVSOutput(NamedTuple):
 
 
 class AVSModel(nn.Module):
+    """Visual + audio encoders, neck, decoder and mask head; frames are normalised inside with
+    `pixel_mean` / `pixel_std` (the checkpoint's, ImageNet's by default)."""
+
     def __init__(self, *, visual_encoder: nn.Module, audio_encoder: nn.Module, neck: nn.Module,
-                 decoder: nn.Module, head: nn.Module, dim: int, freeze_audio: bool) -> None:
+                 decoder: nn.Module, head: nn.Module, dim: int, freeze_audio: bool,
+                 pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 pixel_std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
         self.visual_encoder = visual_encoder
         self.audio_encoder = audio_encoder
@@ -35,8 +41,8 @@ class AVSModel(nn.Module):
         if freeze_audio:
             self.audio_encoder.requires_grad_(False)
         # Not persistent: constants, not weights, so they stay out of checkpoints.
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> AVSModel:
         super().train(mode)

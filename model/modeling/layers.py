@@ -53,19 +53,23 @@ class LayerNorm2d(nn.Module):
 
 
 def sine_position_encoding(height: int, width: int, dim: int, *, device: torch.device,
-                           dtype: torch.dtype, temperature: float = 10000.0) -> torch.Tensor:
-    """DETR's 2-D sine positional encoding, normalised to the map size.
+                           dtype: torch.dtype, temperature: float = 10000.0, normalize: bool = True) -> torch.Tensor:
+    """DETR's 2-D sine positional encoding.
+
+    Positions are the pixel indices 1..H and 1..W; with `normalize` they are scaled to (0, 2pi] over the
+    map (DETR), without it they stay raw indices (mmdet's `SinePositionalEncoding(normalize=False)`, which
+    the official AVSegFormer uses).
 
     Returns:
         [dim, height, width]: the first dim/2 channels encode y, the last dim/2 encode x.
     """
     half = dim // 2
-    scale = 2 * math.pi
-    eps = 1e-6
     y = torch.arange(1, height + 1, device=device, dtype=torch.float32)[:, None].expand(height, width)
     x = torch.arange(1, width + 1, device=device, dtype=torch.float32)[None, :].expand(height, width)
-    y = y / (height + eps) * scale
-    x = x / (width + eps) * scale
+    if normalize:
+        scale, eps = 2 * math.pi, 1e-6
+        y = y / (height + eps) * scale
+        x = x / (width + eps) * scale
     freq = torch.arange(half, device=device, dtype=torch.float32)
     freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / half)
     pos_x = x[..., None] / freq  # [H, W, half]

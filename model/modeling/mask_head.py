@@ -9,7 +9,8 @@
 4. `fc`: conv3x3 C->c1, conv3x3 c1->c2, ReLU, conv1x1 c2->K. AVSegFormer upsamples x4 after the first
    conv and runs the rest at full size; `upsample_last=True` [R] runs all convs at 1/4 scale and
    upsamples the logits (as Mask2Former and SAM do), which removes ~1.9 GMAC per 224² frame.
-The auxiliary output is M's channel mean (AVSegFormer's "mix" loss target).
+The auxiliary output is M's channel mean (AVSegFormer's "mix" loss target): after step 3, or, as the
+official code does (`aux_before_query_maps`), after step 2.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from model.modeling.layers import conv_gn
 
 
 class AudioGate(nn.Module):
-    """Audio token queries the mask-feature pixels; the answer gates M's channels."""
+    """Audio token queries the mask-feature pixels; the answer gates M's channels.
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    AVSegFormer's `CrossModalMixer` (model/utils/fusion_block.py at 7083cb6) has no q/kv biases
+    (`qkv_bias=False`); `qkv_bias=True` is this project's earlier reconstruction, kept for AVESFormer.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True) -> None:
         super().__init__()
-        self.q_proj = nn.Linear(dim, dim)
-        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv_proj = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.num_heads = num_heads
 
@@ -45,11 +50,13 @@ class AudioGate(nn.Module):
 
 class MaskHead(nn.Module):
     def __init__(self, *, dim: int, num_tokens: int, num_classes: int, num_heads: int, mlp_hidden: int,
-                 fc_channels: tuple[int, int], upsample_last: bool, audio_gate: bool) -> None:
+                 fc_channels: tuple[int, int], upsample_last: bool, audio_gate: bool, gate_qkv_bias: bool = True,
+                 aux_before_query_maps: bool = False) -> None:
         super().__init__()
         self.lateral_conv = conv_gn(dim, dim, 1)
         self.out_conv = conv_gn(dim, dim, 3, relu=True)
-        self.fusion_block = AudioGate(dim, num_heads) if audio_gate else None
+        self.fusion_block = AudioGate(dim, num_heads, qkv_bias=gate_qkv_bias) if audio_gate else None
+        self.aux_before_query_maps = aux_before_query_maps
         self.mlp = nn.Sequential(
             nn.Conv2d(num_tokens, mlp_hidden, 1), nn.ReLU(inplace=True),
             nn.Conv2d(mlp_hidden, mlp_hidden, 1), nn.ReLU(inplace=True),
@@ -81,9 +88,12 @@ class MaskHead(nn.Module):
         mask_feature = self.out_conv(up + self.lateral_conv(fine))  # [N, C, H/4, W/4]
         if self.fusion_block is not None:
             mask_feature = self.fusion_block(mask_feature, audio)
+        if self.aux_before_query_maps:
+            aux = mask_feature.mean(1, keepdim=True)  # [N, 1, H/4, W/4], the official AVSegFormer's
         query_maps = torch.einsum("nqc,nchw->nqhw", queries, mask_feature)  # [N, Q, H/4, W/4]
         mask_feature = mask_feature + self.mlp(query_maps)
-        aux = mask_feature.mean(1, keepdim=True)  # [N, 1, H/4, W/4]
+        if not self.aux_before_query_maps:
+            aux = mask_feature.mean(1, keepdim=True)
         if self.upsample_last:
             logits = F.interpolate(self.fc(mask_feature), size=out_size, mode="bilinear", align_corners=False)
         else:

@@ -14,8 +14,19 @@ from model.modeling.layers import conv_gn, sine_position_encoding
 
 
 class MultiScaleNeck(nn.Module):
-    def __init__(self, in_channels: tuple[int, ...], dim: int, num_levels: int = 3) -> None:
+    """Per-stage 1x1 conv + GroupNorm to `dim`, and the memory's position tokens.
+
+    Args:
+        in_channels: backbone stage widths at strides 4/8/16/32.
+        dim: output width.
+        num_levels: memory levels (strides 8/16/32) that get a learnable level embedding.
+        normalize_pos: sine positions scaled to each map (DETR) or raw pixel indices (official AVSegFormer).
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], dim: int, num_levels: int = 3, *,
+                 normalize_pos: bool = True) -> None:
         super().__init__()
+        self.normalize_pos = normalize_pos
         self.in_proj = nn.ModuleList(conv_gn(c, dim) for c in in_channels)
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
         nn.init.normal_(self.level_embed)
@@ -31,7 +42,8 @@ class MultiScaleNeck(nn.Module):
         tokens = []
         for i, x in enumerate(levels):
             H, W = x.shape[-2:]
-            pos = sine_position_encoding(H, W, self.dim, device=x.device, dtype=x.dtype)  # [dim, H, W]
+            pos = sine_position_encoding(H, W, self.dim, device=x.device, dtype=x.dtype,
+                                         normalize=self.normalize_pos)  # [dim, H, W]
             tokens.append(pos.flatten(1).transpose(0, 1) + self.level_embed[i].to(x.dtype))  # [H*W, dim]
         return torch.cat(tokens, dim=0)[None]
 
