@@ -99,7 +99,7 @@ class BrowserMedia:
                 codec=("-c:v", "libvpx", "-b:v", "300k", "-g", "25"),
                 muxer=("-f", "webm", "-live", "1", "-cluster_time_limit", "300")), p),
             "cut.ts": lambda p: _without_first_keyframe(_recording(
-                self.root / "cut_src.ts", "160x120", seconds=3.0, rate=25, codec=h264[:-1] + ("50",),
+                self.root / "cut_src.ts", "160x120", seconds=3.0, rate=25, codec=(*h264[:-1], "50"),
                 audio=("-c:a", "aac"), muxer=ts), p),
             # 4. timestamps that restart: two recordings back to back in one file (440 Hz, then 1760 Hz)
             "twice.webm": lambda p: _cat(p, [_recording(self.root / "r1.webm", "160x120", seconds=2.0, tone=440),
