@@ -111,16 +111,24 @@ def test_train_init_starts_from_a_checkpoint(dataset: Path, tmp_path: Path) -> N
                       init=str(tmp_path / "start.safetensors"), lr=0.0, size=64, batch_size=2, max_steps=1)
     summary = train(cfg)
     assert summary["init"] == cfg.init
-    assert summary["init_differences"] == [f"head.upsample_last: {not default!r} != {default!r}"]
+    assert summary["init_report"]["config_differences"] == [f"head.upsample_last: {not default!r} != {default!r}"]
+    assert summary["init_report"]["fresh"]["tensors"] == 0  # the same variant: every tensor taken
     tuned, info = load_checkpoint(cfg.out, variant="avesformer-tiny")
     assert info.config.head.upsample_last is default  # the run's own config, not the initial one
     # lr 0: one step changes no parameter, so the output holds exactly the initial weights
     for (name, before), after in zip(start.named_parameters(), tuned.parameters(), strict=True):
         assert torch.equal(before, after), name
 
-    with pytest.raises(CheckpointError, match="does not fit"):  # other tensors: named, not half-loaded
-        train(TrainConfig(data=str(dataset), subset="s4", variant="avsegformer-tiny", out=str(tmp_path / "x.st"),
-                          init=str(tmp_path / "start.safetensors"), size=64, max_steps=1))
+    # another variant: what fits by name and shape is taken, the rest starts fresh and is listed (issue #20)
+    other = train(TrainConfig(data=str(dataset), subset="s4", variant="avsegformer-tiny", out=str(tmp_path / "x.st"),
+                              init=str(tmp_path / "start.safetensors"), size=64, max_steps=1))["init_report"]
+    assert other["taken"]["tensors"] > 0
+    assert other["fresh"]["tensors"] > 0
+    assert any(key.startswith("decoder.") for key in other["fresh_keys"])  # AVSegFormer's own decoder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError):  # not our checkpoint: a clear error, nothing half-loaded
+        train(TrainConfig(data=str(dataset), subset="s4", variant="avesformer-tiny", out=str(tmp_path / "y.st"),
+                          init=str(tmp_path / "empty"), size=64, max_steps=1))
 
 
 def test_train_config_overrides_reach_the_checkpoint(dataset: Path, tmp_path: Path) -> None:
