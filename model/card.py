@@ -11,6 +11,7 @@ config (which carries the preprocessing: input size, mean/std, classes). Fields,
     licence        as the source states it, or "unstated"
     intended_use   what the weights are (and are not) good for
     preprocessing  {"frames", "audio"}: how the source fed its inputs, in words
+    warning        what a user must be told wherever the model is shown (the demo: synthetic shapes only)
 
 This module imports no torch and nothing from `model` that does (the writer side of the card; the
 torch-free reader the API uses is `worker.core.model_card`). `rewrite_card` replaces the card of an
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 CARD_KEY = "card"
-CARD_FIELDS = ("title", "trained_on", "metrics", "source", "licence", "intended_use", "preprocessing")
+CARD_FIELDS = ("title", "trained_on", "metrics", "source", "licence", "intended_use", "preprocessing", "warning")
 NOT_MEASURED = "published by the source, not measured here"
 
 # The card of the shipped demo checkpoint (model/weights/avesformer-tiny-synthetic-s4.safetensors).
@@ -40,6 +41,9 @@ DEMO_CARD: dict[str, Any] = {
     "source": {"url": "this repository (`make demo-checkpoint`)"},
     "licence": "Apache-2.0 (this repository's)",
     "intended_use": "synthetic shapes only, not for real video: the demo, tests and plumbing checks",
+    "warning": "synthetic shapes only, not for real video. For real video, import a published AVSegFormer model: "
+               "avs weights import-avsegformer FILE.pth --out model.safetensors, then "
+               "AVS_CHECKPOINT=model.safetensors",
 }
 
 

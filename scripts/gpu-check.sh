@@ -19,6 +19,35 @@ for variant in avesformer-pvt_v2_b0 avesformer-pvt_v2_b2 avesformer-pvt_v2_b5 av
   done
 done
 
+# Issue #20: the published AVSegFormer models at their own input size (512 for S4), as imported checkpoints
+# (random weights in the official layout, from the committed manifests: the speed does not depend on the
+# values), float16 / bfloat16 autocast, channels-last and torch.compile, beside AVESFormer on the same backbone.
+ckpts=$(mktemp -d)
+$PY - "$ckpts" <<'PYEOF'
+import sys, torch
+from pathlib import Path
+from model.avsegformer_release import load_manifest
+for backbone in ("r50", "pvt_v2_b5"):
+    manifest = load_manifest(backbone, "s4")
+    state = {k: (torch.zeros(s, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.randn(s) * 0.02)
+             for k, s in {**manifest["keys"], **manifest["dropped"]}.items()}
+    torch.save(state, Path(sys.argv[1]) / f"{backbone}-S4_best.pth")
+PYEOF
+for backbone in r50 pvt_v2_b5; do
+  $AVS weights import-avsegformer "$ckpts/$backbone-S4_best.pth" --out "$ckpts/$backbone-s4.safetensors" --json \
+    > "$OUT/import-$backbone.json"
+  for batch in 1 8; do
+    for opts in "--amp --amp-dtype float16" "--amp --amp-dtype bfloat16" "--amp --amp-dtype float16 --channels-last" \
+                "--amp --amp-dtype bfloat16 --compile"; do
+      # shellcheck disable=SC2086  # one word per option
+      $AVS bench model --checkpoint "$ckpts/$backbone-s4.safetensors" --batch-size "$batch" --device cuda $opts \
+        --iters 20 --warmup 5 --json >> "$OUT/real-models.jsonl"
+    done
+  done
+  $AVS bench compare --checkpoint "$ckpts/$backbone-s4.safetensors" --batch-sizes 1 8 --device cuda --json \
+    >> "$OUT/real-models-compare.jsonl"
+done
+
 clips=$(mktemp -d)
 $PY - "$clips" <<'PYEOF'
 import sys

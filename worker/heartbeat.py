@@ -42,6 +42,7 @@ class WorkerRuntime:
         self._beat_lock = threading.Lock()
         self.live: Any = None  # worker.live.server.LiveServer, once the model is ready (live_max_sessions > 0)
         self.load_seconds: float | None = None
+        self.model_summary: dict[str, Any] | None = None  # the card users see (`GET /model`), once loaded
 
     def start(self) -> None:
         """Load and warm the model in the background, then start the heartbeat (idempotent)."""
@@ -68,6 +69,7 @@ class WorkerRuntime:
             return
         self.load_seconds = time.perf_counter() - start
         MODEL_LOAD_SECONDS.observe(self.load_seconds)
+        self.model_summary = _model_summary(settings)
         from worker.engine import FrameEngine
         from worker.prometheus import observe_batch
 
@@ -139,7 +141,8 @@ class WorkerRuntime:
                   # live sessions (worker.live): where the API proxies /live to, and how full this worker is
                   "live_url": self.live.url if self.live is not None else None,
                   "live_sessions": self.live.active if self.live is not None else 0,
-                  "live_capacity": self.live.capacity if self.live is not None else 0}
+                  "live_capacity": self.live.capacity if self.live is not None else 0,
+                  "model": self.model_summary}
         with self._beat_lock:  # the beat thread and a session's start or end write it
             tmp = self.heartbeat_path.with_suffix(".tmp")
             try:
@@ -155,3 +158,14 @@ class WorkerRuntime:
         if self._beat_thread is not None:
             self._beat_thread.join(timeout=5)  # a beat in flight must not re-create the file after we remove it
         self.heartbeat_path.unlink(missing_ok=True)
+
+
+def _model_summary(settings: ServiceSettings) -> dict[str, Any] | None:
+    """The loaded model's card for `GET /model` (`worker.core.model_card`); None when it cannot be read."""
+    from worker.core.model_card import CardError, configured_checkpoint, model_summary
+
+    try:
+        return model_summary(configured_checkpoint(settings.checkpoint, settings.variant), settings.variant)
+    except CardError as exc:
+        log.warning("model card not readable: %s", exc)
+        return None

@@ -75,7 +75,8 @@ def warm_workers(settings: ServiceSettings, *, now: float | None = None) -> tupl
                       "variant": beat.get("variant"), "device": beat.get("device"), "age_s": round(max(age, 0.0), 3),
                       "live_url": beat.get("live_url") if isinstance(beat.get("live_url"), str) else None,
                       "live_sessions": _count(beat.get("live_sessions")),
-                      "live_capacity": _count(beat.get("live_capacity"))})
+                      "live_capacity": _count(beat.get("live_capacity")),
+                      "model": beat.get("model") if isinstance(beat.get("model"), dict) else None})
     return fresh, seen
 
 
@@ -94,4 +95,5 @@ def readiness(settings: ServiceSettings) -> tuple[dict[str, Any] | None, str | N
             return None, (f"no warm worker: {seen} heartbeat(s) found, none warm and newer than "
                           f"{STALE_FACTOR * settings.heartbeat_s:g} s")
         return None, "no warm worker: no worker heartbeat found"
-    return {"status": "ready", "broker": broker_kind(settings), "workers": workers}, None
+    shown = [{k: v for k, v in worker.items() if k != "model"} for worker in workers]  # the card: GET /model
+    return {"status": "ready", "broker": broker_kind(settings), "workers": shown}, None

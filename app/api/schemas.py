@@ -103,6 +103,26 @@ class ReadyResponse(BaseModel):
     workers: list[WorkerInfo]
 
 
+class ModelInfo(BaseModel):
+    """The model a worker serves, from its checkpoint's header (`worker.core.model_card.model_summary`)."""
+
+    variant: str | None = Field(description="the architecture, e.g. avsegformer-pvt_v2_b5 or avesformer-tiny")
+    checkpoint: str | None = Field(description="the checkpoint's file name (None: random weights)")
+    input_size: int | None = Field(description="frames are resized to this square size (pixels)")
+    num_classes: int | None = Field(description="1: binary masks (S4/MS3); 71: AVSS classes")
+    class_names: list[str] = Field(description="names of the classes, index = class_id (empty for binary)")
+    card: dict[str, Any] | None = Field(description="the model card: trained_on, metrics, source, licence, "
+                                                    "intended_use (None: the checkpoint has none)")
+    warning: str | None = Field(description="what a user must know before trusting the masks on real video")
+
+
+class ModelResponse(BaseModel):
+    model: ModelInfo
+    workers: list[str] = Field(description="the warm workers serving it")
+    other_models: list[ModelInfo] = Field(default_factory=list,
+                                          description="other models served by other workers (a mixed fleet)")
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "`unauthorized`"},
     404: {"model": ErrorBody, "description": "`not_found`"},

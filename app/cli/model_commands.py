@@ -115,20 +115,26 @@ def _bench_model(args: argparse.Namespace) -> int:
         return _bench_onnxruntime(args)
     from model.lab.model_bench import bench_model
 
+    if not args.variant and not args.checkpoint:
+        raise ValueError("give --variant or --checkpoint")
     result = bench_model(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
                          warmup=args.warmup, device=args.device, threads=args.threads, amp=args.amp,
-                         breakdown=args.breakdown)
+                         breakdown=args.breakdown, checkpoint=args.checkpoint, amp_dtype=args.amp_dtype,
+                         channels_last=args.channels_last, compile=args.compile)
     return emit(args, result, lambda: (
         f"{result['variant']}: {result['fps']} frames/s ({result['ms_per_frame']} ms/frame) at batch "
         f"{result['batch_size']}, {result['size']}², {result['device']}, {result['threads']} threads"))
 
 
 def _bench_onnxruntime(args: argparse.Namespace) -> int:
-    if args.device != "cpu" or args.amp or args.breakdown:
-        raise ValueError("--runtime onnxruntime runs on the CPU, without --amp or --breakdown")
+    if args.device != "cpu" or args.amp or args.breakdown or args.compile or args.channels_last:
+        raise ValueError("--runtime onnxruntime runs on the CPU, without --amp, --breakdown, --compile or "
+                         "--channels-last")
     from model.lab.model_bench import bench_onnxruntime
 
-    result = bench_onnxruntime(args.variant, batch_size=args.batch_size, size=args.size, iters=args.iters,
+    if not args.variant:
+        raise ValueError("--runtime onnxruntime needs --variant")
+    result = bench_onnxruntime(args.variant, batch_size=args.batch_size, size=args.size or 224, iters=args.iters,
                                warmup=args.warmup, threads=args.threads, opset=args.opset)
     return emit(args, result, lambda: (
         f"{result['variant']} without audio encoder, batch {result['batch_size']}, {result['size']}², "
@@ -141,19 +147,25 @@ def _bench_onnxruntime(args: argparse.Namespace) -> int:
 def _bench_compare(args: argparse.Namespace) -> int:
     from model.lab.model_bench import bench_compare
 
-    result = bench_compare(args.backbones, args.batch_sizes, size=args.size, iters=args.iters, warmup=args.warmup,
-                           device=args.device, threads=args.threads)
+    backbones = args.backbones if args.backbones is not None else [] if args.checkpoint else DEFAULT_BACKBONES
+    result = bench_compare(backbones, args.batch_sizes, size=args.size or 224, iters=args.iters,
+                           warmup=args.warmup, device=args.device, threads=args.threads, checkpoints=args.checkpoint)
     if args.json:
         print_json(result)
     else:
         for row in result["rows"]:
-            print(f"{row['backbone']:10s} batch {row['batch_size']}: AVESFormer {row['avesformer_fps']} fps, "
+            which = f"{Path(row['checkpoint']).name} vs AVESFormer" if row["checkpoint"] else row["backbone"]
+            print(f"{which:10s} {row['size']}² batch {row['batch_size']}: AVESFormer {row['avesformer_fps']} fps, "
                   f"AVSegFormer {row['avsegformer_fps']} fps, speed-up x{row['speedup']}")
     return 0
 
 
+DEFAULT_BACKBONES = ["pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "r50"]
+
+
 def _timing_args(p: argparse.ArgumentParser, *, iters: int, warmup: int) -> None:
-    p.add_argument("--size", type=int, default=224, help="frame side in pixels (square input)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame side in pixels (square input; default: a checkpoint's own input size, else 224)")
     p.add_argument("--iters", type=int, default=iters, help="timed runs; the median is reported")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed runs first")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
@@ -199,10 +211,15 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
 
     p = bench.add_parser("model", help="model frames/s (torch: full forward incl. audio encoder; "
                                        "onnxruntime: torch vs ONNX Runtime from the audio embedding on)")
-    p.add_argument("--variant", required=True, help="a name from `avs model list`")
+    p.add_argument("--variant", default=None, help="a name from `avs model list` (random weights)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a checkpoint instead (an imported AVSegFormer: timed at its own input size)")
     p.add_argument("--batch-size", type=int, default=1, help="frames per forward pass")
     _timing_args(p, iters=10, warmup=2)
-    p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="autocast (CUDA only) to --amp-dtype")
+    p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16", help="the autocast dtype")
+    p.add_argument("--channels-last", action="store_true", help="model and frames in channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during the warm-up)")
     p.add_argument("--breakdown", action="store_true", help="also time visual and audio encoders alone")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="onnxruntime: export to ONNX, time torch and ONNX Runtime (CPU) alternately in one run")
@@ -210,9 +227,13 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_json_flag(p)
     p.set_defaults(handler=_bench_model)
     p = bench.add_parser("compare", help="AVESFormer vs AVSegFormer frames/s on the same backbones")
-    p.add_argument("--backbones", nargs="+", default=["pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b5", "r50"],
-                   help="visual backbones to compare on")
+    p.add_argument("--backbones", nargs="+", default=None,
+                   help=f"visual backbones to compare on, random weights (default: {' '.join(DEFAULT_BACKBONES)}, "
+                        "or none with --checkpoint)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="frames per forward pass, each")
+    p.add_argument("--checkpoint", nargs="+", default=[],
+                   help="imported AVSegFormer checkpoints, each timed at its own input size beside AVESFormer "
+                        "on its backbone")
     _timing_args(p, iters=5, warmup=1)
     add_json_flag(p)
     p.set_defaults(handler=_bench_compare)

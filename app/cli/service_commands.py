@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         mode = f"broker {settings.broker_url}"
     sys.stderr.write(f"avs serve: data in {settings.data_dir}, {mode}, http://{args.host}:{args.port}\n")
+    sys.stderr.write(f"avs serve: {_model_line(settings)}\n")
     worker = None
     try:
         if not args.no_worker:
@@ -80,6 +81,17 @@ def _serve(args: argparse.Namespace) -> int:
 
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _model_line(settings) -> str:
+    """Which model the worker will load and what it knows, read from the checkpoint's header (no torch)."""
+    from worker.core.model_card import CardError, configured_checkpoint, model_summary, summary_line
+
+    try:
+        return summary_line(model_summary(configured_checkpoint(settings.checkpoint, settings.variant),
+                                          settings.variant))
+    except CardError as exc:
+        return f"model: {exc}"
 
 
 def _root_path(given: str | None) -> str:

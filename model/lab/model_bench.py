@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from torch import nn
 
 from model.build import build_model
 from model.variants import get_config
@@ -44,17 +45,40 @@ def _check_timing(*, batch_size: int, size: int, iters: int, warmup: int, thread
         torch.set_num_threads(threads)
 
 
-def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: int = 10, warmup: int = 2,
-                device: str = "cpu", threads: int | None = None, amp: bool = False,
-                breakdown: bool = False, seed: int = 0) -> dict[str, object]:
-    _check_timing(batch_size=batch_size, size=size, iters=iters, warmup=warmup, threads=threads)
+def bench_model(variant: str | None, *, batch_size: int = 1, size: int | None = None, iters: int = 10,
+                warmup: int = 2, device: str = "cpu", threads: int | None = None, amp: bool = False,
+                breakdown: bool = False, seed: int = 0, checkpoint: str | None = None,
+                amp_dtype: str = "float16", channels_last: bool = False, compile: bool = False) -> dict[str, object]:
+    """Frames/s of one model's full forward (frames [B, 3, size, size] + log-mel [B, 1, 96, 64]).
+
+    The model is `variant` with random weights, or `checkpoint` (an imported AVSegFormer, say) loaded as it
+    is; `size` defaults to the checkpoint's own input size (512 for the published S4/MS3 models), else 224.
+    `amp`: autocast to `amp_dtype` (float16 or bfloat16; CUDA only); `channels_last`: the model and frames in
+    channels-last memory format; `compile`: `torch.compile` (its compilation happens in the warm-up runs).
+    """
     dev = torch.device(device)
     torch.manual_seed(seed)
-    cfg = get_config(variant)
-    model = build_model(cfg).to(dev).eval()
+    if checkpoint is not None:
+        from model.checkpoint import load_checkpoint
+
+        model, info = load_checkpoint(checkpoint, variant=variant)
+        cfg, variant = info.config, info.variant
+    else:
+        if variant is None:
+            raise ValueError("give a variant or a checkpoint")
+        cfg = get_config(variant)
+        model = build_model(cfg)
+    size = size or (cfg.input_size if checkpoint is not None else 224)
+    _check_timing(batch_size=batch_size, size=size, iters=iters, warmup=warmup, threads=threads)
+    model = model.to(dev).eval()
     frames = torch.rand(batch_size, 3, size, size, device=dev)
     log_mel = torch.randn(batch_size, 1, 96, 64, device=dev)
-    autocast = torch.autocast(dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda")
+    if channels_last:
+        model, frames = model.to(memory_format=torch.channels_last), frames.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
+    if amp_dtype not in ("float16", "bfloat16"):
+        raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}")
+    autocast = torch.autocast(dev.type, dtype=getattr(torch, amp_dtype), enabled=amp and dev.type == "cuda")
 
     def run(fn: Callable[[], object]) -> list[float]:
         def call() -> object:
@@ -62,10 +86,11 @@ def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: in
                 return fn()
         return _timed(call, iters=iters, warmup=warmup, device=dev)
 
-    total = statistics.median(run(lambda: model(frames, log_mel)))
+    total = statistics.median(run(lambda: forward(frames, log_mel)))
     ms_per_frame = 1000 * total / batch_size
     result: dict[str, object] = {
         "variant": variant,
+        "checkpoint": checkpoint,
         "fps": round(batch_size / total, 3),
         "ms_per_frame": round(ms_per_frame, 3),
         "batch_size": batch_size,
@@ -73,7 +98,9 @@ def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: in
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "iters": iters,
-        "amp": amp and dev.type == "cuda",
+        "amp": amp_dtype if amp and dev.type == "cuda" else None,
+        "channels_last": channels_last,
+        "compile": compile,
         "params_total": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
     }
@@ -88,24 +115,46 @@ def bench_model(variant: str, *, batch_size: int = 1, size: int = 224, iters: in
     return result
 
 
+def _pairs(backbones: list[str], checkpoints: list[str]) -> Iterator[tuple[str, str | None, dict[str, nn.Module],
+                                                                           int | None]]:
+    """(backbone, checkpoint, {"avesformer", "avsegformer"} models, the checkpoint's input size) to compare:
+    random weights per backbone, then each checkpoint (an imported AVSegFormer) beside AVESFormer on its
+    backbone."""
+    from model.checkpoint import load_checkpoint
+
+    for backbone in backbones:
+        torch.manual_seed(0)
+        yield backbone, None, {kind: build_model(get_config(f"{kind}-{backbone}"))
+                               for kind in ("avesformer", "avsegformer")}, None
+    for checkpoint in checkpoints:
+        model, info = load_checkpoint(checkpoint)
+        kind, _, backbone = info.variant.partition("-")
+        if kind != "avsegformer":
+            raise ValueError(f"{checkpoint}: --checkpoint compares an AVSegFormer checkpoint, this is {info.variant}")
+        torch.manual_seed(0)
+        yield backbone, checkpoint, {"avesformer": build_model(get_config(f"avesformer-{backbone}")),
+                                     "avsegformer": model}, info.config.input_size
+
+
 def bench_compare(backbones: list[str], batch_sizes: list[int], *, size: int = 224, iters: int = 5,
-                  warmup: int = 1, device: str = "cpu", threads: int | None = None) -> dict[str, object]:
+                  warmup: int = 1, device: str = "cpu", threads: int | None = None,
+                  checkpoints: list[str] | None = None) -> dict[str, object]:
     """AVESFormer vs the AVSegFormer baseline on the same backbones, in one process and one run.
 
     The two models of a pair are timed in alternation (A, B, A, B, ...) and each gets the median of
     its own runs, so a slow drift in machine load (other processes, thermal limits) hits both alike
-    and the ratio stays meaningful on a noisy shared machine.
+    and the ratio stays meaningful on a noisy shared machine. Each of `checkpoints` (an imported
+    AVSegFormer) is timed at its own input size beside AVESFormer on its backbone (its row says so).
     """
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     rows = []
-    for backbone in backbones:
-        torch.manual_seed(0)
-        models = {kind: build_model(get_config(f"{kind}-{backbone}")).to(dev).eval()
-                  for kind in ("avesformer", "avsegformer")}
+    for backbone, checkpoint, built, own_size in _pairs(backbones, checkpoints or []):
+        models = {kind: model.to(dev).eval() for kind, model in built.items()}
+        pair_size = own_size or size
         for batch_size in batch_sizes:
-            frames = torch.rand(batch_size, 3, size, size, device=dev)
+            frames = torch.rand(batch_size, 3, pair_size, pair_size, device=dev)
             log_mel = torch.randn(batch_size, 1, 96, 64, device=dev)
             calls = {kind: functools.partial(m, frames, log_mel) for kind, m in models.items()}
             times: dict[str, list[float]] = {kind: [] for kind in models}
@@ -117,7 +166,7 @@ def bench_compare(backbones: list[str], batch_sizes: list[int], *, size: int = 2
                         times[kind] += _timed(call, iters=1, warmup=0, device=dev)
             fps = {kind: batch_size / statistics.median(t) for kind, t in times.items()}
             rows.append({
-                "backbone": backbone, "batch_size": batch_size,
+                "backbone": backbone, "batch_size": batch_size, "size": pair_size, "checkpoint": checkpoint,
                 "avesformer_fps": round(fps["avesformer"], 3), "avsegformer_fps": round(fps["avsegformer"], 3),
                 "avesformer_params": sum(p.numel() for p in models["avesformer"].parameters()),
                 "avsegformer_params": sum(p.numel() for p in models["avsegformer"].parameters()),

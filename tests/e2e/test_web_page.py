@@ -301,6 +301,16 @@ def test_the_page_fits_a_phone_every_control_is_labelled_and_text_has_contrast(
         context.close()
 
 
+def test_the_page_says_which_model_runs_and_that_the_demo_knows_only_synthetic_shapes(page: Page,
+                                                                                      page_url: str) -> None:
+    """Issue #20: the shipped demo model's notice wherever a user meets it, here the page."""
+    _open(page, page_url, key=None)
+    expect(page.locator("#model-card")).to_be_visible()
+    expect(page.locator("#model-title")).to_contain_text("synthetic S4 scenes")
+    expect(page.locator("#model-warning")).to_contain_text("synthetic shapes only, not for real video")
+    expect(page.locator("#model-warning")).to_contain_text("avs weights import-avsegformer")
+
+
 def test_the_browser_decodes_rle_exactly_as_pycocotools(page: Page, page_url: str) -> None:
     from worker.masks import encode_rle
 
@@ -318,6 +328,18 @@ def test_the_browser_decodes_rle_exactly_as_pycocotools(page: Page, page_url: st
     }""", records)
     for mask, pixels in zip(masks, decoded, strict=True):
         assert np.array_equal(np.array(pixels, dtype=np.uint8).reshape(mask.shape), mask)
+    # a semantic (AVSS) record: each pixel's class id from its segments, as worker.masks.record_labels gives it
+    from worker.masks import mask_records, record_labels
+
+    labels = np.zeros((24, 40), np.uint8)
+    labels[2:10, 3:20], labels[12:22, 25:39], labels[15:20, 5:9] = 17, 70, 3
+    (record,) = mask_records(labels[None], start_index=0, pts_s=[0.0], class_names=[f"c{i}" for i in range(71)])
+    decoded = page.evaluate("""async record => {
+        const { decodeLabels } = await import('./static/rle.js');
+        return Array.from(decodeLabels(record));
+    }""", record)
+    assert np.array_equal(np.array(decoded, dtype=np.uint8).reshape(labels.shape), labels)
+    assert np.array_equal(record_labels(record), labels)
 
 
 @pytest.mark.parametrize(("headers", "fields", "size", "status", "code"), [

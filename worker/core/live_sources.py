@@ -51,6 +51,12 @@ class LiveSource:
     def pushed(self) -> bool:
         return self.url == "pipe:0"
 
+    @property
+    def network(self) -> bool:
+        """A stream URL pulled over the network (it may drop and come back: `worker.live.reconnect`); not pushed
+        bytes, not a local file (whose end is the end)."""
+        return not self.pushed and not self.url.startswith("file:")
+
 
 PUSHED = LiveSource("pipe:0", "pipe", PUSHED_DEMUXERS)
 

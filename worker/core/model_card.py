@@ -86,3 +86,57 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "variant": meta.get("variant", config.get("variant")),
             "params": sum(by_part.values()), "params_by_part": by_part, "preprocessing": preprocessing,
             "card": _json_field(meta, "card", path), "provenance": _json_field(meta, "provenance", path) or {}}
+
+
+DEMO_CHECKPOINT_NAME = "avesformer-tiny-synthetic-s4.safetensors"
+DEFAULT_VARIANT = "avesformer-tiny"  # the demo checkpoint's (`model.variants.DEFAULT_VARIANT`)
+IMPORT_HINT = ("for real video, import a published AVSegFormer model: avs weights import-avsegformer FILE.pth "
+               "--out model.safetensors, then AVS_CHECKPOINT=model.safetensors")
+
+
+def demo_checkpoint() -> Path | None:
+    """Where the shipped demo checkpoint is installed, found without importing `model` (which loads torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("model")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "weights" / DEMO_CHECKPOINT_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+def configured_checkpoint(checkpoint: str | None, variant: str | None) -> Path | None:
+    """The file a worker with these settings loads (`AVS_CHECKPOINT`, else the demo checkpoint for the default
+    variant); None when it builds `variant` with random weights (`model.predictor.load_predictor`'s rule)."""
+    if checkpoint:
+        return Path(checkpoint)
+    if variant in (None, DEFAULT_VARIANT):
+        return demo_checkpoint()
+    return None
+
+
+def model_summary(checkpoint: str | Path | None, variant: str | None = None) -> dict[str, Any]:
+    """What the service tells a user about its model (`GET /model`, the heartbeat, `avs serve`'s start-up
+    line, the web page): variant, file name, input size, classes and their names, the card, and a
+    `warning` when the model is not one to trust on real video (the demo's synthetic training, random
+    weights, no card). Raises CardError for a file that is not one of our checkpoints."""
+    if checkpoint is None:
+        return {"variant": variant, "checkpoint": None, "input_size": None, "num_classes": None, "class_names": [],
+                "card": None, "warning": f"random weights: the masks mean nothing; {IMPORT_HINT}"}
+    info = read_model_card(checkpoint)
+    card = info["card"]
+    pre = info["preprocessing"]
+    warning = card.get("warning") if card else f"no model card: what it was trained on is unknown; {IMPORT_HINT}"
+    return {"variant": info["variant"], "checkpoint": Path(checkpoint).name, "input_size": pre["input_size"],
+            "num_classes": pre["num_classes"], "class_names": pre["class_names"], "params": info["params"],
+            "card": card, "warning": warning}
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for people: the model, what it knows, and the warning if any."""
+    card = summary.get("card") or {}
+    title = card.get("title") or summary.get("variant") or "unknown model"
+    size = summary.get("input_size")
+    line = f"model {summary.get('variant')} ({title}{f'; {size}x{size} input' if size else ''})"
+    return f"{line}: {summary['warning']}" if summary.get("warning") else line

@@ -156,7 +156,7 @@ class LiveSession:
         self.max_duration_s = max_duration_s or self.limits.max_duration_s
         # A pulled source that drops is opened again for this long (worker.live.reconnect); not while its stream
         # is copied for an overlay (the copy is one file per connection).
-        self.reconnect_s = reconnect_s if not source.pushed and copy_to is None else 0.0
+        self.reconnect_s = reconnect_s if source.network and copy_to is None else 0.0
         self.gaps = Gaps()
         self._segment_offset = 0.0  # session time of the current connection's t = 0 (seconds)
         self._last_time: float | None = None  # session time of the latest frame

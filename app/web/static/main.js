@@ -1,6 +1,7 @@
 // The page's entry: the two tabs (#upload, #live), the API key field, and the wiring of each tab.
 import { apiKey, setApiKey } from "./api.js";
 import { initLive, leaveLive } from "./live.js";
+import { showModel } from "./model_card.js";
 import { initUpload, renderJobs } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
@@ -27,6 +28,7 @@ function initKey() {
 }
 
 initKey();
+showModel();
 initUpload();
 initLive();
 window.addEventListener("hashchange", route);

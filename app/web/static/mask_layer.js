@@ -1,8 +1,16 @@
 // A canvas laid over a <video>: draws one decoded mask, tinted, at the mask's own resolution (CSS stretches
 // the canvas over the video box, which has the same aspect ratio).
-import { decodeMask } from "./rle.js";
+import { decodeLabels } from "./rle.js";
 
 const TINT = [255, 0, 200]; // magenta: rare in natural video, so the tint is easy to see (and to measure)
+
+/** A colour per class id (AVSS's 71 classes): hues a golden angle apart, as the overlay video's palette. */
+export function classColour(id) {
+  if (id <= 1) return TINT;
+  const h = (id * 0.618033988749895) % 1;
+  const f = (n) => { const k = (n + h * 6) % 6; return Math.round(255 * (1 - 0.85 * Math.max(0, Math.min(k, 4 - k, 1)))); };
+  return [f(5), f(3), f(1)];
+}
 
 export class MaskLayer {
   /** @param {HTMLCanvasElement} canvas */
@@ -39,7 +47,7 @@ export class MaskLayer {
     const [h, w] = record.size;
     let mask = this.cache.get(record.frame_index);
     if (!mask) {
-      mask = decodeMask(record);
+      mask = decodeLabels(record); // 0/1, or class ids for a semantic (AVSS) record
       this.cache.set(record.frame_index, mask);
       if (this.cache.size > 64) this.cache.delete(this.cache.keys().next().value);
     }
@@ -53,7 +61,8 @@ export class MaskLayer {
     for (let i = 0; i < mask.length; i += 1) {
       if (mask[i]) {
         const o = i * 4;
-        px[o] = TINT[0]; px[o + 1] = TINT[1]; px[o + 2] = TINT[2]; px[o + 3] = alpha;
+        const colour = mask[i] === 1 ? TINT : classColour(mask[i]);
+        px[o] = colour[0]; px[o + 1] = colour[1]; px[o + 2] = colour[2]; px[o + 3] = alpha;
       }
     }
     this.ctx.putImageData(image, 0, 0);

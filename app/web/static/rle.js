@@ -35,16 +35,30 @@ export function decodeCounts(s) {
  * @param {{size: [number, number], counts: string}} record  size is [height, width]
  */
 export function decodeMask(record) {
-  const [h, w] = record.size;
-  const mask = new Uint8Array(h * w);
-  const counts = decodeCounts(record.counts);
+  return decodeInto(new Uint8Array(record.size[0] * record.size[1]), record.size, record.counts, 1);
+}
+
+/**
+ * The class map of a record: for a semantic (AVSS) record each pixel holds its class_id (0 = background),
+ * from its `segments`; a binary record gives 0/1 as `decodeMask`.
+ */
+export function decodeLabels(record) {
+  if (!record.segments) return decodeMask(record);
+  const labels = new Uint8Array(record.size[0] * record.size[1]);
+  for (const segment of record.segments) decodeInto(labels, record.size, segment.counts, segment.class_id);
+  return labels;
+}
+
+function decodeInto(mask, size, rle, value) {
+  const [h, w] = size;
+  const counts = decodeCounts(rle);
   let i = 0; // position in column-major order
   for (let r = 0; r < counts.length; r += 1) {
     const n = counts[r];
     if (r % 2 === 1) {
       for (let j = i; j < i + n && j < h * w; j += 1) {
         const col = Math.floor(j / h);
-        mask[(j - col * h) * w + col] = 1;
+        mask[(j - col * h) * w + col] = value;
       }
     }
     i += n;
