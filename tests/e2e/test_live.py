@@ -40,7 +40,7 @@ MAX_SESSIONS = 2
 def service(tmp_path_factory) -> Iterator[Service]:
     """`avs serve` with an API key, two live sessions per worker, UDP on 127.0.0.1 allow-listed."""
     env = {"AVS_API_KEYS": API_KEY, "AVS_LIVE_MAX_SESSIONS": str(MAX_SESSIONS), "AVS_LIVE_SOURCES": "udp://127.0.0.1",
-           "AVS_LIVE_IDLE_TIMEOUT_S": "3"}
+           "AVS_LIVE_IDLE_TIMEOUT_S": "3", "AVS_LIVE_RECONNECT_S": "4"}
     with running_embedded(tmp_path_factory.mktemp("live") / "data", env) as service:
         yield service
 
@@ -176,11 +176,12 @@ def test_mpegts_over_udp_pulled_by_a_session(service: Service, tmp_path: Path) -
     with pytest.raises(LiveRefused) as refused:  # not allow-listed: refused before anything is opened
         asyncio.run(stream_file(url, None, {"source": "udp://10.1.2.3:5000"}, api_key=API_KEY))
     assert refused.value.code == "unauthorized"
-    # a UDP stream has no end: the session ends when no packet came for the idle timeout (3 s), after every
-    # frame it received went through
+    # a UDP stream has no end: when no packet came for the idle timeout (3 s) the session connects again (issue
+    # #21), and when none comes within the reconnect window (4 s here) it ends, after every frame went through
     result = asyncio.run(run())
     assert result["status"] == "succeeded"
-    assert result["ended_by"] == "source"
+    assert result["ended_by"] == "source_lost"
+    assert result["source_lost"] is True
     assert result["started"]["pushed"] is False
     check_masks(result, video_pts(sent))
 
