@@ -74,9 +74,10 @@ class JobSpec:
     None at submission lets decoding start while the sound is still being read (`JobHandle.set_table`): the
     job's frames wait for it.
     `encode(start_index, pts_s, logits)`: called on the job's encode thread, in frame order, with the logits
-    [n, K, S, S] of consecutive frames (consecutive among those inferred: a live job's dropped frames are
-    skipped). `should_cancel()`: asked before each `encode`; True ends the job with
-    `Cancelled` (it may also raise, e.g. a lost lease). `start_frame`: frames before it are skipped.
+    [n, K, S, S] of consecutive frames (frames start_index .. start_index + n - 1: a live job's frames
+    skipped or dropped end a run, and the next run is another call). `should_cancel()`: asked before each
+    `encode`; True ends the job with `Cancelled` (it may also raise, e.g. a lost lease). `start_frame`: frames
+    before it are skipped.
     """
 
     key: str
@@ -483,7 +484,14 @@ class FrameEngine:
             count = len(items)
             job.stats.inferred += count
             job.stats.seconds["inference"] += seconds * count / len(frames)
-            job.encode_queue.put((items[0][0], [pts for _, pts, _ in items], logits[offset:offset + count]))
+            # One encode call per run of consecutive frames: a live job's frames skipped by its fps cap (or
+            # dropped) leave gaps, and `encode` numbers its frames from the first one it is given.
+            first = 0
+            for i in range(1, count + 1):
+                if i == count or items[i][0] != items[i - 1][0] + 1:
+                    job.encode_queue.put((items[first][0], [pts for _, pts, _ in items[first:i]],
+                                          logits[offset + first:offset + i]))
+                    first = i
             offset += count
 
 

@@ -25,8 +25,8 @@ def _live(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     line = (f"{summary['frames_processed']} of {summary['frames_received']} frames segmented "
-            f"({summary['frames_dropped']} dropped: {summary['dropped']}); latency p50 {summary['latency_p50_ms']} ms, "
-            f"p95 {summary['latency_p95_ms']} ms")
+            f"({summary.get('frames_skipped_by_rate', 0)} skipped by the fps cap, {summary['frames_dropped']} dropped "
+            f"late); latency p50 {summary['latency_p50_ms']} ms, p95 {summary['latency_p95_ms']} ms")
     if args.json:
         sys.stderr.write(json.dumps(summary) + "\n")
     else:
@@ -88,11 +88,13 @@ def _bench_live(args: argparse.Namespace) -> int:
     from app.cli.live_bench import bench_live
 
     result = bench_live(duration_s=args.duration, sessions=args.sessions, size=(args.width, args.height),
-                        fps=args.fps, window=args.window, variant=args.variant, work_dir=args.work_dir)
+                        fps=args.fps, window=args.window, variant=args.variant, work_dir=args.work_dir,
+                        max_fps=args.max_fps)
     return emit(args, result, lambda: (
         f"{result['sessions']} session(s) x {result['frames_sent'] // max(1, result['sessions'])} frames at "
-        f"{args.width}x{args.height} {args.fps:g} fps: {result['frames_dropped']} dropped "
-        f"({result['dropped_fraction']:.1%}), latency p50 {result['latency_p50_ms']} ms, "
+        f"{args.width}x{args.height} {args.fps:g} fps: {result['frames_skipped_by_rate']} skipped by the fps cap, "
+        f"{result['frames_dropped']} dropped late, {result['frames_lost_in_transit']} lost in transit "
+        f"({result['dropped_fraction']:.1%} of the frames wanted), latency p50 {result['latency_p50_ms']} ms, "
         f"p95 {result['latency_p95_ms']} ms; targets met: {result['targets_met']}"))
 
 
@@ -123,6 +125,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--height", type=int, default=360, help="the source's height in pixels")
     p.add_argument("--fps", type=float, default=25.0, help="the source's frame rate")
     p.add_argument("--window", type=int, default=2, help="the sessions' window (frames waiting for the model)")
+    p.add_argument("--max-fps", type=float, default=None,
+                   help="the sessions' fps cap (the start message's fps): frames over it are skipped, not dropped")
     p.add_argument("--variant", default=None, help="the worker's model variant (default: the demo checkpoint's)")
     p.add_argument("--work-dir", default=None, help="keep the service's data and log here (default: a temp dir)")
     add_json_flag(p)

@@ -8,12 +8,14 @@ binary media chunks (pushed)      ─▶
                                   ◀─   {"type": "mask", <the file API's mask record>, "latency_ms"}  (per frame)
 {"type": "end"}                   ─▶
                                   ◀─   {"type": "end", "status", "frames_received", "frames_processed",
-                                        "frames_dropped", "dropped": {reason: n}, "latency_p50_ms", ...,
-                                        "job_id" (recorded sessions), "error" (failed ones)}
+                                        "frames_skipped_by_rate", "frames_dropped", "dropped": {"late": n},
+                                        "latency_p50_ms", ..., "job_id" (recorded sessions), "error"}
                                   ◀─   {"type": "error", "code", "message"}  (refused before starting)
 ```
 
-Text frames are JSON objects with a `type`; binary frames are media. Torch-free (the API imports it).
+Text frames are JSON objects with a `type`; binary frames are media. In the end message frames_received =
+frames_processed + frames_skipped_by_rate (over the client's `fps`) + frames_dropped (late; `dropped` gives
+them by reason). Torch-free (the API imports it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class LiveStart(BaseModel):
     source: str | None = Field(None, max_length=2048, description="a stream URL to pull (None: pushed media)")
     threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
     fps: float | None = Field(None, gt=0, le=MediaLimits.max_fps,
-                              description="process at most this many frames/s (the others are dropped as `rate`)")
+                              description="process at most this many frames/s (the others are skipped: "
+                                          "`frames_skipped_by_rate`)")
     window: int = Field(2, ge=1, le=64,
                         description="frames that may wait for the model; one more drops the oldest (`late`)")
     record: bool = Field(False, description="keep the session as a job when it ends (masks.ndjson)")

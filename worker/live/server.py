@@ -212,6 +212,7 @@ class LiveServer:
             limits=self.settings.media_limits(), max_duration_s=self.settings.live_max_duration_s,
             on_latency=prometheus.LIVE_LATENCY_SECONDS.observe,
             on_drop=lambda reason: prometheus.LIVE_FRAMES_DROPPED.labels(reason=reason).inc(),
+            on_skip=prometheus.LIVE_FRAMES_SKIPPED.inc,
             copy_to=recording.copy_path if recording is not None else None)
         with self._lock:
             self.sessions[session_id] = session

@@ -30,7 +30,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from worker.core.media.media_info import MediaLimits
 from worker.core.media.probe import ffmpeg_message
 from worker.core.media.process import BoundedProcess
 from worker.engine import FrameEngine, JobHandle, JobSpec
+from worker.live.options import LiveOptions, LiveStats
 from worker.masks import mask_records
 from worker.media.decode import FrameBatch
 
@@ -65,32 +65,6 @@ class SessionError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = str(code), message
-
-
-@dataclass
-class LiveOptions:
-    """What the start message may set. `threshold`: binary masks' sigmoid threshold; `fps`: process at most
-    this many frames per second (the others are dropped as `rate`); `window`: frames that may wait for the
-    model before the oldest is dropped."""
-
-    threshold: float | None = None
-    fps: float | None = None
-    window: int = 8
-
-
-@dataclass
-class LiveStats:
-    frames_received: int = 0
-    frames_processed: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"late": 0, "rate": 0})
-    latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1)) if lat else (lambda q: None)
-        return {"frames_received": self.frames_received, "frames_processed": self.frames_processed,
-                "frames_dropped": sum(self.dropped.values()), "dropped": dict(self.dropped),
-                "latency_p50_ms": pick(0.5), "latency_p95_ms": pick(0.95), "latency_max_ms": pick(1.0)}
 
 
 def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: int, realtime: bool = False,
@@ -133,12 +107,12 @@ class LiveSession:
                  idle_timeout_s: float = 10.0, key: str = "live",
                  on_latency: Callable[[float], None] | None = None,
                  on_drop: Callable[[str], None] | None = None, copy_to: Path | None = None,
-                 max_duration_s: float | None = None) -> None:
+                 max_duration_s: float | None = None, on_skip: Callable[[], None] | None = None) -> None:
         self.source, self.engine, self.on_record = source, engine, on_record
         self.options = options or LiveOptions()
         self.limits = limits or MediaLimits()
         self.realtime, self.idle_timeout_s, self.key = realtime, idle_timeout_s, key
-        self.on_latency, self.on_drop_reason = on_latency, on_drop
+        self.on_latency, self.on_drop_reason, self.on_skip = on_latency, on_drop, on_skip
         self.copy_to = copy_to
         self.max_duration_s = max_duration_s or self.limits.max_duration_s
         self.ended_by: str | None = None  # "client", "source", "max_duration" when it ended well
@@ -438,7 +412,14 @@ class LiveSession:
         return size, size
 
     def _dropped(self, reason: str) -> None:
-        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        """A frame that gets no mask: `rate` (over the client's fps cap) is a skip, `late` a drop
+        (`worker.live.options`)."""
+        if reason == "rate":
+            self.stats.frames_skipped_by_rate += 1
+            if self.on_skip is not None:
+                self.on_skip()
+            return
+        self.stats.frames_dropped += 1
         if self.on_drop_reason is not None:
             self.on_drop_reason(reason)
 

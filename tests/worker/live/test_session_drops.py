@@ -154,9 +154,10 @@ def test_a_live_session_reports_every_frame_as_processed_or_dropped(tmp_path: Pa
     assert summary["frames_received"] == 50  # 2 s at 25 fps
     assert summary["frames_received"] == summary["frames_processed"] + summary["frames_dropped"]
     assert summary["frames_processed"] == len(records)
-    assert summary["dropped"]["late"] > 0  # ffmpeg decodes far faster than 30 ms a frame
-    assert summary["dropped"]["rate"] == 0
-    assert reasons == ["late"] * summary["dropped"]["late"]
+    assert summary["frames_dropped"] > 0  # ffmpeg decodes far faster than 30 ms a frame
+    assert summary["dropped"] == {"late": summary["frames_dropped"]}
+    assert summary["frames_skipped_by_rate"] == 0
+    assert reasons == ["late"] * summary["frames_dropped"]
     indices = [r["frame_index"] for r in records]
     assert indices == sorted(set(indices))  # in order, each once
     assert indices[-1] == summary["frames_received"] - 1  # the last frame is never dropped
@@ -171,3 +172,26 @@ def test_a_live_session_reports_every_frame_as_processed_or_dropped(tmp_path: Pa
         assert record["latency_ms"] >= 0
     assert summary["latency_p50_ms"] is not None
     assert summary["latency_p50_ms"] <= summary["latency_max_ms"]
+
+
+def test_frames_with_gaps_between_them_keep_their_own_indices() -> None:
+    """A live job's frames skipped by its fps cap never reach the engine: the frames that do are not
+    consecutive, and a batch holding several of them must still number each mask by its own frame."""
+    predictor = SlowPredictor()
+    engine = FrameEngine(predictor, max_batch_size=8, max_wait_ms=50)
+    kept = list(range(0, 40, 5))  # one frame in five, as an fps cap of 5 on a 25 fps stream keeps them
+    seen: list[tuple[int, float]] = []
+
+    def frames() -> Iterator[FrameBatch]:
+        for i in kept:  # all at once: they wait for the model together and share batches
+            yield FrameBatch(frames=np.full((1, 8, 8, 3), i, dtype=np.uint8), pts_s=[i * 0.04], start_index=i)
+
+    def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
+        for offset, (pts, frame_logits) in enumerate(zip(pts_s, logits, strict=True)):
+            assert float(frame_logits.flatten()[0]) == start_index + offset  # the mask of that very frame
+            seen.append((start_index + offset, pts))
+
+    engine.run(JobSpec(key="gaps", batches=frames(), table=None, encode=encode, live_window=len(kept),
+                       embed=lambda pts: torch.zeros(len(pts), 128)))
+    assert max(predictor.batches) > 1  # the case that matters: several kept frames in one batch
+    assert seen == [(i, i * 0.04) for i in kept]
