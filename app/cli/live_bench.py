@@ -38,7 +38,7 @@ async def _sessions(url: str, clip: Path, sessions: int, start: dict[str, Any]) 
 
 def bench_live(*, duration_s: float = 20.0, sessions: int = 1, size: tuple[int, int] = (640, 360), fps: float = 25.0,
                window: int = 2, variant: str | None = None, work_dir: str | None = None,
-               max_fps: float | None = None) -> dict[str, Any]:
+               max_fps: float | None = None, mode: str = "drop_oldest") -> dict[str, Any]:
     """One run (see the module docstring); JSON-ready."""
     from worker.core.media.probe import count_frames
     from worker.media.samples import make_video
@@ -55,7 +55,7 @@ def bench_live(*, duration_s: float = 20.0, sessions: int = 1, size: tuple[int, 
         with local_service(root / "service", env=env) as client:
             worker = client.get_json("/readyz")["workers"][0]
             url = client.base_url.replace("http://", "ws://", 1) + "/live"
-            start = {"window": window, **({"fps": max_fps} if max_fps else {})}
+            start = {"window": window, "mode": mode, **({"fps": max_fps} if max_fps else {})}
             results = asyncio.run(_sessions(url, clip, sessions, start))
     latencies = [m["latency_ms"] for r in results for m in r["masks"] if m.get("latency_ms") is not None]
     lags = []
@@ -80,7 +80,7 @@ def bench_live(*, duration_s: float = 20.0, sessions: int = 1, size: tuple[int, 
     return {
         "model": worker.get("variant"), "device": worker.get("device"), "sessions": sessions,
         "source": {"width": size[0], "height": size[1], "fps": fps, "duration_s": duration_s, "codec": "vp9+opus"},
-        "window": window, "max_fps": max_fps, "frames_sent": sent, "frames_received": received,
+        "window": window, "mode": mode, "max_fps": max_fps, "frames_sent": sent, "frames_received": received,
         "frames_processed": processed, "frames_skipped_by_rate": skipped, "frames_dropped": dropped,
         "dropped_by_reason": by_reason, "frames_lost_in_transit": sent - received,
         "dropped_fraction": round(unsegmented / wanted, 4),

@@ -54,7 +54,8 @@ def _live_local(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     predictor.warmup(1)
     engine = FrameEngine(predictor, max_batch_size=args.batch_size, max_wait_ms=0)
     session = LiveSession(source, engine, lambda record: _write_record(out, record),
-                          options=LiveOptions(threshold=args.threshold, fps=args.fps, window=args.window),
+                          options=LiveOptions(threshold=args.threshold, fps=args.fps, window=args.window,
+                                              mode=args.mode),
                           limits=media_limits(args), realtime=source.url.startswith("file:") and not args.no_realtime,
                           idle_timeout_s=args.idle_timeout)
     session.start()
@@ -74,13 +75,14 @@ def _live_remote(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     if not url.endswith("/live"):
         url += "/live"
-    start = {"threshold": args.threshold, "fps": args.fps, "window": args.window, "record": args.record}
+    start = {"threshold": args.threshold, "fps": args.fps, "window": args.window, "mode": args.mode,
+             "record": args.record}
     is_url = "://" in args.source and not args.source.startswith("file://")
     if is_url:
         start["source"] = args.source
     result = asyncio.run(stream_file(url, None if is_url else Path(args.source), start, api_key=args.api_key,
                                      on_message=lambda m: _write_record(out, m) if m.get("type") == "mask" else None,
-                                     stop_after_s=args.duration))
+                                     stop_after_s=args.duration, realtime=not args.no_realtime))
     return {k: v for k, v in result.items() if k not in ("masks", "received_at", "started", "first_send_at")}
 
 
@@ -89,7 +91,7 @@ def _bench_live(args: argparse.Namespace) -> int:
 
     result = bench_live(duration_s=args.duration, sessions=args.sessions, size=(args.width, args.height),
                         fps=args.fps, window=args.window, variant=args.variant, work_dir=args.work_dir,
-                        max_fps=args.max_fps)
+                        max_fps=args.max_fps, mode=args.mode)
     return emit(args, result, lambda: (
         f"{result['sessions']} session(s) x {result['frames_sent'] // max(1, result['sessions'])} frames at "
         f"{args.width}x{args.height} {args.fps:g} fps: {result['frames_skipped_by_rate']} skipped by the fps cap, "
@@ -106,6 +108,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--out", default=None, help="write the mask records here (default: stdout, one JSON per line)")
     p.add_argument("--window", type=int, default=2,
                    help="frames that may wait for the model; one more drops the oldest (never fall behind)")
+    p.add_argument("--mode", choices=("drop_oldest", "no_drop"), default="drop_oldest",
+                   help="no_drop: a frame more than --window waits (the source is read more slowly) instead of "
+                        "dropping the oldest: every frame gets a mask")
     p.add_argument("--idle-timeout", type=float, default=10.0, help="end after this many seconds without media")
     p.add_argument("--no-realtime", action="store_true", help="read a file as fast as possible (not at its rate)")
     p.add_argument("--server", default=None,
@@ -125,6 +130,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--height", type=int, default=360, help="the source's height in pixels")
     p.add_argument("--fps", type=float, default=25.0, help="the source's frame rate")
     p.add_argument("--window", type=int, default=2, help="the sessions' window (frames waiting for the model)")
+    p.add_argument("--mode", choices=("drop_oldest", "no_drop"), default="drop_oldest",
+                   help="the sessions' mode: drop the oldest late frame, or hold the sender back")
     p.add_argument("--max-fps", type=float, default=None,
                    help="the sessions' fps cap (the start message's fps): frames over it are skipped, not dropped")
     p.add_argument("--variant", default=None, help="the worker's model variant (default: the demo checkpoint's)")

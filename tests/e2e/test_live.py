@@ -147,6 +147,21 @@ def test_webm_pushed_in_real_time_recorded_as_a_job(service: Service, webm: Path
     assert ("avs_live_sessions", ()) in samples
 
 
+def test_webm_pushed_in_no_drop_mode_gets_one_mask_per_decoded_frame(service: Service, webm: Path,
+                                                                       tmp_path: Path) -> None:
+    """Pushed as fast as the connection takes it, with room for one frame: the worker holds the stream back
+    (it reads the socket only when ffmpeg takes more) instead of dropping, so every frame has its mask."""
+    sent = tmp_path / "sent.webm"
+    result = asyncio.run(stream_file(ws_url(service), webm, {"mode": "no_drop", "window": 1}, api_key=API_KEY,
+                                     sent_copy=sent, realtime=False))
+    assert result["status"] == "succeeded", result["error"]
+    assert result["started"]["mode"] == "no_drop"
+    pts = video_pts(sent)
+    masks = check_masks(result, pts)
+    assert result["frames_dropped"] == result["frames_skipped_by_rate"] == 0
+    assert [m["frame_index"] for m in masks] == list(range(len(pts)))
+
+
 def _udp_port_bound(port: int) -> bool:
     """True once someone (the session's ffmpeg) listens on 127.0.0.1:port/udp."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

@@ -47,7 +47,11 @@ class LiveStart(BaseModel):
                               description="process at most this many frames/s (the others are skipped: "
                                           "`frames_skipped_by_rate`)")
     window: int = Field(2, ge=1, le=64,
-                        description="frames that may wait for the model; one more drops the oldest (`late`)")
+                        description="frames that may wait for the model; what one more does is `mode`'s")
+    mode: Literal["drop_oldest", "no_drop"] = Field(
+        "drop_oldest", description="drop_oldest: one frame more than `window` drops the oldest waiting one "
+                                   "(`frames_dropped`; the latency stays bounded); no_drop: the input is not read "
+                                   "until there is room (back-pressure on the sender; every frame gets a mask)")
     record: bool = Field(False, description="keep the session as a job when it ends (masks.ndjson)")
     overlay: bool = Field(False, description="a recorded session also gets overlay.mp4")
 

@@ -9,8 +9,8 @@ holds at the end of every session (while it runs, the frames waiting for the mod
 * `frames_processed`: the frame got a mask.
 * `frames_skipped_by_rate`: the client asked for at most `fps` frames a second and this one came sooner
   after the last one kept: skipped by the client's own cap, before it reached the model.
-* `frames_dropped`: dropped because it was late: a frame waiting for the model is dropped when `window`
-  newer ones wait behind it.
+* `frames_dropped`: dropped because it was late: in the default mode (`drop_oldest`) a frame waiting for
+  the model is dropped when `window` newer ones wait behind it. Never in `no_drop` mode.
 
 Torch-free (plain dataclasses), so the CLI and the tests can read them without a model.
 """
@@ -19,18 +19,30 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+LiveMode = Literal["drop_oldest", "no_drop"]
+DROP_OLDEST: LiveMode = "drop_oldest"
+NO_DROP: LiveMode = "no_drop"
 
 
 @dataclass
 class LiveOptions:
     """What the start message may set. `threshold`: binary masks' sigmoid threshold; `fps`: process at most
     this many frames per second (the others are skipped, `frames_skipped_by_rate`); `window`: frames that may
-    wait for the model before the oldest is dropped (`frames_dropped`)."""
+    wait for the model; `mode`: what happens when one more comes: `drop_oldest` drops the oldest waiting frame
+    (the latency stays bounded), `no_drop` stops reading the input until there is room (every frame gets a
+    mask; the sender is slowed down instead)."""
 
     threshold: float | None = None
     fps: float | None = None
     window: int = 8
+    mode: LiveMode = DROP_OLDEST
+
+    @property
+    def drops(self) -> bool:
+        """True when late frames are dropped (`drop_oldest`), False when the input is held back (`no_drop`)."""
+        return self.mode != NO_DROP
 
 
 @dataclass

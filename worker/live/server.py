@@ -9,6 +9,9 @@ session (start timeout, idle timeout, total duration, the pull allow-list). The 
 
 One event loop serves every session's socket; everything that blocks (writing to ffmpeg, waiting for the
 end, the recording's overlay) runs in a worker thread, so one slow session never stalls another's masks.
+Media messages are read one at a time, each after the previous one was written to ffmpeg: a `no_drop`
+session whose ffmpeg stops reading stops this socket being read, and uvicorn then stops reading the TCP
+connection, which holds back the API's relay and, through it, the client (back-pressure end to end).
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ class LiveServer:
 
         session = LiveSession(
             source, engine, on_record, key=session_id, idle_timeout_s=self.settings.live_idle_timeout_s,
-            options=LiveOptions(threshold=start.threshold, fps=start.fps, window=start.window),
+            options=LiveOptions(threshold=start.threshold, fps=start.fps, window=start.window, mode=start.mode),
             limits=self.settings.media_limits(), max_duration_s=self.settings.live_max_duration_s,
             on_latency=prometheus.LIVE_LATENCY_SECONDS.observe,
             on_drop=lambda reason: prometheus.LIVE_FRAMES_DROPPED.labels(reason=reason).inc(),
@@ -220,7 +223,7 @@ class LiveServer:
         await websocket.send_json({
             "type": "started", "session_id": session_id, "model": predictor.cfg.variant,
             "input_size": predictor.input_size, "alignment": "live", "pushed": source.pushed,
-            "window": start.window, "fps": start.fps, "record": start.record})
+            "window": start.window, "mode": start.mode, "fps": start.fps, "record": start.record})
         waiter = asyncio.ensure_future(asyncio.to_thread(session.wait))
         waiter.add_done_callback(lambda _: out.put_nowait(_END))
         receiver = asyncio.ensure_future(self._receive(websocket, session))

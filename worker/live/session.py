@@ -12,6 +12,8 @@
 * **Never fall behind.** The session is a live job of the worker's frame engine: its decoder never waits, at
   most `window` frames wait for the model, and when one more arrives the oldest is dropped (counted as
   `late`): the masks describe the newest frames, and the latency stays bounded whatever the stream's length.
+  In `no_drop` mode the decoder waits instead: ffmpeg's output is not read, so ffmpeg stops reading its input
+  and the sender is held back (every frame gets a mask; `worker.live.options`).
 * **Latency** is measured per frame from its arrival (the moment ffmpeg delivered it decoded) to its mask
   record being handed to the sender.
 
@@ -134,6 +136,7 @@ class LiveSession:
         self._audio_lock = threading.Lock()
         self._last_input = time.monotonic()
         self._bytes_in = 0  # pushed bytes received
+        self._writing = False  # a pushed chunk is being written to ffmpeg (which may hold it back: no_drop)
         self._failed_before_idle = False  # ffmpeg had exited with an error when the idle timeout fired
         self._head = b""  # the first pushed bytes: a container header or not
         self._last_processed_pts: float | None = None
@@ -162,7 +165,7 @@ class LiveSession:
         self._handle = self.engine.submit(JobSpec(
             key=self.key, batches=self._frames(), table=None, encode=self._encode,
             should_cancel=self._stop.is_set, live_window=max(1, self.options.window), embed=self._embed,
-            on_drop=lambda _index: self._dropped("late")))
+            live_drop=self.options.drops, on_drop=lambda _index: self._dropped("late")))
 
     def feed(self, data: bytes) -> None:
         """Pushed media bytes, in order (a pushed session only)."""
@@ -172,11 +175,15 @@ class LiveSession:
         if len(self._head) < SNIFF_BYTES:
             self._head += data[:SNIFF_BYTES - len(self._head)]
         self._bytes_in += len(data)
+        self._writing = True  # in no_drop mode this blocks while the model is behind: that is not idleness
         try:
             self._proc.popen.stdin.write(data)
             self._proc.popen.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
             pass  # ffmpeg is gone: its exit (and the job's end) says why
+        finally:
+            self._writing = False
+            self._last_input = time.monotonic()
 
     def end(self) -> None:
         """The stream is complete: ffmpeg drains what it has, the last masks follow. A pushed stream ends with
@@ -374,7 +381,8 @@ class LiveSession:
                 log.info("live session %s reached %gs: ended", self.key, self.max_duration_s)
                 self.ended_by = "max_duration"
                 self.end()
-            elif now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
+            elif not self._writing and now - self._last_input > self.idle_timeout_s + (
+                    0 if self.source.pushed else END_GRACE_S):
                 # (a pulled stream normally ends before: ffmpeg's own read timeout, `with_read_timeout`)
                 log.info("live session %s idle for %gs: ended", self.key, self.idle_timeout_s)
                 self._failed_before_idle = self._proc is not None and self._proc.popen.poll() not in (None, 0)
