@@ -33,15 +33,12 @@ CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1008, 1011, 101
 """WebSocket close codes (RFC 6455 §7.4): done, refused (auth, bad start), server error, capacity."""
 
 
-class LiveStart(BaseModel):
-    """The first message of a session. Without `source` the client pushes the media (WebM/Matroska or
-    fragmented MP4 bytes, as MediaRecorder writes them); with one the server reads that stream URL (only
-    schemes and hosts allow-listed in `AVS_LIVE_SOURCES`)."""
+class SessionOptions(BaseModel):
+    """What a session may ask for, over `/live` (`LiveStart`) or `POST /streams` (`StreamRequest`): one set
+    of rules for both."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["start"]
-    source: str | None = Field(None, max_length=2048, description="a stream URL to pull (None: pushed media)")
     threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
     fps: float | None = Field(None, gt=0, le=MediaLimits.max_fps,
                               description="process at most this many frames/s (the others are skipped: "
@@ -52,6 +49,15 @@ class LiveStart(BaseModel):
         "drop_oldest", description="drop_oldest: one frame more than `window` drops the oldest waiting one "
                                    "(`frames_dropped`; the latency stays bounded); no_drop: the input is not read "
                                    "until there is room (back-pressure on the sender; every frame gets a mask)")
+
+
+class LiveStart(SessionOptions):
+    """The first message of a session. Without `source` the client pushes the media (WebM/Matroska or
+    fragmented MP4 bytes, as MediaRecorder writes them); with one the server reads that stream URL (only
+    schemes and hosts allow-listed in `AVS_LIVE_SOURCES`)."""
+
+    type: Literal["start"]
+    source: str | None = Field(None, max_length=2048, description="a stream URL to pull (None: pushed media)")
     record: bool = Field(False, description="keep the session as a job when it ends (masks.ndjson)")
     overlay: bool = Field(False, description="a recorded session also gets overlay.mp4")
 
@@ -64,3 +70,11 @@ class LiveStart(BaseModel):
 
 def message_error(code: str, message: str) -> dict[str, str]:
     return {"type": "error", "code": code, "message": message}
+
+
+class StreamRequest(SessionOptions):
+    """`POST /streams`: a session the server runs on a stream URL with no client connected (the same
+    allow-list as a `/live` session's `source`); its masks are kept like a job's (`worker.core.streams`)."""
+
+    source: str = Field(max_length=2048, description="the stream URL to read (allow-listed in AVS_LIVE_SOURCES)",
+                        examples=["udp://127.0.0.1:5000"])
