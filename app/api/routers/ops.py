@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import health, prometheus
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import SettingsDep, StoreDep, StreamStoreDep
 from app.api.errors import error_response
 from app.api.schemas import ErrorBody, ReadyResponse
 from worker.core.contracts import ServiceErrorCode
@@ -33,5 +33,5 @@ def readyz(settings: SettingsDep) -> Any:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")
-def prometheus_metrics(store: StoreDep) -> Response:
-    return Response(prometheus.render(store), media_type=CONTENT_TYPE_LATEST)
+def prometheus_metrics(store: StoreDep, streams: StreamStoreDep) -> Response:
+    return Response(prometheus.render(store, streams), media_type=CONTENT_TYPE_LATEST)
