@@ -365,14 +365,16 @@ class LiveSession:
         """The session's clocks. Idle: a stream that sends nothing for `idle_timeout_s` is ended, its frames
         still in ffmpeg processed, and the session fails with `idle_timeout`. Total: one that lasts
         `max_duration_s` is ended as if its client had ended it (its masks are its result). Either way, an
-        ffmpeg that has not finished `END_GRACE_S` after being asked to is killed."""
-        ended_at: float | None = None
+        ffmpeg that has delivered no frame for `END_GRACE_S` after being asked to finish is killed (a no_drop
+        session's ffmpeg still holds the frames the model has not taken yet: draining them is progress)."""
+        ended_at, received = 0.0, -1  # when the last frame came after the end; frames received then
         while not self._stop.wait(0.25):
             now = time.monotonic()
             if self._ended.is_set():
-                ended_at = ended_at or now
+                if received != self.stats.frames_received:  # a frame came: the grace starts again
+                    ended_at, received = now, self.stats.frames_received
                 if now - ended_at > END_GRACE_S and self._proc is not None:
-                    log.warning("live session %s: ffmpeg still running %gs after the end; killed", self.key,
+                    log.warning("live session %s: ffmpeg gave no frame for %gs after the end; killed", self.key,
                                 END_GRACE_S)
                     self._proc.kill()
                     return

@@ -239,3 +239,32 @@ def test_a_no_drop_session_gives_every_frame_a_mask(tmp_path: Path) -> None:
     assert summary["frames_dropped"] == summary["frames_skipped_by_rate"] == 0
     assert reasons == []
     assert [r["frame_index"] for r in records] == list(range(50))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_no_drop_session_drains_after_its_end_however_long_the_model_takes(tmp_path: Path, monkeypatch) -> None:
+    """Pushed all at once and ended at once: in no_drop mode ffmpeg still holds most of the frames when the
+    client says "end", and hands them over at the model's pace. That drain is progress, not a hung ffmpeg:
+    the end's grace counts from the last frame, not from the end."""
+    from model.predictor import load_predictor
+    from worker.core.live_sources import PUSHED
+    from worker.live import session as session_module
+    from worker.live.session import LiveOptions, LiveSession
+    from worker.media.samples import make_video
+
+    monkeypatch.setattr(session_module, "END_GRACE_S", 0.5)  # far shorter than the drain (50 frames x 30 ms)
+    clip = make_video(tmp_path / "c.webm", container="webm", duration_s=2.0, size=(160, 120), fps=25)
+    engine = FrameEngine(_SlowRealPredictor(load_predictor()), max_batch_size=8, max_wait_ms=5).start()
+    records: list[dict[str, Any]] = []
+    session = LiveSession(PUSHED, engine, records.append, options=LiveOptions(window=1, mode="no_drop"),
+                          key="d" * 32)
+    session.start()
+    data = clip.read_bytes()
+    for offset in range(0, len(data), 16384):
+        session.feed(data[offset:offset + 16384])
+    session.end()
+    summary = session.wait()
+    engine.close()
+
+    assert session.error is None, session.error
+    assert summary["frames_received"] == summary["frames_processed"] == len(records) == 50
