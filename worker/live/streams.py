@@ -10,7 +10,9 @@ which runs it on a thread of its own, as a `LiveSession` on the worker's frame e
   `LeaseKeeper`; every mask line is appended under the record's lock after checking the lease's token, so a
   worker that lost its stream writes nothing more. A worker taking over a stream (its former worker died; the
   reconciler requeued it) cuts a torn last line and numbers its frames after the last complete one: frame
-  indices continue without a gap in the file or a duplicate, and `pts_s` stays the stream's own clock.
+  indices go on rising, none twice, and `pts_s` stays the stream's own clock. (`frame_index` counts the frames
+  received, as in a `/live` session: a frame dropped late or skipped by the fps cap leaves a gap; the frames
+  received while no worker ran the stream are not counted.)
 * **Stopping.** DELETE sets the record's stop flag; it is read with every line written and, when no frame
   comes, every `WATCH_S` by a watcher thread: the session is then ended as a client would end it (ffmpeg asked
   to finish; the frames it still delivers are written). A worker that is stopping hands its streams back:
@@ -20,10 +22,12 @@ which runs it on a thread of its own, as a `LiveSession` on the worker's frame e
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from worker import prometheus
@@ -115,8 +119,8 @@ class StreamRun:
         self.stream_id = lease.job_id
         self.session: LiveSession | None = None
         self.writer: MaskWriter | None = None
-        self.offset = 0  # frames written by the stream's former workers: this run's frame 0 is frame `offset`
-        self.frames = 0  # frame lines in the file
+        self.offset = 0  # one past the last frame index a former worker wrote: this run's frame 0 is `offset`
+        self.lines = 0  # frame lines in the file
         self.stop_requested = False
         self._aborted = False  # set before the session is read, so an abort before it exists is not lost
         self._last_progress = 0.0
@@ -159,7 +163,8 @@ class StreamRun:
             return self._finish(JobStatus.FAILED, None, None, (exc.code, str(exc)))
         masks = self.store.masks_path(self.stream_id)
         with fenced(self.store, self.lease):  # the former worker's torn last line is cut by the new owner
-            self.offset = self.frames = complete_lines(masks)
+            self.lines = complete_lines(masks)
+            self.offset = next_frame_index(masks)
         self.writer = MaskWriter(masks, atomic=False, append=True)
         options = LiveOptions(threshold=self.record.options.threshold, fps=self.record.options.fps,
                               window=spec.window, mode=spec.mode)
@@ -218,19 +223,19 @@ class StreamRun:
 
     # ------------------------------------------------------------------------------------- writes
     def _on_record(self, record: dict[str, Any]) -> None:
-        """One processed frame (the session's encode thread): its line, numbered after the lines already in
-        the file, appended under the lease; the record's frame count every `PROGRESS_S`."""
+        """One processed frame (the session's encode thread): its line, numbered after the frames already in
+        the file, appended under the lease; the record's count of lines every `PROGRESS_S`."""
         assert self.writer is not None
         line = {k: v for k, v in record.items() if k not in ("type", "latency_ms")}
         line["frame_index"] = record["frame_index"] + self.offset
         with fenced(self.store, self.lease) as current:
             self.writer.write([line])
-            self.frames = line["frame_index"] + 1
+            self.lines += 1
             stop = current.cancel_requested
             now = time.monotonic()
             if now - self._last_progress >= PROGRESS_S:
                 self._last_progress = now
-                current.progress.frames_done = self.frames
+                current.progress.frames_done = self.lines
                 current.updated_at = time.time()
                 self.store.write(current)
         if stop:
@@ -263,3 +268,23 @@ class StreamRun:
         except (LeaseLost, JobNotFound, JobLocked) as exc:
             log.warning("stream %s: not handed back (%s)", self.stream_id, exc)
         return "handed_back"
+
+
+def next_frame_index(path: Path) -> int:
+    """One past the `frame_index` of the last line of a masks file that ends with a complete line (0 when it
+    is empty or missing). Reads the file's end only: an hour of frames is tens of megabytes."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    with path.open("rb") as f:
+        position, data = size, b""
+        while position > 0:
+            step = min(1 << 16, position)
+            position -= step
+            f.seek(position)
+            data = f.read(step) + data
+            lines = data.rstrip(b"\n").split(b"\n")
+            if len(lines) > 1 or position == 0:
+                return int(json.loads(lines[-1])["frame_index"]) + 1 if lines[-1].strip() else 0
+    return 0

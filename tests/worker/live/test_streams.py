@@ -138,19 +138,20 @@ def test_a_stream_taken_over_continues_after_the_last_complete_line(tmp_path: Pa
     settings = _settings(tmp_path)
     store = stream_store(settings.data_dir)
     stream_id = _stream(store, mode="no_drop")
-    # a former worker took it, wrote three lines and half of a fourth, and died; its lease has expired
+    # a former worker took it, wrote three lines (frames 1 to 3 dropped late) and half of a fourth, and died;
+    # its lease has expired
     acquire(store, stream_id, "dead-worker", 1, now=time.time() - 10)
     store.masks_path(stream_id).write_text(
         "".join(json.dumps({"frame_index": i, "pts_s": i / 25, "size": [64, 96], "counts": "x"}) + "\n"
-                for i in range(3)) + '{"frame_index": 3, "pts')
+                for i in (0, 4, 5)) + '{"frame_index": 6, "pts')
 
     assert _manager(settings, engine).take(stream_id)["status"] == "running"
     record = _wait_finished(store, stream_id)
 
     assert record.status is JobStatus.SUCCEEDED, record.error
     indices = [line["frame_index"] for line in _lines(store, stream_id)]
-    assert indices == list(range(53))  # 3 kept, the torn one cut, then this run's 50
-    assert record.progress.frames_done == 53
+    assert indices == [0, 4, 5, *range(6, 56)]  # 3 kept, the torn one cut, then this run's 50 after them
+    assert record.progress.frames_done == 53  # lines
     assert record.attempts == 2
     assert record.takeovers[-1].previous_owner == "dead-worker"
 
@@ -230,3 +231,15 @@ def test_a_stopping_worker_hands_its_streams_back(tmp_path: Path, engine: FrameE
     assert done.requeued == [stream_id]
     assert sent == [stream_id]
     assert manager.take(stream_id)["status"] == "stopping"  # this worker takes nothing more
+
+
+def test_next_frame_index_reads_the_last_line(tmp_path: Path) -> None:
+    from worker.live.streams import next_frame_index
+
+    path = tmp_path / "masks.ndjson"
+    assert next_frame_index(path) == 0
+    path.write_text("")
+    assert next_frame_index(path) == 0
+    big = "x" * 100_000  # lines longer than one read of the file's end
+    path.write_text("".join(json.dumps({"frame_index": i, "counts": big}) + "\n" for i in (0, 7, 9)))
+    assert next_frame_index(path) == 10
