@@ -137,8 +137,10 @@ class WorkerInfo(BaseModel):
     device: str | None
     age_s: float
     live_url: str | None = Field(description="the worker's live endpoint (the API proxies /live to it)")
-    live_sessions: int = Field(description="live sessions running on it (as of its last heartbeat)")
-    live_capacity: int = Field(description="its maximum of live sessions (AVS_LIVE_MAX_SESSIONS)")
+    live_sessions: int = Field(description="live sessions and REST streams running on it (as of its last "
+                                           "heartbeat)")
+    live_capacity: int = Field(description="its maximum of live sessions and REST streams together "
+                                           "(AVS_LIVE_MAX_SESSIONS)")
 
 
 class ReadyResponse(BaseModel):

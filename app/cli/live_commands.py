@@ -75,8 +75,9 @@ def _live_remote(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     if not url.endswith("/live"):
         url += "/live"
-    start = {"threshold": args.threshold, "fps": args.fps, "window": args.window, "mode": args.mode,
-             "record": args.record}
+    start = {"threshold": args.threshold, "fps": args.fps, "window": args.window, "record": args.record}
+    if args.mode != "drop_oldest":  # only when asked: a server from before #21 refuses fields it does not know
+        start["mode"] = args.mode
     is_url = "://" in args.source and not args.source.startswith("file://")
     if is_url:
         start["source"] = args.source
