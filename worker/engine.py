@@ -22,6 +22,9 @@ model and one engine, and every job in flight hands its frames to the engine:
   stops within its prefetch window; frames before `start_frame` are decoded but never inferred.
 * **Errors in order.** A decode error or a failed inference call reaches the job's encode thread behind
   the frames already inferred, so everything before the failure is written.
+* **Live jobs** (`worker.live`) never decode ahead: at most `live_window` of their frames wait for the
+  model, and one more either drops the oldest (the latency stays bounded) or, without drops, makes the job's
+  decoding wait (the source is read more slowly: back-pressure).
 
 * **One thread runs the model.** On the CPU, PyTorch (OpenMP, oneDNN) is much slower from a second thread
   once another one has used it: measured here, the tiny model at batch 8 runs at 145 frames/s from the
@@ -37,92 +40,31 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.modeling.audio_frontend import example_index_for_time
-from worker.media.decode import FrameBatch
+from worker.engine_jobs import (
+    END,
+    Cancelled,
+    Failure,
+    JobSpec,
+    JobState,
+    JobStats,
+    audio_windows_for,
+    table_rows,
+)
 
-_END = object()  # the end of a job's encode queue
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """An error of the decode or inference side, delivered through the encode queue in frame order: every
-    frame inferred before it is still written."""
-
-    error: BaseException
-
-
-class Cancelled(Exception):
-    """Raised between batches when `should_cancel()` says so; the partial output is removed."""
-
-
-@dataclass
-class JobSpec:
-    """One video for the engine.
-
-    `batches`: its decoded frames (a `FrameReader.iter_batches` generator; consumed on a thread of its own,
-    closed when the job ends). `table`: audio embeddings [M + 1, D] on the model's device, row M = silence;
-    None at submission lets decoding start while the sound is still being read (`JobHandle.set_table`): the
-    job's frames wait for it.
-    `encode(start_index, pts_s, logits)`: called on the job's encode thread, in frame order, with the logits
-    [n, K, S, S] of consecutive frames (consecutive among those inferred: a live job's dropped frames are
-    skipped). `should_cancel()`: asked before each `encode`; True ends the job with
-    `Cancelled` (it may also raise, e.g. a lost lease). `start_frame`: frames before it are skipped.
-    """
-
-    key: str
-    batches: Iterator[FrameBatch]
-    table: torch.Tensor | None
-    encode: Callable[[int, list[float], torch.Tensor], None]
-    should_cancel: Callable[[], bool] | None = None
-    start_frame: int = 0
-    live_window: int | None = None
-    embed: Callable[[list[float]], torch.Tensor] | None = None
-    on_drop: Callable[[int], None] | None = None
-
-    @property
-    def audio_ready(self) -> bool:
-        return self.table is not None or self.embed is not None
-
-
-@dataclass
-class JobStats:
-    """What a finished job cost. `frames`: every decoded frame (skipped ones included); `inferred`: frames run
-    through the model; seconds per stage (`inference` is this job's share of the batches it was in)."""
-
-    frames: int = 0
-    inferred: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "inference": 0.0, "encode": 0.0})
-
-
-class _Job:
-    def __init__(self, spec: JobSpec, prefetch_frames: int) -> None:
-        self.spec = spec
-        self.prefetch_frames = prefetch_frames
-        self.pending: collections.deque[tuple[int, float, np.ndarray]] = collections.deque()
-        self.decoded_all = False
-        self.decode_error: BaseException | None = None
-        self.ended = False  # the end marker (or a failure) went to the encode queue
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.encode_queue: queue.Queue[Any] = queue.Queue()
-        self.stats = JobStats()
-        self.done = threading.Event()
-
+__all__ = ["Cancelled", "FrameEngine", "JobHandle", "JobSpec", "JobStats", "audio_windows_for"]
 
 class JobHandle:
     """A submitted job: `wait()` returns its `JobStats` or raises its error (MediaError, Cancelled, ...)."""
 
-    def __init__(self, job: _Job, threads: list[threading.Thread], engine: FrameEngine) -> None:
+    def __init__(self, job: JobState, threads: list[threading.Thread], engine: FrameEngine) -> None:
         self._job = job
         self._threads = threads
         self._engine = engine
@@ -174,7 +116,7 @@ class FrameEngine:
         self.prefetch_frames = max(1, prefetch_batches) * max_batch_size
         self.on_batch = on_batch
         self.model_lock = threading.Lock()
-        self._jobs: list[_Job] = []
+        self._jobs: list[JobState] = []
         self._cond = threading.Condition()
         self._closed = False
         self._rotation = itertools.count()
@@ -188,7 +130,7 @@ class FrameEngine:
     def submit(self, spec: JobSpec) -> JobHandle:
         """Start decoding and encoding `spec`; its frames join the batches of whichever thread runs the loop
         (`serve`, `start`, or `run` in the caller's thread)."""
-        job = _Job(spec, self.prefetch_frames)
+        job = JobState(spec, self.prefetch_frames)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the frame engine is closed")
@@ -267,7 +209,7 @@ class FrameEngine:
             self._thread.join(timeout=30)
 
     # ------------------------------------------------------------------------------ decode thread
-    def _decode(self, job: _Job) -> None:
+    def _decode(self, job: JobState) -> None:
         batches = job.spec.batches
         try:
             while not job.stop.is_set():
@@ -285,10 +227,14 @@ class FrameEngine:
                         if batch.start_index + i >= job.spec.start_frame:
                             job.pending.append((batch.start_index + i, pts, frame))
                     window = job.spec.live_window
-                    while window is not None and len(job.pending) > window:
+                    while window is not None and job.spec.live_drop and len(job.pending) > window:
                         dropped.append(job.pending.popleft()[0])  # live: keep the newest frames
+                    job.stats.max_pending = max(job.stats.max_pending, len(job.pending))
                     self._cond.notify_all()
-                    while window is None and len(job.pending) >= job.prefetch_frames and not job.stop.is_set():
+                    # A file job decodes ahead up to its prefetch; a live job without drops up to its window
+                    # (then its source waits: back-pressure); a dropping live job never waits.
+                    limit = job.prefetch_frames if window is None else (None if job.spec.live_drop else window)
+                    while limit is not None and len(job.pending) >= limit and not job.stop.is_set():
                         self._cond.wait(0.1)
                 if job.spec.on_drop is not None:
                     for index in dropped:
@@ -311,15 +257,15 @@ class FrameEngine:
         return self.model_lock if getattr(device, "type", "cpu") == "cpu" else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------ encode thread
-    def _encode(self, job: _Job) -> None:
+    def _encode(self, job: JobState) -> None:
         try:
             while True:
                 item = job.encode_queue.get()
-                if item is _END:
+                if item is END:
                     break
                 if job.error is not None:
                     continue  # drain: the job failed, nothing more is written
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     raise item.error
                 start_index, pts, logits = item
                 if job.spec.should_cancel is not None and job.spec.should_cancel():
@@ -338,7 +284,7 @@ class FrameEngine:
             job.done.set()
 
     # ----------------------------------------------------------------------------- batcher thread
-    def _fail(self, job: _Job, exc: BaseException) -> None:
+    def _fail(self, job: JobState, exc: BaseException) -> None:
         with self._cond:
             if job.error is None:
                 job.error = exc
@@ -346,16 +292,16 @@ class FrameEngine:
             job.pending.clear()
             if not job.ended:
                 job.ended = True
-                job.encode_queue.put(_END)
+                job.encode_queue.put(END)
             self._cond.notify_all()
 
-    def _end_in_order(self, job: _Job, error: BaseException | None) -> None:
+    def _end_in_order(self, job: JobState, error: BaseException | None) -> None:
         """Queue the job's end (or its failure) behind the frames already queued for encoding (lock held)."""
         if not job.ended:
             job.ended = True
             job.stop.set()
             job.pending.clear()
-            job.encode_queue.put(_END if error is None else _Failure(error))
+            job.encode_queue.put(END if error is None else Failure(error))
 
     def _ready(self) -> int:
         """Frames ready for the model over all jobs; also ends the jobs that are fully decoded and inferred
@@ -368,7 +314,7 @@ class FrameEngine:
                 self._end_in_order(job, job.decode_error)
         return total
 
-    def _take(self) -> list[tuple[_Job, list[tuple[int, float, np.ndarray]]]]:
+    def _take(self) -> list[tuple[JobState, list[tuple[int, float, np.ndarray]]]]:
         """Up to `max_batch_size` frames, an equal share per job with pending frames (lock held)."""
         ready = [job for job in self._jobs if job.pending and job.spec.audio_ready]
         if not ready:
@@ -445,19 +391,19 @@ class FrameEngine:
                 self._cond.notify_all()  # a thread waiting to serve takes over
 
     @staticmethod
-    def _embeddings(job: _Job, pts_s: list[float]) -> torch.Tensor:
+    def _embeddings(job: JobState, pts_s: list[float]) -> torch.Tensor:
         """The audio embeddings of a job's frames: its live embedder, or its table of windows."""
         if job.spec.embed is not None:
             return job.spec.embed(pts_s)
         assert job.spec.table is not None
-        return _table_rows(job.spec.table, pts_s)
+        return table_rows(job.spec.table, pts_s)
 
     def _all_decoders_idle(self) -> bool:
         """True when no job can add a frame soon: each is fully decoded or already at its prefetch limit."""
         return all(job.decoded_all or len(job.pending) >= job.prefetch_frames or not job.spec.audio_ready
                    or job.spec.live_window is not None for job in self._jobs)
 
-    def _run_batch(self, work: list[tuple[_Job, list[tuple[int, float, np.ndarray]]]]) -> None:
+    def _run_batch(self, work: list[tuple[JobState, list[tuple[int, float, np.ndarray]]]]) -> None:
         frames = np.stack([frame for _, items in work for _, _, frame in items])
         started = time.perf_counter()
         try:
@@ -483,17 +429,12 @@ class FrameEngine:
             count = len(items)
             job.stats.inferred += count
             job.stats.seconds["inference"] += seconds * count / len(frames)
-            job.encode_queue.put((items[0][0], [pts for _, pts, _ in items], logits[offset:offset + count]))
+            # One encode call per run of consecutive frames: a live job's frames skipped by its fps cap (or
+            # dropped) leave gaps, and `encode` numbers its frames from the first one it is given.
+            first = 0
+            for i in range(1, count + 1):
+                if i == count or items[i][0] != items[i - 1][0] + 1:
+                    job.encode_queue.put((items[first][0], [pts for _, pts, _ in items[first:i]],
+                                          logits[offset + first:offset + i]))
+                    first = i
             offset += count
-
-
-def _table_rows(table: torch.Tensor, pts_s: list[float]) -> torch.Tensor:
-    """The offline rule: each frame's row of the job's table of 0.96 s windows (the last row is silence)."""
-    windows = audio_windows_for(pts_s, table.shape[0] - 1)
-    return table[torch.as_tensor(windows, device=table.device)]
-
-
-def audio_windows_for(pts_s: list[float], num_windows: int) -> np.ndarray:
-    """Index of the audio window of each frame; `num_windows` (one past the last) means silence."""
-    idx = np.array([example_index_for_time(max(t, 0.0)) for t in pts_s], dtype=np.int64)
-    return np.minimum(idx, num_windows)

@@ -41,6 +41,7 @@ class WorkerRuntime:
         self._beat_thread: threading.Thread | None = None
         self._beat_lock = threading.Lock()
         self.live: Any = None  # worker.live.server.LiveServer, once the model is ready (live_max_sessions > 0)
+        self.streams: Any = None  # worker.live.streams.StreamManager: REST streams, on the live endpoint's slots
         self.load_seconds: float | None = None
         self.model_summary: dict[str, Any] | None = None  # the card users see (`GET /model`), once loaded
 
@@ -91,8 +92,8 @@ class WorkerRuntime:
         self._engine.serve(on_serving=serving)
 
     def _start_live(self) -> None:
-        """The live endpoint (worker.live.server), advertised in the heartbeat; a worker that cannot bind it
-        keeps running file jobs."""
+        """The live endpoint (worker.live.server), advertised in the heartbeat, and the REST streams that share
+        its session slots (worker.live.streams); a worker that cannot bind it keeps running file jobs."""
         if self.settings.live_max_sessions <= 0:
             return
         from worker.live.server import LiveServer
@@ -103,6 +104,9 @@ class WorkerRuntime:
         except Exception as exc:
             log.warning("live endpoint not started (%s): this worker runs file jobs only", exc)
             return
+        from worker.live.streams import StreamManager
+
+        self.streams = StreamManager(self.settings, server, self.engine, owner=self.name)
         self.live = server
 
     def _beat_now(self) -> None:
@@ -153,6 +157,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.streams is not None:
+            self.streams.stop()  # before the live endpoint: the streams are handed back, not failed
         if self.live is not None:
             self.live.stop()
         if self._beat_thread is not None:

@@ -46,8 +46,14 @@ LIVE_LATENCY_SECONDS = Histogram("avs_live_latency_seconds", "Live frames: from 
                                  "to its mask being sent.",
                                  buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5))
 LIVE_FRAMES = Counter("avs_live_frames_processed_total", "Live frames segmented.")
-LIVE_FRAMES_DROPPED = Counter("avs_live_frames_dropped_total", "Live frames not segmented, by reason (late: the "
-                              "model was behind and a newer frame came; rate: over the session's fps).", ["reason"])
+LIVE_FRAMES_DROPPED = Counter("avs_live_frames_dropped_total", "Live frames dropped, by reason (late: the model "
+                              "was behind and a newer frame came, in drop_oldest mode).", ["reason"])
+LIVE_FRAMES_SKIPPED = Counter("avs_live_frames_skipped_by_rate_total", "Live frames skipped because the session "
+                              "asked for fewer frames a second (its fps cap); never dropped as late.")
+STREAMS_STARTED = Counter("avs_streams_started_total", "REST streams (POST /streams) a worker started running "
+                          "(a stream taken over after its worker died counts again).")
+STREAMS_ENDED = Counter("avs_streams_ended_total", "REST stream runs that ended on a worker, by outcome (succeeded, "
+                        "failed, cancelled; handed_back: the worker stopped; lease_lost: taken over).", ["status"])
 BATCH_JOBS = Histogram("avs_inference_batch_jobs", "Jobs whose frames share an inference batch.",
                        buckets=(1, 2, 3, 4, 6, 8, 12, 16))
 

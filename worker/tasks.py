@@ -1,4 +1,5 @@
-"""Celery tasks: thin adapters from a message (a job id) to `worker.job_runner.run_job`.
+"""Celery tasks: thin adapters from a message (an id) to `worker.job_runner.run_job` (`avs.segment`) and to
+`worker.live.streams.StreamManager.take` (`avs.stream`).
 
 Started as `avs worker`: Celery's thread pool with `AVS_JOBS_PER_WORKER` threads, so one process (one
 model, one GPU) runs that many jobs at once, their frames batched together by the process's frame engine
@@ -14,7 +15,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from worker.core import broker_transport
 from worker.core.celery_app import create_celery
-from worker.core.contracts import TASK_SEGMENT
+from worker.core.contracts import TASK_SEGMENT, TASK_STREAM
 from worker.core.jobstore import JobStore
 from worker.core.settings import get_settings
 from worker.heartbeat import WorkerRuntime
@@ -59,3 +60,15 @@ def segment(job_id: str) -> dict[str, object]:
                        predictor_factory=runtime.predictor, engine_factory=runtime.engine, owner=runtime.name)
     finally:
         runtime.current_jobs.discard(job_id)
+
+
+@app.task(name=TASK_STREAM, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def stream(stream_id: str) -> dict[str, object]:
+    """Start a REST stream (`worker.core.streams`) on this worker's live-session slots; returns once it runs on
+    a thread of its own (or why it does not: this worker is full, someone else runs it, ...). Its lease, not
+    this message, keeps it running: the reconciler requeues it if this worker dies."""
+    runtime.engine()  # streams run on the frame engine: wait for the model like a job does
+    if runtime.streams is None:  # live sessions are off here (AVS_LIVE_MAX_SESSIONS=0): another worker's
+        log.warning("stream %s: this worker runs no live sessions; left queued", stream_id)
+        return {"stream_id": stream_id, "status": "no_live_sessions"}
+    return runtime.streams.take(stream_id)

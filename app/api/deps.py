@@ -5,6 +5,8 @@
 * `StoreDep`: the `JobStore` over `settings.data_dir` (one per data directory, created on first use).
 * `TaskSenderDep`: a callable `(job_id) -> None` that queues `avs.segment(job_id)`; the app keeps it in
   `app.state.task_sender` (the real Celery sender, or a test's recorder).
+* `StreamStoreDep`, `StreamSenderDep`: the same two for the REST streams (`worker.core.streams`): their
+  records' folder, and `avs.stream(stream_id)` (`app.state.stream_sender`).
 * `require_api_key`: the auth guard of the job routes (health, readiness, metrics and docs stay open).
 """
 
@@ -41,6 +43,20 @@ def get_store(settings: SettingsDep) -> JobStore:
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
+@lru_cache(maxsize=16)
+def _streams_for(data_dir: str) -> JobStore:
+    from worker.core.streams import stream_store
+
+    return stream_store(Path(data_dir))
+
+
+def get_stream_store(settings: SettingsDep) -> JobStore:
+    return _streams_for(str(settings.data_dir))
+
+
+StreamStoreDep = Annotated[JobStore, Depends(get_stream_store)]
+
+
 def get_task_sender(request: Request) -> TaskSender:
     return request.app.state.task_sender
 
@@ -48,16 +64,24 @@ def get_task_sender(request: Request) -> TaskSender:
 TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
 
 
+def get_stream_sender(request: Request) -> TaskSender:
+    return request.app.state.stream_sender
+
+
+StreamSenderDep = Annotated[TaskSender, Depends(get_stream_sender)]
+
+
 class CelerySender:
-    """Sends `avs.segment(job_id)` through the project's Celery app, built lazily for these settings.
+    """Sends `task(job_id)` (`avs.segment` by default; `avs.stream` for the REST streams) through the project's
+    Celery app, built lazily for these settings.
 
     Lazy so that importing or creating the API touches no broker (and creates no broker directory);
     the publish retries briefly, so a broker that is down fails the request in about a second (503)
     instead of hanging it.
     """
 
-    def __init__(self, settings: ServiceSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: ServiceSettings, task: str = TASK_SEGMENT) -> None:
+        self.settings, self.task = settings, task
         self._celery = None
         self._lock = threading.Lock()
 
@@ -75,7 +99,7 @@ class CelerySender:
     def __call__(self, job_id: str) -> None:
         self._app().send_task(
             # The job id as the task id: the reconciler finds which jobs still wait in the queue by it.
-            TASK_SEGMENT, args=[job_id], task_id=job_id,
+            self.task, args=[job_id], task_id=job_id,
             # The job record is the result: no result-backend subscription per task in the API process
             # (with Redis it would also make a send block ~20 s on its reconnect loop when Redis is down).
             ignore_result=True,

@@ -44,6 +44,9 @@ STATUS_BY_CODE: dict[str, int] = {
     ServiceErrorCode.INVALID_REQUEST: 422,
     ServiceErrorCode.INTERNAL_ERROR: 500,
     ServiceErrorCode.STORAGE_FULL: 507,  # RFC 4918 Insufficient Storage: the server's volume, not the request
+    # every worker runs its maximum of live sessions (POST /streams; /live says it with close code 1013): a
+    # capacity limit of the whole service, like backlog_full, with Retry-After
+    ServiceErrorCode.TOO_MANY_SESSIONS: 429,
 }
 
 # Starlette/FastAPI HTTPExceptions (raised by the framework itself) -> our codes.

@@ -6,6 +6,8 @@
     GET    /jobs/{job_id}/overlay.mp4
     DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone)
     WS     /live                    a live session, proxied to a worker (worker.core.live_protocol)
+    POST   /streams                 a live session on a stream URL, run by a worker with no client (201)
+    GET    /streams  /streams/{id}  their status; GET /streams/{id}/masks follows the masks; DELETE stops one
     GET    /  /static/*             the web page (app.web): upload or camera, masks drawn in the browser
     GET    /healthz /readyz /metrics /docs
 
@@ -28,12 +30,14 @@ from fastapi import FastAPI
 
 from app.api import prometheus
 from app.api.body_drain import DrainUnreadBody
-from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store
+from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store, get_stream_store
 from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
 from app.api.routers import jobs as jobs_router
-from app.api.routers import live, ops, segment
+from app.api.routers import live, ops, segment, streams
 from app.web import install_web_page
+from worker.core.contracts import TASK_STREAM
+from worker.core.jobstore import MASKS
 from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings, get_settings
 
@@ -41,55 +45,61 @@ log = logging.getLogger("avs.api")
 
 
 async def cleanup_loop(settings: ServiceSettings) -> None:
-    """Expire finished jobs (and dead uploads) once at start, then every `cleanup_interval_s`."""
-    store = get_store(settings)
+    """Expire finished jobs and streams (and dead uploads) once at start, then every `cleanup_interval_s`."""
+    stores = {"job": get_store(settings), "stream": get_stream_store(settings)}
     while True:
-        try:
-            removed = await anyio.to_thread.run_sync(cleanup_once, store, settings.result_ttl_s)
-            if removed:
-                log.info("expired %d job(s)", len(removed))
-        except Exception:
-            log.exception("job cleanup failed")
+        for kind, store in stores.items():
+            try:
+                removed = await anyio.to_thread.run_sync(cleanup_once, store, settings.result_ttl_s)
+                if removed:
+                    log.info("expired %d %s(s)", len(removed), kind)
+            except Exception:
+                log.exception("%s cleanup failed", kind)
         await asyncio.sleep(settings.cleanup_interval_s)
 
 
-async def reconcile_loop(settings: ServiceSettings, send: TaskSender) -> None:
-    """Every `reconcile_interval_s`: requeue jobs whose owner's lease expired, send messages that were never
-    sent (`worker.core.leases.reconcile`). In a thread of its own, so a stalled broker slows only this loop."""
-    store = get_store(settings)
+async def reconcile_loop(settings: ServiceSettings, send: TaskSender, send_stream: TaskSender) -> None:
+    """Every `reconcile_interval_s`: requeue jobs and REST streams whose owner's lease expired, send messages
+    that were never sent (`worker.core.leases.reconcile`; a stream cancelled here keeps its masks). In a thread
+    of its own, so a stalled broker slows only this loop."""
+    passes = [("job", get_store(settings), send, ()), ("stream", get_stream_store(settings), send_stream, (MASKS,))]
     limiter = anyio.CapacityLimiter(1)
     while True:
-        try:
-            done = await anyio.to_thread.run_sync(
-                lambda: reconcile(store, send, lease_timeout_s=settings.lease_timeout_s,
-                                  unsent_grace_s=settings.unsent_grace_s, unsent_give_up_s=settings.unsent_give_up_s,
-                                  untaken_grace_s=settings.untaken_grace_s,
-                                  waiting=getattr(send, "waiting_job_ids", None)),
-                limiter=limiter)
-            for job_id in done.requeued:
-                log.warning("job %s: its worker's lease expired; requeued", job_id)
-            if done.requeued:
-                prometheus.LEASES_EXPIRED.labels("requeued").inc(len(done.requeued))
-            if done.cancelled:
-                prometheus.LEASES_EXPIRED.labels("cancelled").inc(len(done.cancelled))
-            if done.resent:
-                prometheus.MESSAGES_RESENT.inc(len(done.resent))
-            if done.untaken:
-                prometheus.MESSAGES_UNTAKEN.inc(len(done.untaken))
-        except Exception:
-            log.exception("job reconciliation failed")
+        for kind, store, sender, keep in passes:
+            try:
+                done = await anyio.to_thread.run_sync(
+                    lambda store=store, sender=sender, keep=keep: reconcile(
+                        store, sender, lease_timeout_s=settings.lease_timeout_s, keep=keep,
+                        unsent_grace_s=settings.unsent_grace_s, unsent_give_up_s=settings.unsent_give_up_s,
+                        untaken_grace_s=settings.untaken_grace_s, waiting=getattr(sender, "waiting_job_ids", None)),
+                    limiter=limiter)
+                for job_id in done.requeued:
+                    log.warning("%s %s: its worker's lease expired; requeued", kind, job_id)
+                if done.requeued:
+                    prometheus.LEASES_EXPIRED.labels("requeued").inc(len(done.requeued))
+                if done.cancelled:
+                    prometheus.LEASES_EXPIRED.labels("cancelled").inc(len(done.cancelled))
+                if done.resent:
+                    prometheus.MESSAGES_RESENT.inc(len(done.resent))
+                if done.untaken:
+                    prometheus.MESSAGES_UNTAKEN.inc(len(done.untaken))
+            except Exception:
+                log.exception("%s reconciliation failed", kind)
         await asyncio.sleep(settings.reconcile_interval_s)
 
 
-def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSender | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSender | None = None,
+               stream_sender: TaskSender | None = None) -> FastAPI:
     """Build the API. `settings` defaults to `get_settings()` (the `AVS_` environment); `task_sender`,
-    a callable `(job_id) -> None`, defaults to sending `avs.segment(job_id)` through Celery."""
+    a callable `(job_id) -> None`, defaults to sending `avs.segment(job_id)` through Celery, `stream_sender`
+    to sending `avs.stream(stream_id)`."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loops = [asyncio.create_task(cleanup_loop(settings), name="avs-job-cleanup"),
-                 asyncio.create_task(reconcile_loop(settings, app.state.task_sender), name="avs-job-reconcile")]
+                 asyncio.create_task(reconcile_loop(settings, app.state.task_sender, app.state.stream_sender),
+                                     name="avs-job-reconcile")]
         try:
             yield
         finally:
@@ -108,6 +118,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     )
     app.state.settings = settings
     app.state.task_sender = task_sender if task_sender is not None else CelerySender(settings)
+    app.state.stream_sender = stream_sender if stream_sender is not None else CelerySender(settings, TASK_STREAM)
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(prometheus.MetricsMiddleware)
@@ -115,6 +126,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.include_router(ops.router)
     app.include_router(segment.router, dependencies=[ApiKeyGuard])
     app.include_router(jobs_router.router, dependencies=[ApiKeyGuard])
+    app.include_router(streams.router, dependencies=[ApiKeyGuard])
     app.include_router(live.router)  # authenticates in the handler: a browser's WebSocket sends no headers
     install_web_page(app)
     return app

@@ -1,4 +1,5 @@
-"""GET /jobs/{id}/masks: the complete lines of `masks.ndjson`, followed while the job runs, then the end line.
+"""GET /jobs/{id}/masks (and /streams/{id}/masks): the complete lines of `masks.ndjson`, followed while the job
+runs, then the end line.
 
 The worker appends lines as batches finish; this reads only whole lines (a torn last line waits for its
 newline), sends each frame at most once and in order (a redelivered job may rewrite the file), and ends with
@@ -17,6 +18,7 @@ from starlette.requests import Request
 
 from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobNotFound, JobStore
+from worker.core.streams import ended_by
 
 MASKS_POLL_S = 0.05  # a mask line reaches a follower at most this long after the worker wrote it
 MASKS_READ_BYTES = 1 << 20
@@ -68,10 +70,13 @@ def end_line(record: JobRecord) -> bytes:
     `status` is "succeeded", those written before the failure when "failed" (kept, readable), those written
     before the cancel when "cancelled". `deleted`: the client deleted the job, its frame lines are gone. A
     stream that ends without this line was cut (the connection, the server): resume with `from_frame`.
-    Frame readers recognise frame lines by `frame_index` and skip this one.
+    Frame readers recognise frame lines by `frame_index` and skip this one. A REST stream's end line also says
+    why it ended (`ended_by`: source, max_duration, stopped; `worker.core.streams`).
     """
     end = {"end": True, "status": record.status.value, "frames": record.progress.frames_done,
            "error": record.error.model_dump() if record.error is not None else None, "deleted": record.deleted}
+    if record.kind == "stream":
+        end["ended_by"] = ended_by(record)
     return json.dumps(end, separators=(",", ":")).encode() + b"\n"
 
 

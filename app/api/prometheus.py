@@ -9,7 +9,9 @@
   `avs_uploads_aborted_total` (the client went away mid-upload), `avs_live_refused_total{code}` (live
   sessions refused by the API; the workers count the sessions themselves, `avs_live_*`).
 * `avs_backlog_jobs` and `avs_jobs_in_state{state}`: computed at scrape time from the job store by
-  `JobStoreCollector`, so they are right whatever process created or advanced the jobs.
+  `JobStoreCollector`, so they are right whatever process created or advanced the jobs; likewise
+  `avs_streams_in_state{state}` for the REST streams, with `avs_streams_created_total` and
+  `avs_streams_refused_total{code}` (the workers count the runs, `avs_streams_started_total`, ...).
 
 Multi-process: when `PROMETHEUS_MULTIPROC_DIR` is set (it must be set before `prometheus_client` is
 first imported; `avs serve` does so), every process writes its samples to files there and `/metrics`
@@ -50,6 +52,9 @@ LIVE_REFUSED = Counter("avs_live_refused", "Live sessions the API refused before
                        "code (unauthorized, invalid_request, too_many_sessions, not_ready)", ["code"])
 LIVE_WORKER_LOST = Counter("avs_live_worker_lost", "Live sessions whose worker connection dropped mid-session "
                            "(the client got `worker_lost` and close code 1011)")
+STREAMS_CREATED = Counter("avs_streams_created", "REST streams accepted (POST /streams) and queued for a worker")
+STREAMS_REFUSED = Counter("avs_streams_refused", "POST /streams refused, by error code (invalid_request, "
+                          "unauthorized, too_many_sessions, not_ready)", ["code"])
 MESSAGES_RESENT = Counter("avs_job_messages_resent", "Job messages the reconciler sent again (a requeued job, "
                           "or one whose first send never happened)")
 MESSAGES_UNTAKEN = Counter("avs_job_messages_untaken", "Queued jobs whose message had left the queue without the "
@@ -64,10 +69,11 @@ def multiprocess_dir() -> str | None:
 
 
 class JobStoreCollector(Collector):
-    """Backlog depth and jobs per state, read from the job records at scrape time."""
+    """Backlog depth and jobs per state, read from the job records at scrape time; with `streams`, the REST
+    streams per state too (`avs_streams_in_state`: running is how many run now)."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, store: JobStore, streams: JobStore | None = None) -> None:
+        self.store, self.streams = store, streams
 
     def collect(self) -> Iterator[Metric]:
         counts = status_counter(self.store).counts()
@@ -79,6 +85,13 @@ class JobStoreCollector(Collector):
         for state in JobStatus:
             states.add_metric([state.value], counts.get(state.value, 0))
         yield states
+        if self.streams is not None:
+            counts = status_counter(self.streams).counts()
+            streams = GaugeMetricFamily("avs_streams_in_state", "REST stream records per status (until they "
+                                        "expire)", labels=["state"])
+            for state in JobStatus:
+                streams.add_metric([state.value], counts.get(state.value, 0))
+            yield streams
 
 
 class _DefaultRegistry(Collector):
@@ -88,13 +101,13 @@ class _DefaultRegistry(Collector):
         yield from REGISTRY.collect()
 
 
-def render(store: JobStore) -> bytes:
+def render(store: JobStore, streams: JobStore | None = None) -> bytes:
     registry = CollectorRegistry()
     if multiprocess_dir():
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_DefaultRegistry())
-    registry.register(JobStoreCollector(store))
+    registry.register(JobStoreCollector(store, streams))
     return generate_latest(registry)
 
 

@@ -85,6 +85,50 @@ class JobView(BaseModel):
                                                     "processed / dropped, latency percentiles)")
 
 
+class StreamCreated(BaseModel):
+    stream_id: str
+    status: str = Field(description="queued: a worker opens the URL shortly")
+    status_url: str
+    masks_url: str = Field(description="NDJSON, the job mask lines' format; follows the stream until it ends")
+
+
+class StreamOptions(BaseModel):
+    threshold: float | None
+    fps: float | None = Field(description="at most this many frames/s segmented (the others are skipped)")
+    window: int
+    mode: str = Field(description="drop_oldest or no_drop")
+
+
+class StreamUrls(BaseModel):
+    status: str
+    masks: str
+
+
+class StreamView(BaseModel):
+    stream_id: str
+    status: str = Field(description="queued / running / succeeded (the source ended) / failed / cancelled "
+                                    "(DELETE)")
+    source: str = Field(description="the stream URL (secret options shown as ***)")
+    options: StreamOptions
+    frames: int = Field(description="mask lines written so far (brought up to date every second while it runs)")
+    created_at: float = Field(description="Unix time, seconds")
+    started_at: float | None = Field(description="when a worker first opened the URL")
+    finished_at: float | None
+    ended_by: str | None = Field(description="source (no data for AVS_LIVE_IDLE_TIMEOUT_S), max_duration, "
+                                             "stopped (DELETE); null while it runs or when it failed")
+    error: JobError | None = Field(description="the last error (a failed stream's)")
+    attempts: int = Field(description="workers that opened it (2 after its first worker died)")
+    takeovers: int = Field(description="times it was taken over after its worker stopped renewing its lease")
+    stop_requested: bool
+    live: dict[str, Any] | None = Field(description="the last run's end summary: frames received / processed / "
+                                                    "skipped by the fps cap / dropped late, latency percentiles")
+    urls: StreamUrls
+
+
+class StreamList(BaseModel):
+    streams: list[StreamView] = Field(description="newest first, until they expire (AVS_RESULT_TTL_S)")
+
+
 class WorkerInfo(BaseModel):
     name: str
     hostname: str | None
@@ -93,8 +137,10 @@ class WorkerInfo(BaseModel):
     device: str | None
     age_s: float
     live_url: str | None = Field(description="the worker's live endpoint (the API proxies /live to it)")
-    live_sessions: int = Field(description="live sessions running on it (as of its last heartbeat)")
-    live_capacity: int = Field(description="its maximum of live sessions (AVS_LIVE_MAX_SESSIONS)")
+    live_sessions: int = Field(description="live sessions and REST streams running on it (as of its last "
+                                           "heartbeat)")
+    live_capacity: int = Field(description="its maximum of live sessions and REST streams together "
+                                           "(AVS_LIVE_MAX_SESSIONS)")
 
 
 class ReadyResponse(BaseModel):

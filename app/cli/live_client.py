@@ -57,7 +57,7 @@ def is_webm_ready(path: Path) -> bool:
 async def stream_file(url: str, path: Path | None, start: dict[str, Any], *, api_key: str | None = None,
                       on_message: Callable[[dict[str, Any]], None] | None = None,
                       stop_after_s: float | None = None, timeout_s: float = 3600.0,
-                      sent_copy: Path | None = None) -> dict[str, Any]:
+                      sent_copy: Path | None = None, realtime: bool = True) -> dict[str, Any]:
     """Run one session: send `start` (`{"type": "start", ...}` is added), push `path` as a live WebM stream
     (None: a pulled session, `start["source"]`; it is ended after `stop_after_s`), receive every message.
 
@@ -65,6 +65,7 @@ async def stream_file(url: str, path: Path | None, start: dict[str, Any], *, api
     `received_at` (monotonic seconds per mask), `first_send_at`. Raises `LiveRefused` on an error message
     (a refusal, or a session that failed) and `ConnectionError` when the server closes without an end.
     `sent_copy`: also write the bytes sent there (to check what the server saw against what was sent).
+    `realtime=False`: push the file as fast as the server takes it (not at its own rate).
     """
     from websockets.asyncio.client import connect
 
@@ -83,7 +84,7 @@ async def stream_file(url: str, path: Path | None, start: dict[str, Any], *, api
                     await ws.send(json.dumps({"type": "end"}))
                 return
             producer = await asyncio.create_subprocess_exec(
-                *webm_producer(path, copy=await asyncio.to_thread(is_webm_ready, path)),
+                *webm_producer(path, copy=await asyncio.to_thread(is_webm_ready, path), realtime=realtime),
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             assert producer.stdout is not None
             copy = sent_copy.open("wb") if sent_copy is not None else None

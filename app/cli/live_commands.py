@@ -25,8 +25,8 @@ def _live(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     line = (f"{summary['frames_processed']} of {summary['frames_received']} frames segmented "
-            f"({summary['frames_dropped']} dropped: {summary['dropped']}); latency p50 {summary['latency_p50_ms']} ms, "
-            f"p95 {summary['latency_p95_ms']} ms")
+            f"({summary.get('frames_skipped_by_rate', 0)} skipped by the fps cap, {summary['frames_dropped']} dropped "
+            f"late); latency p50 {summary['latency_p50_ms']} ms, p95 {summary['latency_p95_ms']} ms")
     if args.json:
         sys.stderr.write(json.dumps(summary) + "\n")
     else:
@@ -54,7 +54,8 @@ def _live_local(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     predictor.warmup(1)
     engine = FrameEngine(predictor, max_batch_size=args.batch_size, max_wait_ms=0)
     session = LiveSession(source, engine, lambda record: _write_record(out, record),
-                          options=LiveOptions(threshold=args.threshold, fps=args.fps, window=args.window),
+                          options=LiveOptions(threshold=args.threshold, fps=args.fps, window=args.window,
+                                              mode=args.mode),
                           limits=media_limits(args), realtime=source.url.startswith("file:") and not args.no_realtime,
                           idle_timeout_s=args.idle_timeout, reconnect_s=args.reconnect)
     session.start()
@@ -75,12 +76,14 @@ def _live_remote(args: argparse.Namespace, out: Any) -> dict[str, Any]:
     if not url.endswith("/live"):
         url += "/live"
     start = {"threshold": args.threshold, "fps": args.fps, "window": args.window, "record": args.record}
+    if args.mode != "drop_oldest":  # only when asked: a server from before #21 refuses fields it does not know
+        start["mode"] = args.mode
     is_url = "://" in args.source and not args.source.startswith("file://")
     if is_url:
         start["source"] = args.source
     result = asyncio.run(stream_file(url, None if is_url else Path(args.source), start, api_key=args.api_key,
                                      on_message=lambda m: _write_record(out, m) if m.get("type") == "mask" else None,
-                                     stop_after_s=args.duration))
+                                     stop_after_s=args.duration, realtime=not args.no_realtime))
     return {k: v for k, v in result.items() if k not in ("masks", "received_at", "started", "first_send_at")}
 
 
@@ -88,11 +91,13 @@ def _bench_live(args: argparse.Namespace) -> int:
     from app.cli.live_bench import bench_live
 
     result = bench_live(duration_s=args.duration, sessions=args.sessions, size=(args.width, args.height),
-                        fps=args.fps, window=args.window, variant=args.variant, work_dir=args.work_dir)
+                        fps=args.fps, window=args.window, variant=args.variant, work_dir=args.work_dir,
+                        max_fps=args.max_fps, mode=args.mode)
     return emit(args, result, lambda: (
         f"{result['sessions']} session(s) x {result['frames_sent'] // max(1, result['sessions'])} frames at "
-        f"{args.width}x{args.height} {args.fps:g} fps: {result['frames_dropped']} dropped "
-        f"({result['dropped_fraction']:.1%}), latency p50 {result['latency_p50_ms']} ms, "
+        f"{args.width}x{args.height} {args.fps:g} fps: {result['frames_skipped_by_rate']} skipped by the fps cap, "
+        f"{result['frames_dropped']} dropped late, {result['frames_lost_in_transit']} lost in transit "
+        f"({result['dropped_fraction']:.1%} of the frames wanted), latency p50 {result['latency_p50_ms']} ms, "
         f"p95 {result['latency_p95_ms']} ms; targets met: {result['targets_met']}"))
 
 
@@ -104,6 +109,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--out", default=None, help="write the mask records here (default: stdout, one JSON per line)")
     p.add_argument("--window", type=int, default=2,
                    help="frames that may wait for the model; one more drops the oldest (never fall behind)")
+    p.add_argument("--mode", choices=("drop_oldest", "no_drop"), default="drop_oldest",
+                   help="no_drop: a frame more than --window waits (the source is read more slowly) instead of "
+                        "dropping the oldest: every frame gets a mask")
     p.add_argument("--idle-timeout", type=float, default=10.0, help="end after this many seconds without media")
     p.add_argument("--reconnect", type=float, default=30.0,
                    help="a stream URL that drops is opened again (back-off 0.5 s to 8 s) until this many seconds "
@@ -126,6 +134,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--height", type=int, default=360, help="the source's height in pixels")
     p.add_argument("--fps", type=float, default=25.0, help="the source's frame rate")
     p.add_argument("--window", type=int, default=2, help="the sessions' window (frames waiting for the model)")
+    p.add_argument("--mode", choices=("drop_oldest", "no_drop"), default="drop_oldest",
+                   help="the sessions' mode: drop the oldest late frame, or hold the sender back")
+    p.add_argument("--max-fps", type=float, default=None,
+                   help="the sessions' fps cap (the start message's fps): frames over it are skipped, not dropped")
     p.add_argument("--variant", default=None, help="the worker's model variant (default: the demo checkpoint's)")
     p.add_argument("--work-dir", default=None, help="keep the service's data and log here (default: a temp dir)")
     add_json_flag(p)

@@ -38,6 +38,9 @@ REQUIRED_QUERIES = [
     ("live sessions", "sum(avs_live_sessions)"),
     ("live latency p95", "histogram_quantile(0.95, sum by (le) (rate(avs_live_latency_seconds_bucket"),
     ("live drops by reason", "sum by (reason) (rate(avs_live_frames_dropped_total"),
+    ("live frames skipped by the sessions' fps cap", "sum(rate(avs_live_frames_skipped_by_rate_total"),
+    ("REST streams by state", "avs_streams_in_state"),
+    ("REST stream runs by outcome", "sum by (status) (increase(avs_streams_ended_total"),
 ]
 
 

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed per test
 
 
@@ -100,7 +101,10 @@ def _base_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVS_", "PROMETHEUS_"))}
     env.update({"AVS_DATA_DIR": str(data_dir), "AVS_HEARTBEAT_S": "1", "AVS_BATCH_SIZE": "4",
                 # short leases, so that recovering a dead worker's job takes seconds in the tests
-                "AVS_LEASE_TIMEOUT_S": "3", "AVS_RECONCILE_INTERVAL_S": "0.5", "PYTHONUNBUFFERED": "1"})
+                "AVS_LEASE_TIMEOUT_S": "3", "AVS_RECONCILE_INTERVAL_S": "0.5", "PYTHONUNBUFFERED": "1",
+                # the processes run this checkout's code, also when the `avs` script's environment was installed
+                # from another checkout (a git worktree sharing its virtual environment)
+                "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
     return env
 
 

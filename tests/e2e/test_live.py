@@ -4,7 +4,7 @@ API's proxy, ffmpeg producing a WebM stream in real time (`-re`) and MPEG-TS ove
 
 Every masks check is the same: one record per processed frame, in order, each exactly once, with the
 stream's own timestamps (`pts_s` as ffprobe reads them from what was sent), and received = processed +
-dropped.
+skipped by the fps cap + dropped late.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def check_masks(result: dict, sent_pts: list[float]) -> list[dict]:
     assert indices == sorted(set(indices)), "masks out of order or repeated"
     assert result["frames_received"] == len(sent_pts)
     assert result["frames_processed"] == len(masks) > 0
-    assert result["frames_processed"] + result["frames_dropped"] == result["frames_received"]
+    assert (result["frames_processed"] + result["frames_skipped_by_rate"] + result["frames_dropped"]
+            == result["frames_received"])
     assert sum(result["dropped"].values()) == result["frames_dropped"]
     for mask in masks:
         assert mask["pts_s"] == pytest.approx(sent_pts[mask["frame_index"]], abs=1e-3)
@@ -144,6 +145,21 @@ def test_webm_pushed_in_real_time_recorded_as_a_job(service: Service, webm: Path
     assert samples[("avs_live_latency_seconds_count", ())] >= len(masks)
     assert samples[("avs_live_frames_processed_total", ())] >= len(masks)
     assert ("avs_live_sessions", ()) in samples
+
+
+def test_webm_pushed_in_no_drop_mode_gets_one_mask_per_decoded_frame(service: Service, webm: Path,
+                                                                       tmp_path: Path) -> None:
+    """Pushed as fast as the connection takes it, with room for one frame: the worker holds the stream back
+    (it reads the socket only when ffmpeg takes more) instead of dropping, so every frame has its mask."""
+    sent = tmp_path / "sent.webm"
+    result = asyncio.run(stream_file(ws_url(service), webm, {"mode": "no_drop", "window": 1}, api_key=API_KEY,
+                                     sent_copy=sent, realtime=False))
+    assert result["status"] == "succeeded", result["error"]
+    assert result["started"]["mode"] == "no_drop"
+    pts = video_pts(sent)
+    masks = check_masks(result, pts)
+    assert result["frames_dropped"] == result["frames_skipped_by_rate"] == 0
+    assert [m["frame_index"] for m in masks] == list(range(len(pts)))
 
 
 def _udp_port_bound(port: int) -> bool:

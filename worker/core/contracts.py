@@ -72,3 +72,6 @@ class JobStatus(StrEnum):
 
 TASK_SEGMENT = "avs.segment"
 """The Celery task name. Its only argument is the job id: the message carries ids, never video bytes."""
+
+TASK_STREAM = "avs.stream"
+"""The Celery task that starts a REST stream (`POST /streams`) on a worker; its only argument is the stream id."""

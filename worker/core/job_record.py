@@ -72,6 +72,16 @@ class JobError(BaseModel):
     message: str = ""
 
 
+class StreamSpec(BaseModel):
+    """A REST stream's source and session mode (`POST /streams`; its threshold and fps are `JobOptions`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    source: str = Field(max_length=2048, description="the stream URL, allow-listed when the stream was created")
+    window: int = Field(2, ge=1, le=64, description="frames that may wait for the model")
+    mode: Literal["drop_oldest", "no_drop"] = "drop_oldest"
+
+
 class Takeover(BaseModel):
     """One change of owner: when, from whom, and why (see `worker.core.leases`)."""
 
@@ -94,7 +104,8 @@ class JobRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
-    kind: Literal["file", "live"] = Field("file", description="an uploaded file, or a recorded live session")
+    kind: Literal["file", "live", "stream"] = Field("file", description="an uploaded file, a recorded live "
+                                                                    "session, or a REST stream (worker.core.streams)")
     status: JobStatus = JobStatus.QUEUED
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -115,7 +126,9 @@ class JobRecord(BaseModel):
     takeovers: list[Takeover] = Field(default_factory=list)
     message_sent_at: float | None = None
     live: dict[str, Any] | None = Field(None, description="a recorded live session's end summary "
-                                                          "(frames received / processed / dropped, latency)")
+                                                          "(frames received / processed / dropped, latency); a "
+                                                          "REST stream's, of its last run, with `ended_by`")
+    stream: StreamSpec | None = Field(None, description="a REST stream's source and mode")
 
     @field_validator("error", mode="before")
     @classmethod

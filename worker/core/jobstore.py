@@ -47,8 +47,11 @@ class JobLocked(TimeoutError):
 
 
 class JobStore:
-    def __init__(self, data_dir: str | Path) -> None:
-        self.root = Path(data_dir) / "jobs"
+    """The records of one folder of the data volume: `jobs/` (the default), or `streams/` for the REST streams
+    (`worker.core.streams`), which share the record, its lock and its leases but are never listed as jobs."""
+
+    def __init__(self, data_dir: str | Path, folder: str = "jobs") -> None:
+        self.root = Path(data_dir) / folder
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ----------------------------------------------------------------------------------- paths

@@ -163,19 +163,20 @@ class Reconciled:
 
 def reconcile(store: JobStore, send: Callable[[str], None], *, lease_timeout_s: float, unsent_grace_s: float,
               unsent_give_up_s: float, untaken_grace_s: float | None = None,
-              waiting: Callable[[], set[str] | None] | None = None, now: float | None = None) -> Reconciled:
+              waiting: Callable[[], set[str] | None] | None = None, now: float | None = None,
+              keep: tuple[str, ...] = ()) -> Reconciled:
     """One pass over the unfinished jobs (see the module docstring). `send(job_id)` publishes a message and
     raises when the broker does not take it; a job whose send fails is left for the next pass. `waiting()`
     gives the ids of the jobs whose message waits in the broker's queue (None: it cannot tell; it may raise
     when the broker does not answer); without it, or without `untaken_grace_s`, untaken messages are not
-    looked for."""
+    looked for. `keep`: files a job cancelled here keeps (a REST stream keeps its masks)."""
     now = time.time() if now is None else now
     done = Reconciled([], [], [], [])
     untaken: list[str] = []
     for record in list(store.records()):
         try:
             if record.status is JobStatus.RUNNING and not lease_live(record, now):
-                _expired(store, record.job_id, send, now, done)
+                _expired(store, record.job_id, send, now, done, keep)
             elif record.status is JobStatus.QUEUED and record.message_sent_at is None \
                     and now - record.created_at > unsent_grace_s:
                 _unsent(store, record.job_id, send, now, unsent_give_up_s, done)
@@ -216,7 +217,8 @@ def _resend_untaken(store: JobStore, candidates: list[str], send: Callable[[str]
             done.untaken.append(job_id)
 
 
-def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: float, done: Reconciled) -> None:
+def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: float, done: Reconciled,
+             keep: tuple[str, ...] = ()) -> None:
     action: dict[str, str] = {}
 
     def change(record: JobRecord) -> None:
@@ -235,7 +237,7 @@ def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: flo
 
     store.update(job_id, change, timeout_s=RECONCILE_LOCK_TIMEOUT_S)
     if action.get("do") == "cancelled":
-        store.remove_files(job_id)
+        store.remove_files(job_id, keep=keep)
         done.cancelled.append(job_id)
     elif action.get("do") == "requeued":
         done.requeued.append(job_id)

@@ -9,6 +9,9 @@ session (start timeout, idle timeout, total duration, the pull allow-list). The 
 
 One event loop serves every session's socket; everything that blocks (writing to ffmpeg, waiting for the
 end, the recording's overlay) runs in a worker thread, so one slow session never stalls another's masks.
+Media messages are read one at a time, each after the previous one was written to ffmpeg: a `no_drop`
+session whose ffmpeg stops reading stops this socket being read, and uvicorn then stops reading the TCP
+connection, which holds back the API's relay and, through it, the client (back-pressure end to end).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class LiveServer:
 
     def stop(self) -> None:
         with self._lock:
-            sessions = list(self.sessions.values())
+            sessions = [session for session in self.sessions.values() if session is not None]
         for session in sessions:
             session.abort(ServiceErrorCode.NOT_READY.value, "the worker is stopping")
         if self._server is not None:
@@ -131,6 +134,32 @@ class LiveServer:
     def active(self) -> int:
         with self._lock:
             return len(self.sessions)
+
+    # ---------------------------------------------------------------------------------------- slots
+    def reserve(self, session_id: str) -> bool:
+        """Take one of the `capacity` session slots for `session_id` (a `/live` session or a REST stream,
+        `worker.live.streams`); False when every slot is taken or the id has one already. The heartbeat is
+        rewritten at once, so the API sees the count change."""
+        with self._lock:
+            if len(self.sessions) >= self.capacity or session_id in self.sessions:
+                return False
+            self.sessions[session_id] = None  # type: ignore[assignment]  # the slot, until the session exists
+        prometheus.LIVE_SESSIONS.inc()
+        self._changed()
+        return True
+
+    def attach(self, session_id: str, session: LiveSession) -> None:
+        """The session of a reserved slot (so that `stop()` aborts it)."""
+        with self._lock:
+            self.sessions[session_id] = session
+
+    def release(self, session_id: str) -> None:
+        """Give a reserved slot back (idempotent)."""
+        with self._lock:
+            held = self.sessions.pop(session_id, _END) is not _END
+        if held:
+            prometheus.LIVE_SESSIONS.dec()
+            self._changed()
 
     # ------------------------------------------------------------------------------------ endpoint
     def _authorized(self, websocket: WebSocket) -> bool:
@@ -170,24 +199,15 @@ class LiveServer:
             await self._refuse(websocket, exc.code, str(exc), CLOSE_POLICY)
             return
         session_id = new_job_id()
-        with self._lock:
-            full = len(self.sessions) >= self.capacity
-            if not full:
-                self.sessions[session_id] = None  # type: ignore[assignment]  # the slot, until the session exists
-        if full:
+        if not self.reserve(session_id):
             await self._refuse(websocket, ServiceErrorCode.TOO_MANY_SESSIONS.value,
                                f"this worker runs its maximum of {self.capacity} live sessions; try again later",
                                CLOSE_TRY_AGAIN)
             return
-        prometheus.LIVE_SESSIONS.inc()
-        self._changed()
         try:
             await self._run(websocket, session_id, start, source)
         finally:
-            with self._lock:
-                self.sessions.pop(session_id, None)
-            prometheus.LIVE_SESSIONS.dec()
-            self._changed()
+            self.release(session_id)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -210,18 +230,18 @@ class LiveServer:
         session = LiveSession(
             source, engine, on_record, key=session_id, idle_timeout_s=self.settings.live_idle_timeout_s,
             reconnect_s=self.settings.live_reconnect_s,
-            options=LiveOptions(threshold=start.threshold, fps=start.fps, window=start.window),
+            options=LiveOptions(threshold=start.threshold, fps=start.fps, window=start.window, mode=start.mode),
             limits=self.settings.media_limits(), max_duration_s=self.settings.live_max_duration_s,
             on_latency=prometheus.LIVE_LATENCY_SECONDS.observe,
             on_drop=lambda reason: prometheus.LIVE_FRAMES_DROPPED.labels(reason=reason).inc(),
+            on_skip=prometheus.LIVE_FRAMES_SKIPPED.inc,
             copy_to=recording.copy_path if recording is not None else None)
-        with self._lock:
-            self.sessions[session_id] = session
+        self.attach(session_id, session)
         await asyncio.to_thread(session.start)
         await websocket.send_json({
             "type": "started", "session_id": session_id, "model": predictor.cfg.variant,
             "input_size": predictor.input_size, "alignment": "live", "pushed": source.pushed,
-            "window": start.window, "fps": start.fps, "record": start.record})
+            "window": start.window, "mode": start.mode, "fps": start.fps, "record": start.record})
         waiter = asyncio.ensure_future(asyncio.to_thread(session.wait))
         waiter.add_done_callback(lambda _: out.put_nowait(_END))
         receiver = asyncio.ensure_future(self._receive(websocket, session))

@@ -12,6 +12,8 @@
 * **Never fall behind.** The session is a live job of the worker's frame engine: its decoder never waits, at
   most `window` frames wait for the model, and when one more arrives the oldest is dropped (counted as
   `late`): the masks describe the newest frames, and the latency stays bounded whatever the stream's length.
+  In `no_drop` mode the decoder waits instead: ffmpeg's output is not read, so ffmpeg stops reading its input
+  and the sender is held back (every frame gets a mask; `worker.live.options`).
 * **Latency** is measured per frame from its arrival (the moment ffmpeg delivered it decoded) to its mask
   record being handed to the sender.
 
@@ -26,12 +28,10 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +41,19 @@ import torch
 from model.modeling.audio_frontend import SAMPLE_RATE
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
-from worker.core.live_sources import LiveSource, with_read_timeout
+from worker.core.live_sources import LiveSource
 from worker.core.media.containers import SNIFF_BYTES, mp4_media_before_index, sniff_container_head
 from worker.core.media.media_info import MediaLimits
-from worker.core.media.probe import ffmpeg_message
 from worker.core.media.process import BoundedProcess
 from worker.engine import FrameEngine, JobHandle, JobSpec
+from worker.live.live_input import AudioRing, ConnectionLog, exit_error, live_command
+from worker.live.options import LiveOptions, LiveStats
 from worker.live.reconnect import Gaps, backoff_delays
 from worker.media.decode import FrameBatch
-from worker.media.ffmpeg_input import continuous_audio_pts, continuous_video_pts
-from worker.media.frame_log import frame_seconds, parse_frame_line, parse_time_base
 from worker.pipeline import encode_masks
 
 log = logging.getLogger("avs.live")
 
-_INPUT_START = re.compile(r"Duration: .*?, start: (-?\d+(?:\.\d+)?)")
-_VIDEO_SIZE = re.compile(r"Stream #0:\d+.*Video: .*?, (\d{2,5})x(\d{2,5})")
-_AUDIO_STREAM = re.compile(r"Stream #0:\d+.*: Audio: ")
-_ROTATION = re.compile(r"displaymatrix: rotation of (-?\d+(?:\.\d+)?) degrees")
 END_GRACE_S = 10.0  # an ffmpeg asked to finish that has not after this is killed
 AUDIO_KEEP_S = 10.0  # seconds of sound kept for the embeddings (a window needs 0.975 s)
 
@@ -69,67 +64,6 @@ class SessionError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = str(code), message
-
-
-@dataclass
-class LiveOptions:
-    """What the start message may set. `threshold`: binary masks' sigmoid threshold; `fps`: process at most
-    this many frames per second (the others are dropped as `rate`); `window`: frames that may wait for the
-    model before the oldest is dropped."""
-
-    threshold: float | None = None
-    fps: float | None = None
-    window: int = 8
-
-
-@dataclass
-class LiveStats:
-    frames_received: int = 0
-    frames_processed: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"late": 0, "rate": 0})
-    latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1)) if lat else (lambda q: None)
-        return {"frames_received": self.frames_received, "frames_processed": self.frames_processed,
-                "frames_dropped": sum(self.dropped.values()), "dropped": dict(self.dropped),
-                "latency_p50_ms": pick(0.5), "latency_p95_ms": pick(0.95), "latency_max_ms": pick(1.0)}
-
-
-def live_command(source: LiveSource, *, size: int, audio_fd: int, max_pixels: int, realtime: bool = False,
-                 copy_to: Path | None = None, read_timeout_s: float = 10.0) -> list[str]:
-    """ffmpeg reading the source once and writing both outputs: frames (stdout) and sound (`audio_fd`), and,
-    when `copy_to` is given, the stream itself, not re-encoded (Matroska), for a recorded session's overlay.
-
-    The same rules as an upload's decode (`worker.media.decode`): one filter graph across frame size changes
-    (`-reinit_filter 0`), `showinfo` before `scale` (each frame's own size), timestamps made continuous across
-    a restart in both chains (`worker.media.ffmpeg_input`). The display matrix is applied by ffmpeg itself
-    (autorotation, on by default), so the frames and the sizes showinfo logs are upright."""
-    copy = ["-map", "0:v:0", "-map", "0:a:0?", "-c", "copy", "-f", "matroska", str(copy_to)] if copy_to else []
-    url, timeout = with_read_timeout(source, read_timeout_s)
-    video = f"{continuous_video_pts()},showinfo=checksum=0,scale={size}:{size}:flags=bilinear,format=rgb24," \
-            "settb=1,setpts=N"
-    audio = f"{continuous_audio_pts()},aresample=async=1:first_pts=0,aformat=sample_fmts=flt:sample_rates=16000:" \
-            "channel_layouts=mono"
-    return [
-        "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "repeat+level+info",
-        *([] if source.pushed else ["-nostdin"]),
-        "-protocol_whitelist", source.protocols, "-format_whitelist", ",".join(source.demuxers),
-        # start decoding after 0.5 s of probing, not 5 s: the first mask comes that much sooner. (Not
-        # `-fflags nobuffer`: it discards the packets read while probing, and a VP9 stream loses its key frame.)
-        "-probesize", "500000", "-analyzeduration", "500000",
-        # one decoding thread: frame threading holds back (threads - 1) frames, 40 ms each at 25 fps
-        "-threads", "1",
-        "-reinit_filter", "0",
-        *(["-re"] if realtime else []),
-        "-max_pixels", str(max_pixels), *timeout,
-        "-i", url,
-        "-map", "0:v:0", "-vf", video,
-        "-fps_mode", "passthrough", "-enc_time_base:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-        "-map", "0:a:0?", "-af", audio, "-flush_packets", "1", "-f", "f32le", f"pipe:{audio_fd}",
-        *copy,
-    ]  # fmt: skip
 
 
 class LiveSession:
@@ -146,12 +80,13 @@ class LiveSession:
                  idle_timeout_s: float = 10.0, key: str = "live",
                  on_latency: Callable[[float], None] | None = None,
                  on_drop: Callable[[str], None] | None = None, copy_to: Path | None = None,
-                 max_duration_s: float | None = None, reconnect_s: float = 0.0) -> None:
+                 max_duration_s: float | None = None, reconnect_s: float = 0.0,
+                 on_skip: Callable[[], None] | None = None) -> None:
         self.source, self.engine, self.on_record = source, engine, on_record
         self.options = options or LiveOptions()
         self.limits = limits or MediaLimits()
         self.realtime, self.idle_timeout_s, self.key = realtime, idle_timeout_s, key
-        self.on_latency, self.on_drop_reason = on_latency, on_drop
+        self.on_latency, self.on_drop_reason, self.on_skip = on_latency, on_drop, on_skip
         self.copy_to = copy_to
         self.max_duration_s = max_duration_s or self.limits.max_duration_s
         # A pulled source that drops is opened again for this long (worker.live.reconnect); not while its stream
@@ -169,21 +104,16 @@ class LiveSession:
         self._arrivals: dict[int, float] = {}
         self._pts: collections.deque[tuple[float, tuple[int, int] | None]] = collections.deque()  # (time, size)
         self._sizes: dict[int, tuple[int, int]] = {}  # frame index -> its display size (height, width)
-        self._time_base = 0.0
-        self._audio_declared = False  # the input lists an audio stream
-        self.rotation = 0  # clockwise degrees of the input's display matrix (ffmpeg applies it to the frames)
+        self._log = ConnectionLog(self._on_frame_line)  # what the current connection's ffmpeg says
         # ffmpeg moves the input's timeline to start at 0 (it subtracts the input's start time, which an Opus
         # track makes negative and MPEG-TS makes 1.4 s or hours); masks carry the stream's own timestamps,
         # so this is added back, while the sound, on ffmpeg's timeline, is looked up without it.
         self._input_start = 0.0
-        self._video_size: tuple[int, int] | None = None  # (height, width) of the stream, from ffmpeg's log
-        self._outputs_listed = False
         self._cond = threading.Condition()
-        self._audio = np.zeros(0, dtype=np.float32)
-        self._audio_start = 0  # absolute index of self._audio[0]
-        self._audio_lock = threading.Lock()
+        self._audio = AudioRing(int(AUDIO_KEEP_S * SAMPLE_RATE))
         self._last_input = time.monotonic()
         self._bytes_in = 0  # pushed bytes received
+        self._writing = False  # a pushed chunk is being written to ffmpeg (which may hold it back: no_drop)
         self._failed_before_idle = False  # ffmpeg had exited with an error when the idle timeout fired
         self._head = b""  # the first pushed bytes: a container header or not
         self._last_processed_pts: float | None = None
@@ -203,7 +133,7 @@ class LiveSession:
         self._handle = self.engine.submit(JobSpec(
             key=self.key, batches=self._frames(), table=None, encode=self._encode,
             should_cancel=self._stop.is_set, live_window=max(1, self.options.window), embed=self._embed,
-            on_drop=self._dropped_late))
+            live_drop=self.options.drops, on_drop=self._dropped_late))
 
     def feed(self, data: bytes) -> None:
         """Pushed media bytes, in order (a pushed session only)."""
@@ -224,11 +154,15 @@ class LiveSession:
                            "frag_keyframe+empty_moov), or upload the file to POST /segment")
                 return
         self._bytes_in += len(data)
+        self._writing = True  # in no_drop mode this blocks while the model is behind: that is not idleness
         try:
             self._proc.popen.stdin.write(data)
             self._proc.popen.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
             pass  # ffmpeg is gone: its exit (and the job's end) says why
+        finally:
+            self._writing = False
+            self._last_input = time.monotonic()
 
     def end(self) -> None:
         """The stream is complete: ffmpeg drains what it has, the last masks follow. A pushed stream ends with
@@ -301,11 +235,11 @@ class LiveSession:
                                read_timeout_s=self.idle_timeout_s)
         with self._cond:
             self._pts.clear()
-            self._time_base, self._outputs_listed, self._audio_declared = 0.0, False, False
+        self._log = ConnectionLog(self._on_frame_line)
         self._proc = BoundedProcess(command, timeout_s=self.limits.max_duration_s + 30.0, stdin=self.source.pushed,
-                                    on_stderr_line=self._on_stderr, pass_fds=(write_fd,))
+                                    on_stderr_line=self._log.feed, pass_fds=(write_fd,))
         os.close(write_fd)
-        audio = threading.Thread(target=self._read_audio, args=(read_fd,), name=f"live-audio-{self.key[:8]}",
+        audio = threading.Thread(target=self._audio.read_pipe, args=(read_fd,), name=f"live-audio-{self.key[:8]}",
                                  daemon=True)
         self._threads.append(audio)
         audio.start()
@@ -328,14 +262,9 @@ class LiveSession:
             if self._stop.wait(delay):
                 return False
             # the new connection's t = 0 goes after the time missed, and its sound after silence for the gap
-            with self._audio_lock:
-                heard = (self._audio_start + len(self._audio)) / SAMPLE_RATE
             missed = time.monotonic() - self._last_frame_at
-            self._segment_offset = max((self._last_time or 0.0) + missed, heard)
-            with self._audio_lock:
-                pad = int(self._segment_offset * SAMPLE_RATE) - (self._audio_start + len(self._audio))
-                if pad > 0:
-                    self._audio = np.concatenate([self._audio, np.zeros(pad, dtype=np.float32)])
+            self._segment_offset = max((self._last_time or 0.0) + missed, self._audio.end / SAMPLE_RATE)
+            self._audio.pad_to(int(self._segment_offset * SAMPLE_RATE))
             self._reconnected_at = self._last_frame_at
             log.info("live session %s: source dropped after frame %d; connecting again", self.key, frames - 1)
             self._spawn()
@@ -347,30 +276,11 @@ class LiveSession:
             with contextlib.suppress(OSError):
                 self._proc.popen.send_signal(signal.SIGINT)
 
-    def _on_stderr(self, line: str) -> None:
-        if not self._outputs_listed:
-            if "Output #" in line:
-                self._outputs_listed = True
-            elif (start := _INPUT_START.search(line)) is not None and self.gaps.reconnects == 0 \
-                    and self._last_time is None:
-                self._input_start = float(start.group(1))
-            elif _AUDIO_STREAM.search(line):
-                self._audio_declared = True
-            elif (rotation := _ROTATION.search(line)) is not None:
-                self.rotation = round(-float(rotation.group(1)) / 90) * 90 % 360  # counter-clockwise in ffmpeg
-            elif self._video_size is None and (size := _VIDEO_SIZE.search(line)) is not None:
-                self._video_size = (int(size.group(2)), int(size.group(1)))  # for the pixel limit's message
-        frame = parse_frame_line(line)
-        if frame is not None:
-            seconds = frame_seconds(frame, self._time_base)
-            with self._cond:
-                self._pts.append((seconds if seconds is not None else math.nan,
-                                  (frame.height, frame.width) if frame.width else None))
-                self._cond.notify_all()
-            return
-        time_base = parse_time_base(line)
-        if time_base is not None:
-            self._time_base = time_base
+    def _on_frame_line(self, seconds: float, size: tuple[int, int] | None) -> None:
+        """The connection's log announced a frame (`ConnectionLog`): its time and size, before its pixels."""
+        with self._cond:
+            self._pts.append((seconds, size))
+            self._cond.notify_all()
 
     def _frames(self) -> Iterator[FrameBatch]:
         """Frames as ffmpeg delivers them, one at a time (latency first), with their arrival times; a pulled
@@ -408,6 +318,8 @@ class LiveSession:
                         break
                     self._cond.wait(0.05)
                 seconds, frame_size = self._pts.popleft() if self._pts else (math.nan, None)
+            if self._last_time is None:  # the first frame: the stream's own start, from the first connection
+                self._input_start = self._log.input_start
             session_time = (seconds if not math.isnan(seconds) else index / 25.0) + self._segment_offset
             if self._last_time is not None and session_time <= self._last_time:  # never back in time
                 session_time = self._last_time + 1e-3
@@ -432,32 +344,12 @@ class LiveSession:
         return index
 
     def _check_exit(self, frames: int) -> None:
-        """After ffmpeg's last frame: raise `MediaError` unless it ended well (or because we asked it to). A
-        stream that gave no frame while ffmpeg reported errors is damaged, whatever ffmpeg's exit status."""
+        """After ffmpeg's last frame: raise `MediaError` unless it ended well (`worker.live.live_input`)."""
         assert self._proc is not None
-        code = self._proc.wait()
-        self._proc.join_stderr(5)
-        if frames == 0 and "[error]" in self._proc.stderr_text():
-            code = code or 1
-        if code == 0 or (self._ended.is_set() and not self.source.pushed and code in (255, -signal.SIGINT)):
-            return
-        stderr = self._proc.stderr_text()
-        if self._proc.timed_out:
-            raise MediaError(ErrorCode.MEDIA_TIMEOUT, f"the session reached its limit of "
-                                                      f"{self.limits.max_duration_s:g} s")
-        if self._video_size is not None and self._video_size[0] * self._video_size[1] > self.limits.max_pixels:
-            h, w = self._video_size
-            raise MediaError(ErrorCode.TOO_MANY_PIXELS, f"the stream is {w}x{h}; the limit is "
-                                                        f"{self.limits.max_pixels} pixels per frame")
-        message = ffmpeg_message(stderr, "stream", "ffmpeg could not read the stream")
-        if "matches no streams" in stderr:
-            raise MediaError(ErrorCode.NO_VIDEO_STREAM, "the stream holds no video")
-        if self._outputs_listed and not self._audio_declared:  # the same rule as an upload's (probe)
-            raise MediaError(ErrorCode.NO_AUDIO_TRACK, "the stream has no sound (the model needs it: send the "
-                                                       "microphone's track too)")
-        if self._video_size is None:
-            raise MediaError(ErrorCode.NOT_MEDIA, f"not a stream we read: {message}")
-        raise MediaError(ErrorCode.CORRUPT_MEDIA, f"damaged stream: {message}")
+        error = exit_error(self._proc, self._log, frames=frames, asked_to_stop=self._ended.is_set(),
+                           pushed=self.source.pushed, limits=self.limits)
+        if error is not None:
+            raise error
 
     def _rate_limited(self, pts: float) -> bool:
         fps = self.options.fps
@@ -468,35 +360,20 @@ class LiveSession:
         self._last_processed_pts = pts
         return False
 
-    def _read_audio(self, fd: int) -> None:
-        keep = int(AUDIO_KEEP_S * SAMPLE_RATE)
-        with os.fdopen(fd, "rb", buffering=0) as pipe:
-            pending = b""
-            while True:
-                chunk = pipe.read(65536)
-                if not chunk:
-                    return
-                pending += chunk
-                usable = len(pending) - len(pending) % 4
-                samples, pending = np.frombuffer(pending[:usable], dtype="<f4"), pending[usable:]
-                with self._audio_lock:
-                    self._audio = np.concatenate([self._audio, samples])
-                    if len(self._audio) > keep:
-                        cut = len(self._audio) - keep
-                        self._audio, self._audio_start = self._audio[cut:], self._audio_start + cut
-
     def _watch(self) -> None:
         """The session's clocks. Idle: a stream that sends nothing for `idle_timeout_s` is ended, its frames
         still in ffmpeg processed, and the session fails with `idle_timeout`. Total: one that lasts
         `max_duration_s` is ended as if its client had ended it (its masks are its result). Either way, an
-        ffmpeg that has not finished `END_GRACE_S` after being asked to is killed."""
-        ended_at: float | None = None
+        ffmpeg that has delivered no frame for `END_GRACE_S` after being asked to finish is killed (a no_drop
+        session's ffmpeg still holds the frames the model has not taken yet: draining them is progress)."""
+        ended_at, received = 0.0, -1  # when the last frame came after the end; frames received then
         while not self._stop.wait(0.25):
             now = time.monotonic()
             if self._ended.is_set():
-                ended_at = ended_at or now
+                if received != self.stats.frames_received:  # a frame came: the grace starts again
+                    ended_at, received = now, self.stats.frames_received
                 if now - ended_at > END_GRACE_S and self._proc is not None and self._proc.popen.poll() is None:
-                    log.warning("live session %s: ffmpeg still running %gs after the end; killed", self.key,
+                    log.warning("live session %s: ffmpeg gave no frame for %gs after the end; killed", self.key,
                                 END_GRACE_S)
                     self._proc.kill()
                     return
@@ -505,7 +382,7 @@ class LiveSession:
                 log.info("live session %s reached %gs: ended", self.key, self.max_duration_s)
                 self.ended_by = "max_duration"
                 self.end()
-            elif self.reconnect_s <= 0 and \
+            elif self.reconnect_s <= 0 and not self._writing and \
                     now - self._last_input > self.idle_timeout_s + (0 if self.source.pushed else END_GRACE_S):
                 # (a pulled stream normally ends before: ffmpeg's own read timeout, `with_read_timeout`)
                 log.info("live session %s idle for %gs: ended", self.key, self.idle_timeout_s)
@@ -517,8 +394,7 @@ class LiveSession:
     # ------------------------------------------------------------------------------ model and out
     def _embed(self, pts_s: list[float]) -> torch.Tensor:
         """On the model's thread: the live alignment rule over the sound received so far."""
-        with self._audio_lock:
-            audio, start = self._audio, self._audio_start
+        audio, start = self._audio.snapshot()
         return self.predictor.embeddings_ending_at(audio, start, [p - self._input_start for p in pts_s])
 
     def _encode(self, start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
@@ -535,11 +411,16 @@ class LiveSession:
                     self.on_latency(latency_ms / 1000)
             self.on_record(record)
 
+    @property
+    def rotation(self) -> int:
+        """Clockwise degrees of the input's display matrix (ffmpeg applies it to the frames)."""
+        return self._log.rotation
+
     def _out_size(self) -> tuple[int, int]:
         """The size of a frame whose own size was not logged: the stream's, from ffmpeg's description of its
         input (upright when rotated); the model's if it was not seen either."""
-        if self._video_size is not None:
-            h, w = self._video_size
+        if self._log.video_size is not None:
+            h, w = self._log.video_size
             return (w, h) if self.rotation % 180 == 90 else (h, w)
         size = self.predictor.input_size
         return size, size
@@ -550,7 +431,14 @@ class LiveSession:
         self._dropped("late")
 
     def _dropped(self, reason: str) -> None:
-        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        """A frame that gets no mask: `rate` (over the client's fps cap) is a skip, `late` a drop
+        (`worker.live.options`)."""
+        if reason == "rate":
+            self.stats.frames_skipped_by_rate += 1
+            if self.on_skip is not None:
+                self.on_skip()
+            return
+        self.stats.frames_dropped += 1
         if self.on_drop_reason is not None:
             self.on_drop_reason(reason)
 

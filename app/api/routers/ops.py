@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import health, prometheus
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import SettingsDep, StoreDep, StreamStoreDep
 from app.api.errors import error_response
 from app.api.schemas import ErrorBody, ModelResponse, ReadyResponse
 from worker.core.contracts import ServiceErrorCode
@@ -55,5 +55,5 @@ def model(settings: SettingsDep) -> Any:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")
-def prometheus_metrics(store: StoreDep) -> Response:
-    return Response(prometheus.render(store), media_type=CONTENT_TYPE_LATEST)
+def prometheus_metrics(store: StoreDep, streams: StreamStoreDep) -> Response:
+    return Response(prometheus.render(store, streams), media_type=CONTENT_TYPE_LATEST)

@@ -74,12 +74,13 @@ class LiveSession {
       }
     } else if (message.type === "end") {
       this.ended = true;
-      const dropped = Object.entries(message.dropped || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-      $("live-dropped").textContent = String(message.frames_dropped);
+      const skipped = message.frames_skipped_by_rate || 0; // over the fps cap asked for: not the server's doing
+      $("live-dropped").textContent = String(message.frames_dropped + skipped);
       $("live-summary").textContent = `${message.status}: ${message.frames_processed} of ${message.frames_received} `
-        + `frames segmented (dropped: ${dropped || "none"}), latency p50 ${fmt(message.latency_p50_ms)} ms, `
+        + `frames segmented (${message.frames_dropped} dropped late, ${skipped} skipped by the fps cap), `
+        + `latency p50 ${fmt(message.latency_p50_ms)} ms, `
         + `p95 ${fmt(message.latency_p95_ms)} ms${message.job_id ? `; kept as job ${message.job_id}` : ""}`;
-      const late = (message.dropped || {}).late || 0;
+      const late = message.frames_dropped || 0;
       if (message.frames_received && late > 0.2 * message.frames_received) {
         $("live-summary").textContent += ". The server could not keep up with this rate: lower frames/s.";
       }

@@ -53,6 +53,21 @@ def test_live_not_in_real_time_drops_the_oldest_and_stays_in_order(clip: Path) -
     assert summary["dropped"]["late"] == summary["frames_dropped"]
 
 
+def test_frames_over_the_fps_cap_are_skipped_not_dropped(clip: Path) -> None:
+    """`--fps 5` on a 25 fps clip keeps one frame in five: the other four are the client's own cap at work,
+    counted apart from the frames dropped because the model was late (none here: the window holds the clip)."""
+    result = _run("live", str(clip), "--no-realtime", "--fps", "5", "--window", "50", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert summary["frames_received"] == count_frames(clip) == 50
+    assert summary["frames_processed"] == len(records) == 10
+    assert summary["frames_skipped_by_rate"] == 40
+    assert summary["frames_dropped"] == 0
+    assert summary["dropped"] == {"late": 0}
+    assert [r["frame_index"] for r in records] == list(range(0, 50, 5))
+
+
 def test_live_refusals_have_codes(tmp_path: Path) -> None:
     missing = _run("live", str(tmp_path / "nope.mp4"))
     assert missing.returncode == 2

@@ -212,8 +212,8 @@ def test_cli_source_refuses_unknown_schemes(url: str) -> None:
 # ------------------------------------------------------------------------------------------ start message
 def test_start_message_defaults() -> None:
     start = LiveStart.model_validate({"type": "start"})
-    assert (start.source, start.threshold, start.fps, start.window, start.record, start.overlay) == \
-        (None, None, None, 2, False, False)
+    assert (start.source, start.threshold, start.fps, start.window, start.mode, start.record, start.overlay) == \
+        (None, None, None, 2, "drop_oldest", False, False)
 
 
 def test_overlay_needs_record() -> None:
@@ -235,6 +235,9 @@ def test_overlay_needs_record() -> None:
     {"type": "start", "fps": 0},
     {"type": "start", "fps": 241},
     {"type": "start", "source": "udp://127.0.0.1:1/" + "x" * 2048},
+    {"type": "start", "mode": "drop_newest"},  # only the two modes
+    {"type": "start", "mode": None},
+    {"type": "start", "drop": False},
 ])
 def test_bad_start_messages_are_refused(message: dict) -> None:
     with pytest.raises(ValidationError):
@@ -243,7 +246,7 @@ def test_bad_start_messages_are_refused(message: dict) -> None:
 
 @pytest.mark.parametrize("fields", [
     {"threshold": 0.001}, {"threshold": 0.999}, {"window": 1}, {"window": 64}, {"fps": 240}, {"fps": 0.5},
-    {"source": "srt://camera.lan:9000"}, {"record": True},
+    {"source": "srt://camera.lan:9000"}, {"record": True}, {"mode": "no_drop"}, {"mode": "drop_oldest"},
 ])
 def test_start_messages_at_the_bounds_are_accepted(fields: dict) -> None:
     start = LiveStart.model_validate({"type": "start", **fields})

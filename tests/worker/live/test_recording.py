@@ -42,7 +42,7 @@ def _live_records(n: int, start: int = 0, size: tuple[int, int] = (12, 16)) -> l
 
 def _summary(processed: int, received: int | None = None) -> dict:
     stats = LiveStats(frames_received=received if received is not None else processed, frames_processed=processed)
-    stats.dropped["late"] = stats.frames_received - processed
+    stats.frames_dropped = stats.frames_received - processed
     stats.latencies_ms.extend([10.0, 20.0, 30.0][:processed])
     return stats.summary()
 
@@ -81,7 +81,9 @@ def test_finish_commits_the_masks_and_writes_a_finished_live_record(store: JobSt
     assert record.progress.frames_done == record.progress.frames_total == 4
     assert record.live == {k: v for k, v in summary.items() if k != "type"}
     assert record.live["frames_received"] == 6
-    assert record.live["dropped"] == {"late": 2, "rate": 0}
+    assert record.live["frames_dropped"] == 2
+    assert record.live["frames_skipped_by_rate"] == 0
+    assert record.live["dropped"] == {"late": 2}
     assert record.created_at <= record.started_at <= record.finished_at
     assert before <= record.finished_at <= time.time()
     assert record.owner is None  # nothing for the reconciler to take over

@@ -1,5 +1,7 @@
 """Never fall behind: a live job waits for at most `live_window` frames; a newer frame drops the oldest waiting
 one (`late`), so the masks describe the newest frames and the latency stays bounded whatever the stream's length.
+In `no_drop` mode the newer frame waits instead (back-pressure): nothing is dropped, the queue stays bounded, and
+the source is read more slowly.
 
 First on the frame engine alone (frames produced much faster than a slow stand-in model infers them), then a
 real `LiveSession` (ffmpeg reading a clip as fast as it decodes, the shipped tiny model made slow).
@@ -43,7 +45,7 @@ class SlowPredictor:
         return values[:, None, None, None].expand(-1, 1, 2, 2).clone()
 
 
-def _run_live_job(window: int | None) -> dict[str, Any]:
+def _run_live_job(window: int | None, *, drop: bool = True) -> dict[str, Any]:
     predictor = SlowPredictor()
     engine = FrameEngine(predictor, max_batch_size=8, max_wait_ms=5)
     produced: list[float] = []  # when each frame happened (a live source does not wait for its reader)
@@ -83,7 +85,7 @@ def _run_live_job(window: int | None) -> dict[str, Any]:
         newest_at_drop.append((index, len(produced) - 1))
 
     stats = engine.run(JobSpec(key="live-test", batches=frames(), table=None, encode=encode,
-                               live_window=window, embed=embed, on_drop=on_drop))
+                               live_window=window, embed=embed, on_drop=on_drop, live_drop=drop))
     return {"predictor": predictor, "processed": processed, "dropped": [d for d, _ in newest_at_drop],
             "newest_at_drop": newest_at_drop, "latencies": latencies, "waits": waits, "embedded": embedded,
             "mismatched": mismatched, "stats": stats}
@@ -117,6 +119,22 @@ def test_without_a_window_nothing_is_dropped_and_the_backlog_grows() -> None:
     assert run["processed"] == list(range(FRAMES))
     assert max(run["predictor"].batches) > 2
     assert max(run["latencies"]) > 0.5  # what the window prevents
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_no_drop_live_job_never_drops_and_its_queue_stays_within_the_window(window: int) -> None:
+    """The same stream, 7x faster than the model, in no_drop mode: every frame gets its mask, in order, never
+    more than `window` frames wait for the model, and the source is held back instead (it is read at the
+    model's pace, so the frames are taken by the engine ~INFER_S apart, not PRODUCE_S)."""
+    run = _run_live_job(window=window, drop=False)
+    assert run["dropped"] == []
+    assert run["processed"] == list(range(FRAMES))  # each frame once, in order
+    assert run["mismatched"] == []
+    assert run["stats"].max_pending <= window
+    assert max(run["predictor"].batches) <= window
+    assert run["stats"].inferred == FRAMES
+    assert max(run["waits"]) < 0.5  # a frame taken waits behind at most a window of others
+    assert max(run["latencies"]) > 0.5  # the lag moved upstream: the source itself was slowed down
 
 
 # ------------------------------------------------------------------------------------ a real session
@@ -154,9 +172,10 @@ def test_a_live_session_reports_every_frame_as_processed_or_dropped(tmp_path: Pa
     assert summary["frames_received"] == 50  # 2 s at 25 fps
     assert summary["frames_received"] == summary["frames_processed"] + summary["frames_dropped"]
     assert summary["frames_processed"] == len(records)
-    assert summary["dropped"]["late"] > 0  # ffmpeg decodes far faster than 30 ms a frame
-    assert summary["dropped"]["rate"] == 0
-    assert reasons == ["late"] * summary["dropped"]["late"]
+    assert summary["frames_dropped"] > 0  # ffmpeg decodes far faster than 30 ms a frame
+    assert summary["dropped"] == {"late": summary["frames_dropped"]}
+    assert summary["frames_skipped_by_rate"] == 0
+    assert reasons == ["late"] * summary["frames_dropped"]
     indices = [r["frame_index"] for r in records]
     assert indices == sorted(set(indices))  # in order, each once
     assert indices[-1] == summary["frames_received"] - 1  # the last frame is never dropped
@@ -171,3 +190,81 @@ def test_a_live_session_reports_every_frame_as_processed_or_dropped(tmp_path: Pa
         assert record["latency_ms"] >= 0
     assert summary["latency_p50_ms"] is not None
     assert summary["latency_p50_ms"] <= summary["latency_max_ms"]
+
+
+def test_frames_with_gaps_between_them_keep_their_own_indices() -> None:
+    """A live job's frames skipped by its fps cap never reach the engine: the frames that do are not
+    consecutive, and a batch holding several of them must still number each mask by its own frame."""
+    predictor = SlowPredictor()
+    engine = FrameEngine(predictor, max_batch_size=8, max_wait_ms=50)
+    kept = list(range(0, 40, 5))  # one frame in five, as an fps cap of 5 on a 25 fps stream keeps them
+    seen: list[tuple[int, float]] = []
+
+    def frames() -> Iterator[FrameBatch]:
+        for i in kept:  # all at once: they wait for the model together and share batches
+            yield FrameBatch(frames=np.full((1, 8, 8, 3), i, dtype=np.uint8), pts_s=[i * 0.04], start_index=i)
+
+    def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
+        for offset, (pts, frame_logits) in enumerate(zip(pts_s, logits, strict=True)):
+            assert float(frame_logits.flatten()[0]) == start_index + offset  # the mask of that very frame
+            seen.append((start_index + offset, pts))
+
+    engine.run(JobSpec(key="gaps", batches=frames(), table=None, encode=encode, live_window=len(kept),
+                       embed=lambda pts: torch.zeros(len(pts), 128)))
+    assert max(predictor.batches) > 1  # the case that matters: several kept frames in one batch
+    assert seen == [(i, i * 0.04) for i in kept]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_no_drop_session_gives_every_frame_a_mask(tmp_path: Path) -> None:
+    """A real session, ffmpeg decoding far faster than the slowed model, in no_drop mode with a window of one:
+    ffmpeg's output is read only when there is room, so ffmpeg waits, and every frame gets its mask."""
+    from model.predictor import load_predictor
+    from worker.core.live_sources import file_source
+    from worker.live.session import LiveOptions, LiveSession
+    from worker.media.samples import make_video
+
+    clip = make_video(tmp_path / "c.webm", container="webm", duration_s=2.0, size=(160, 120), fps=25)
+    engine = FrameEngine(_SlowRealPredictor(load_predictor()), max_batch_size=8, max_wait_ms=5)
+    records: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    session = LiveSession(file_source(str(clip)), engine, records.append,
+                          options=LiveOptions(window=1, mode="no_drop"), realtime=False, on_drop=reasons.append,
+                          key="n" * 32)
+    session.start()
+    summary = session.wait()
+
+    assert session.error is None, session.error
+    assert summary["frames_received"] == summary["frames_processed"] == len(records) == 50
+    assert summary["frames_dropped"] == summary["frames_skipped_by_rate"] == 0
+    assert reasons == []
+    assert [r["frame_index"] for r in records] == list(range(50))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_no_drop_session_drains_after_its_end_however_long_the_model_takes(tmp_path: Path, monkeypatch) -> None:
+    """Pushed all at once and ended at once: in no_drop mode ffmpeg still holds most of the frames when the
+    client says "end", and hands them over at the model's pace. That drain is progress, not a hung ffmpeg:
+    the end's grace counts from the last frame, not from the end."""
+    from model.predictor import load_predictor
+    from worker.core.live_sources import PUSHED
+    from worker.live import session as session_module
+    from worker.live.session import LiveOptions, LiveSession
+    from worker.media.samples import make_video
+
+    monkeypatch.setattr(session_module, "END_GRACE_S", 0.5)  # far shorter than the drain (50 frames x 30 ms)
+    clip = make_video(tmp_path / "c.webm", container="webm", duration_s=2.0, size=(160, 120), fps=25)
+    engine = FrameEngine(_SlowRealPredictor(load_predictor()), max_batch_size=8, max_wait_ms=5).start()
+    records: list[dict[str, Any]] = []
+    session = LiveSession(PUSHED, engine, records.append, options=LiveOptions(window=1, mode="no_drop"),
+                          key="d" * 32)
+    session.start()
+    data = clip.read_bytes()
+    for offset in range(0, len(data), 16384):
+        session.feed(data[offset:offset + 16384])
+    session.end()
+    summary = session.wait()
+    engine.close()
+
+    assert session.error is None, session.error
+    assert summary["frames_received"] == summary["frames_processed"] == len(records) == 50
