@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
 import socket
@@ -286,3 +287,40 @@ def test_refusals_and_limits_have_stable_codes(service: Service, webm: Path) -> 
     assert 'avs_live_refused_total{code="too_many_sessions"}' in metrics
     assert 'avs_live_refused_total{code="unauthorized"}' in metrics
     assert 'avs_live_sessions_ended_total{status="client_gone"}' in metrics
+
+
+def test_a_udp_camera_that_restarts_at_a_new_size_keeps_its_session(service: Service, tmp_path: Path) -> None:
+    """Issue #21, end to end: a camera (ffmpeg, MPEG-TS over UDP, real time) stops, stays silent past the read
+    timeout, and comes back at another size; the /live session connects again, its masks follow the new size,
+    the gap is reported, and it ends `source_lost` when the camera does not come back a second time."""
+    first = make_video(tmp_path / "a.ts", duration_s=2.0, size=(160, 120), fps=25, container="ts")
+    second = make_video(tmp_path / "b.ts", duration_s=2.0, size=(96, 128), fps=25, container="ts")
+    port = free_port()
+    url = ws_url(service)
+
+    async def send(clip: Path) -> None:
+        await asyncio.to_thread(wait_until, lambda: _udp_port_bound(port), 20, "the session's UDP listener")
+        sender = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-loglevel", "error", "-re", "-i", str(clip), "-map", "0", "-c", "copy", "-f", "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316")
+        assert await sender.wait() == 0
+
+    async def run() -> dict:
+        session = asyncio.ensure_future(stream_file(url, None, {"source": f"udp://127.0.0.1:{port}", "window": 8,
+                                                                "mode": "no_drop"}, api_key=API_KEY))
+        await send(first)
+        await asyncio.sleep(4.0)  # past the 3 s read timeout: the connection ends, the session connects again
+        await send(second)
+        return await session
+
+    result = asyncio.run(run())
+    assert result["status"] == "succeeded", result.get("error")
+    assert result["ended_by"] == "source_lost"
+    assert result["reconnects"] == 1
+    (gap,) = result["gaps"]
+    assert gap["seconds"] > 0.5
+    sizes = [tuple(mask["size"]) for mask in result["masks"]]
+    assert sizes[0] == (120, 160)
+    assert sizes[-1] == (128, 96)
+    times = [mask["pts_s"] for mask in result["masks"]]
+    assert all(b > a for a, b in itertools.pairwise(times))
