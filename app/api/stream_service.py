@@ -24,8 +24,9 @@ from app.api.counts import status_counter
 from app.api.deps import TaskSender
 from app.api.errors import ApiError, not_found
 from app.api.health import warm_workers
+from app.api.submission import refuse_unsent
 from worker.core.contracts import JobStatus, ServiceErrorCode
-from worker.core.job_record import JobError, JobRecord, is_job_id
+from worker.core.job_record import JobRecord, is_job_id
 from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.live_protocol import StreamRequest
 from worker.core.live_sources import SourceRefused, parse_allow_list, pulled_source
@@ -103,22 +104,6 @@ def _admit(settings: ServiceSettings, store: JobStore, record: JobRecord) -> tup
     return None
 
 
-def _refuse_unsent(store: JobStore, stream_id: str, message: str) -> bool:
-    """The client is told the stream was not queued: it must never run. False when a worker has it already
-    (the send only seemed to fail)."""
-    try:
-        with store.locked(stream_id):
-            record = store.get(stream_id)
-            if record.status is not JobStatus.QUEUED:
-                return False
-            record.status, record.finished_at = JobStatus.FAILED, time.time()
-            record.error = JobError(code=ServiceErrorCode.NOT_READY.value, message=message)
-            store.write(record)
-    except (OSError, JobLocked, JobNotFound, ValueError) as exc:
-        log.warning("stream %s: not marked failed (%s)", stream_id, exc)
-    return True
-
-
 async def create_stream(body: StreamRequest, settings: ServiceSettings, store: JobStore, send: TaskSender,
                         base: str = "") -> dict[str, Any]:
     """POST /streams: 201's body, or `ApiError`: the URL refused (`invalid_request` 422, or `unauthorized` 401
@@ -136,7 +121,7 @@ async def create_stream(body: StreamRequest, settings: ServiceSettings, store: J
         await send_bounded(send, record.job_id, settings.broker_timeout_s)
     except BrokerUnavailable as exc:
         message = f"the job queue is not reachable ({exc}); the stream was not started"
-        if await anyio.to_thread.run_sync(_refuse_unsent, store, record.job_id, message):
+        if await anyio.to_thread.run_sync(refuse_unsent, store, record.job_id, ServiceErrorCode.NOT_READY, message):
             raise _refused(ServiceErrorCode.NOT_READY.value, message, retry_after_s=settings.retry_after_s) from None
     with contextlib.suppress(Exception):  # only a hint for the reconciler: a lost write means one resend at most
         await anyio.to_thread.run_sync(lambda: store.set_fields(record.job_id, message_sent_at=time.time()))

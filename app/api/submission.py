@@ -163,7 +163,7 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
         code = ServiceErrorCode.STORAGE_FULL if full else ServiceErrorCode.NOT_READY
         message = ("no space left on the broker's volume; the job was not queued; retry later" if full
                    else f"the job queue is not reachable ({exc}); the job was not queued")
-        refused = await anyio.to_thread.run_sync(_refuse_unsent, store, job_id, code, message)
+        refused = await anyio.to_thread.run_sync(refuse_unsent, store, job_id, code, message)
         if refused:
             _reject(code)
             raise ApiError(code, message, headers={"Retry-After": str(settings.retry_after_s)}) from None
@@ -218,13 +218,13 @@ def _broker_storage_full(exc: BaseException) -> bool:
     return False
 
 
-def _refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message: str) -> bool:
+def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message: str) -> bool:
     """The client is told the job was not queued: make sure it never runs. Returns False when it is too late
     (the send only seemed to fail: a worker has already taken the job, so it was accepted after all).
 
     The record becomes a `failed` tombstone without its files; when even that small write fails (the disk is
     full, issue #27), the whole job folder goes, so no reconciler ever finds a queued record to send again
-    for a client that never got its id.
+    for a client that never got its id. Jobs and REST streams (`app.api.stream_service`) alike.
     """
     try:
         with store.locked(job_id):

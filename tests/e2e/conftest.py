@@ -162,3 +162,29 @@ def redis_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` every 0.1 s until it returns something true (returned) or `timeout` s pass
+    (AssertionError naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("24m") at `path`: a disk that fills up; the test is skipped where mounting is not
+    allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -27,7 +27,7 @@ from worker.core.broker_transport import REJECTED_KEY
 from worker.core.private_redis import read_endpoint
 from worker.media.samples import make_video
 
-from .conftest import Service, _base_env, free_port, running_embedded
+from .conftest import Service, _base_env, free_port, mounted_tmpfs, running_embedded, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,7 @@ def webm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return wait_until(predicate, timeout, what)
 
 
 def _submit(service: Service, video: Path) -> httpx.Response:
@@ -133,15 +127,8 @@ def _ping(service: Service) -> bool:
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 40 MB tmpfs: a data volume that fills up."""
-    mount = tmp_path / "volume"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "volume", "40m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_data_volume_never_kills_avs_serve(small_volume: Path, clip: Path) -> None:

@@ -30,7 +30,7 @@ from worker.core.settings import ServiceSettings
 from worker.masks import read_mask_lines
 from worker.media.samples import make_video
 
-from .conftest import Proc, Service, _base_env, free_port
+from .conftest import Proc, Service, _base_env, free_port, mounted_tmpfs, wait_until
 
 LEASE_S = 3.0
 
@@ -116,12 +116,7 @@ def _submit(service: Service, video: Path) -> str:
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    wait_until(predicate, timeout, what)
 
 
 def _wait_ready_workers(service: Service, count: int, timeout: float = 120) -> None:
@@ -300,15 +295,8 @@ def test_an_orphaned_job_is_cancelled_without_its_worker(tmp_path: Path, own_red
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs: a disk that fills up."""
-    mount = tmp_path / "volume"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "volume", "24m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(volume: Path, leave_bytes: int = 0) -> Path:

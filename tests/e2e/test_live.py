@@ -31,7 +31,7 @@ from websockets.sync.client import connect
 from app.cli.live_client import LiveRefused, stream_file
 from worker.media.samples import make_video
 
-from .conftest import Service, free_port, running_embedded
+from .conftest import Service, free_port, running_embedded, wait_until
 
 API_KEY = "live-test-key"
 MAX_SESSIONS = 2
@@ -100,16 +100,6 @@ def children_named(pid: int, name: str) -> list[int]:
             if ppid == pid and comm == name:
                 found.append(int(entry.name))
     return found
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_webm_pushed_in_real_time_recorded_as_a_job(service: Service, webm: Path, tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ import pytest
 
 from worker.media.samples import make_video
 
-from .conftest import Service, free_port, running_embedded
-from .test_live import _udp_port_bound, wait_until
+from .conftest import Service, free_port, running_embedded, wait_until
+from .test_live import _udp_port_bound
 
 API_KEY = "streams-test-key"
 HEADERS = {"X-API-Key": API_KEY}
