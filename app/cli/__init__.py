@@ -4,6 +4,7 @@
     media_commands    avs segment, avs score, avs bench segment|memory
     live_commands     avs live, avs bench live
     lab_commands      avs synth, avs train, avs eval
+    distill_commands  avs distill
     service_commands  avs serve, avs worker, avs demo, avs bench service
     export_commands   avs export onnx
     demo, client      what `avs demo` / `avs bench service` run: a local service and a stdlib HTTP client
@@ -17,10 +18,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import export_commands, lab_commands, live_commands, media_commands, model_commands, service_commands
+from app.cli import (
+    distill_commands,
+    export_commands,
+    lab_commands,
+    live_commands,
+    media_commands,
+    model_commands,
+    service_commands,
+)
 from app.cli.output import EXIT_ERROR, Parser, error_code, print_json
 
-GROUPS = (model_commands, media_commands, live_commands, lab_commands, service_commands, export_commands)
+GROUPS = (model_commands, media_commands, live_commands, lab_commands, distill_commands, service_commands,
+          export_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -165,13 +165,9 @@ class _Trainer:
     def _build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights (DDP also broadcasts)
-        self.model_cfg = model_config_for(cfg)
+        self.model_cfg = self._model_config()
         self.size = cfg.size or self.model_cfg.input_size
-        self.dataset = make_dataset(cfg.data, cfg.subset, "train", self.size, all_train_masks=cfg.all_train_masks)
-        if len(self.dataset) == 0:
-            raise ConfigError(f"{cfg.data} has no {cfg.subset} train clips")
-        if cfg.eval_every and len(make_dataset(cfg.data, cfg.subset, cfg.eval_split, self.size)) == 0:
-            raise ConfigError(f"--eval-every: {cfg.data} has no {cfg.subset} {cfg.eval_split} clips")
+        self.dataset = self._train_dataset()
         self.sampler = ShardSampler(self.dataset, ctx, cfg.seed)
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                                  num_workers=cfg.num_workers, collate_fn=collate,
@@ -206,6 +202,36 @@ class _Trainer:
             self.resumed_from = saved.step
             if ctx.is_main:
                 log.info("resumed from %s (epoch %d, step %d)", latest, saved.epoch + 1, saved.step)
+
+    # Hooks a trainer of another kind overrides (`model.lab.distill.training` distils from a teacher's cache):
+    # the model's config, the training items, one batch's losses, the validation metric.
+    def _model_config(self) -> AVSConfig:
+        return model_config_for(self.cfg)
+
+    def _train_dataset(self) -> Any:
+        """The items the sampler shards (AVSBench clips here); ConfigError when there are none."""
+        cfg = self.cfg
+        dataset = make_dataset(cfg.data, cfg.subset, "train", self.size, all_train_masks=cfg.all_train_masks)
+        if len(dataset) == 0:
+            raise ConfigError(f"{cfg.data} has no {cfg.subset} train clips")
+        if cfg.eval_every and len(make_dataset(cfg.data, cfg.subset, cfg.eval_split, self.size)) == 0:
+            raise ConfigError(f"--eval-every: {cfg.data} has no {cfg.subset} {cfg.eval_split} clips")
+        return dataset
+
+    def _batch_loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
+        """The losses of one collated batch (`"loss"` is optimised) and the number of frames they cover."""
+        frames, audio, masks = (t.to(self.ctx.device, non_blocking=True) for t in labelled_frames(batch))
+        if frames.shape[0] == 0:
+            raise ConfigError("a batch without labelled frames (every AVSBench clip labels at least one)")
+        return compute_loss(module, frames, audio, masks, self.model_cfg.num_classes), int(frames.shape[0])
+
+    def _evaluate(self) -> dict[str, Any]:
+        """The validation metrics (`miou` picks the best checkpoint, `fscore` is logged), main process only."""
+        from model.lab.evaluation import evaluate
+
+        cfg = self.cfg
+        return evaluate(self.model, self.model_cfg, data=cfg.data, subset=cfg.subset, split=cfg.eval_split,
+                        size=self.size, device=str(self.ctx.device))
 
     def _batch_norm_across_processes(self) -> None:
         """Trainable BatchNorm layers (ResNet-50, the tiny audio encoder; not PVT-v2 nor the frozen VGGish) see
@@ -306,20 +332,17 @@ class _Trainer:
         last: dict[str, Any] = {}
         autocast = torch.autocast(ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
         for index, batch in enumerate(self.loader):
-            frames, audio, masks = (t.to(ctx.device, non_blocking=True) for t in labelled_frames(batch))
-            if frames.shape[0] == 0:
-                raise ConfigError("a batch without labelled frames (every AVSBench clip labels at least one)")
             micro += 1
             stepping = micro == cfg.grad_accum or index + 1 == batches
             # between the micro-batches of one step, gradients accumulate locally; DDP reduces on the last
             sync = contextlib.nullcontext() if stepping or not ctx.distributed else module.no_sync()
             with sync:
                 with autocast:
-                    losses = compute_loss(module, frames, audio, masks, self.model_cfg.num_classes)
+                    losses, batch_frames = self._batch_loss(module, batch)
                 self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-            frames_seen += int(frames.shape[0])
+            frames_seen += batch_frames
             progress.batches_done += 1
             if not stepping:
                 continue
@@ -353,7 +376,7 @@ class _Trainer:
             jsonl.write(json.dumps(row) + "\n")
             jsonl.flush()
         if board is not None:
-            for key in ("loss", "loss_main", "loss_aux", "grad_norm", "lr", "frames_per_s"):
+            for key in ("loss", "main", "aux", "soft", "hard", "grad_norm", "lr", "frames_per_s"):
                 if key in row:
                     board.add_scalar(f"train/{key}", row[key], row["step"])
         if self.on_step is not None:
@@ -366,10 +389,7 @@ class _Trainer:
         if not cfg.eval_every or epoch < cfg.eval_from or (epoch - cfg.eval_from) % cfg.eval_every:
             return
         if self.ctx.is_main:
-            from model.lab.evaluation import evaluate
-
-            result = evaluate(self.model, self.model_cfg, data=cfg.data, subset=cfg.subset, split=cfg.eval_split,
-                              size=self.size, device=str(self.ctx.device))
+            result = self._evaluate()
             self.model.train()
             best = progress.best_miou is None or result["miou"] > progress.best_miou
             if best:
