@@ -1,0 +1,214 @@
+"""`avs distill` (#22): serving's decode, the teacher's cache, the loss, a few real distillation steps.
+
+Real ffmpeg on real clips (`avs synth` mp4s, 4.8 s at 10 frames/s), the shipped demo checkpoint as the
+teacher (a trained model), a student trained for a few steps on the CPU. The teacher is wrapped to count its
+calls: the cache must not call it again (counted, never timed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.build import build_model
+from model.checkpoint import load_checkpoint, read_checkpoint_info
+from model.lab.distill.dataset import CachedFrames, split_videos
+from model.lab.distill.loss import disagreement, distill_loss
+from model.lab.distill.report import agreement
+from model.lab.distill.teacher import ModelTeacher
+from model.lab.distill.teacher_cache import TeacherCache, find_videos
+from model.lab.distill.training import DistillConfig, distill, student_config
+from model.lab.train_parts import seed_everything
+from model.lab.training import TrainConfig
+from model.modeling.audio_frontend import SAMPLE_RATE, example_index_for_time, waveform_to_examples
+from model.variants import DEMO_CHECKPOINT
+from worker.core.media.probe import probe_media
+from worker.distill_inputs import SamplingConfig, decode_for_distill, evenly_spaced
+from worker.media.audio import read_audio
+from worker.media.samples import make_video
+from worker.synthetic_dataset import write_synthetic_dataset
+
+SAMPLING = SamplingConfig(fps=2.0, max_frames=4)
+
+
+class CountingTeacher:
+    """The real teacher, counting the frames it is asked to label."""
+
+    def __init__(self, inner: ModelTeacher) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.frames = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __call__(self, frames: np.ndarray, log_mel: np.ndarray) -> torch.Tensor:
+        self.calls += 1
+        self.frames += int(frames.shape[0])
+        return self.inner(frames, log_mel)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("distill-clips")
+    write_synthetic_dataset(root / "synth", subset="s4", videos=3, seed=21, size=64, mp4=True)
+    videos = root / "videos"
+    (videos / "sub").mkdir(parents=True)
+    mp4s = sorted((root / "synth" / "mp4").glob("*.mp4"))
+    shutil.copy(mp4s[0], videos / mp4s[0].name)
+    shutil.copy(mp4s[1], videos / mp4s[1].name)
+    shutil.copy(mp4s[2], videos / "sub" / mp4s[2].name)  # found recursively
+    (videos / "notes.txt").write_text("not a video")  # ignored: not a video suffix
+    return videos
+
+
+@pytest.fixture(scope="module")
+def teacher() -> ModelTeacher:
+    return ModelTeacher.from_checkpoint(DEMO_CHECKPOINT)
+
+
+def _decode(path: Path, sizes, *, sampling: SamplingConfig = SAMPLING):
+    return decode_for_distill(path, sizes, sampling)
+
+
+def test_decode_samples_frames_and_pairs_each_with_the_sound_serving_would_give(clips: Path) -> None:
+    video = find_videos(clips)[0]
+    clip = decode_for_distill(video, (128, 64), SAMPLING)
+    assert set(clip.frames) == {128, 64}
+    assert clip.frames[128].shape == (4, 128, 128, 3)
+    assert clip.frames[64].shape == (4, 64, 64, 3)
+    assert clip.decoded == 10  # 4.8 s at 2 frames/s
+    assert np.allclose(clip.pts_s, [0.0, 1.5, 3.0, 4.5])  # the cap: first to last, evenly spaced
+    # the pipeline's rule: the 0.96 s window of each frame's time, from the whole sound track
+    wave = read_audio(probe_media(video), sample_rate=SAMPLE_RATE)
+    examples = waveform_to_examples(torch.as_tensor(wave), pad_end=True).numpy()
+    for row, t in zip(clip.log_mel, clip.pts_s, strict=True):
+        assert np.array_equal(row, examples[example_index_for_time(t)])
+    assert list(evenly_spaced(10, 4)) == [0, 3, 6, 9]
+    assert list(evenly_spaced(3, 4)) == [0, 1, 2]
+
+
+def test_second_labelling_reuses_the_cache_and_a_changed_video_is_labelled_again(
+        clips: Path, teacher: ModelTeacher, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    shutil.copytree(clips, videos)
+    counting = CountingTeacher(teacher)
+    cache = TeacherCache(tmp_path / "cache")
+    first = cache.label(find_videos(videos), videos, counting, _decode, student_size=128,
+                        sampling=SAMPLING.to_dict())
+    assert counting.calls == 3
+    assert first.frames_labelled == 12
+    assert len(first.labelled) == 3
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert sorted(manifest["videos"]) == sorted(first.entries)
+    arrays = cache.load(next(iter(first.entries.values())))
+    assert arrays["teacher"].dtype == np.float16
+    assert arrays["teacher"].shape == (4, 1, 64, 64)
+    assert arrays["frames"].shape == (4, 128, 128, 3)
+
+    again = TeacherCache(tmp_path / "cache").label(find_videos(videos), videos, counting, _decode,
+                                                   student_size=128, sampling=SAMPLING.to_dict())
+    assert counting.calls == 3
+    assert again.frames_labelled == 0
+    assert len(again.reused) == 3
+
+    changed = find_videos(videos)[0]
+    make_video(changed, duration_s=1.0, size=(96, 64), fps=10, tone_hz=660.0)
+    third = TeacherCache(tmp_path / "cache").label(find_videos(videos), videos, counting, _decode,
+                                                   student_size=128, sampling=SAMPLING.to_dict())
+    rel = changed.relative_to(videos).as_posix()
+    assert third.labelled == [rel]
+    assert counting.calls == 4
+    assert len(third.reused) == 2
+    assert len(list((tmp_path / "cache" / "clips").glob("*.npz"))) == 3  # the stale labels were removed
+
+    # other sampling settings are another key: everything is labelled again
+    TeacherCache(tmp_path / "cache").label(find_videos(videos), videos, counting,
+                                           partial(_decode, sampling=SamplingConfig(fps=1.0, max_frames=4)),
+                                           student_size=128, sampling={"fps": 1.0, "max_frames": 4})
+    assert counting.calls == 7
+
+
+def test_a_refused_file_is_reported_and_the_others_are_labelled(clips: Path, teacher: ModelTeacher,
+                                                                tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    shutil.copytree(clips, videos)
+    (videos / "broken.mp4").write_bytes(b"this is not an mp4 file at all" * 10)
+    report = TeacherCache(tmp_path / "cache").label(find_videos(videos), videos, teacher, _decode,
+                                                    student_size=128, sampling=SAMPLING.to_dict())
+    assert len(report.entries) == 3
+    assert list(report.refused) == ["broken.mp4"]
+    assert report.refused["broken.mp4"].startswith("not_media")
+
+
+def test_loss_is_smallest_where_student_and_teacher_agree() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 1, 16, 16) * 4
+    aux = torch.zeros(2, 1, 8, 8)
+    same = distill_loss(teacher.clone(), aux, teacher)
+    other = distill_loss(-teacher, aux, teacher)
+    assert same["soft"] < other["soft"]
+    assert same["hard"] < other["hard"]
+    assert disagreement(teacher, teacher) == 0.0
+    assert disagreement(-teacher, teacher) == 1.0
+    # multi-class: the KL term is zero for identical logits, and the teacher may be cached at another size
+    classes = torch.randn(2, 5, 16, 16)
+    multi = distill_loss(classes.clone(), aux, classes)
+    assert float(multi["soft"]) == pytest.approx(0.0, abs=1e-5)
+    small = torch.nn.functional.interpolate(classes, size=(8, 8), mode="bilinear", align_corners=False)
+    assert distill_loss(classes, aux, small)["loss"].isfinite()
+    with pytest.raises(ValueError, match="classes"):
+        distill_loss(classes, aux, teacher)
+
+
+def test_a_few_steps_lower_disagreement_and_a_second_run_does_not_call_the_teacher(
+        clips: Path, teacher: ModelTeacher, tmp_path: Path) -> None:
+    counting = CountingTeacher(teacher)
+    out = tmp_path / "student.safetensors"
+    train = TrainConfig(data="", subset="distill", variant="avesformer-tiny", out=str(out), epochs=4,
+                        batch_size=4, lr=2e-3, tensorboard="", seed=7)
+    cfg = DistillConfig(teacher=str(DEMO_CHECKPOINT), videos=str(clips), train=train, sampling=SAMPLING.to_dict(),
+                        holdout=0.0, init_from_teacher=False, measure_fps=False)
+    summary = distill(cfg, decode=_decode, teacher=counting)
+    assert counting.calls == 3
+    assert summary["labelling"]["frames_labelled_now"] == 12
+    assert summary["training"]["steps"] == 12  # 12 frames / 4 per step x 4 epochs
+
+    cache = TeacherCache(f"{out}.cache")
+    entries = cache.manifest["videos"]
+    data = CachedFrames(cache, entries, sorted(entries))
+
+    seed_everything(7)  # the student as the run started it: same seed, same variant
+    before = build_model(student_config("avesformer-tiny", teacher.cfg)).eval()
+    after, info = load_checkpoint(out)
+    # disagreement = 1 - the AVSBench mIoU of the student's masks against the teacher's on the frames seen
+    d_before = 1 - agreement(before, info.config, data)["miou"]
+    d_after = 1 - agreement(after, info.config, data)["miou"]
+    assert d_after < d_before - 0.1, (d_before, d_after)
+    card = read_checkpoint_info(out).card
+    assert card["title"].startswith("avesformer-tiny distilled from AVESFormer-tiny trained on synthetic S4")
+    assert "3 unlabelled videos" in card["title"]
+
+    again = dataclasses.replace(train, out=str(tmp_path / "again.safetensors"), max_steps=1)
+    second = distill(dataclasses.replace(cfg, train=again, cache=f"{out}.cache"), decode=_decode, teacher=counting)
+    assert counting.calls == 3  # not called again
+    assert second["labelling"]["reused_videos"] == 3
+    assert second["labelling"]["frames_labelled_now"] == 0
+
+
+def test_held_out_split_is_deterministic_and_leaves_both_sides_non_empty() -> None:
+    names = [f"v{i}.mp4" for i in range(10)]
+    train, held = split_videos(names, 0.2)
+    assert len(held) == 2
+    assert set(train) | set(held) == set(names)
+    assert not set(train) & set(held)
+    assert set(split_videos(list(reversed(names)), 0.2)[1]) == set(held)  # by name, not by position
+    assert [len(side) for side in split_videos(names[:2], 0.9)] == [1, 1]
+    assert split_videos(names, 0.0) == (names, [])
