@@ -23,14 +23,23 @@ def _distill(args: argparse.Namespace) -> int:
 
     from model.lab.distill.training import DistillConfig, distill
     from model.lab.training import TrainConfig
-    from worker.distill_inputs import SamplingConfig
+    from worker.distill_inputs import DEFAULT_SAMPLE_FPS, SamplingConfig
 
-    sampling = SamplingConfig(fps=args.sample_fps, max_frames=args.max_frames)
+    videos = args.videos
+    fps = args.sample_fps
+    if args.data:
+        from worker.distill_layout import LAYOUT_SAMPLE_FPS, layout_videos
+
+        # the AVSBench stills as lossless videos, one still per 0.96 s window (labels never read)
+        videos = str(layout_videos(args.data, args.data_subset, args.data_split,
+                                   f"{args.cache or args.out + '.cache'}/layout-videos"))
+        fps = fps if fps is not None else LAYOUT_SAMPLE_FPS
+    sampling = SamplingConfig(fps=fps if fps is not None else DEFAULT_SAMPLE_FPS, max_frames=args.max_frames)
     values = {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) is not None}
     train = TrainConfig(data="", subset="distill", variant=args.variant, out=args.out, init=args.init,
                         overrides=tuple(args.set), device=args.device, resume=not args.no_resume,
                         save_dtype=args.save_dtype, compile=args.compile, **values)
-    cfg = DistillConfig(teacher=args.teacher, videos=args.videos, train=train, cache=args.cache,
+    cfg = DistillConfig(teacher=args.teacher, videos=videos, train=train, cache=args.cache,
                         sampling=sampling.to_dict(), logit_size=args.logit_size, holdout=args.holdout,
                         eval_videos=args.eval_videos, eval_data=args.eval_data, eval_subset=args.eval_subset,
                         eval_split=args.eval_split, temperature=args.temperature, soft_weight=args.soft_weight,
@@ -95,12 +104,19 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                     "manifest), train --variant on them with `avs train`'s machinery, and report agreement, "
                     "ground truth (--eval-data), the silence/shuffle checks and frames/s of both models.")
     p.add_argument("--teacher", required=True, help="the trained model's checkpoint (.safetensors)")
-    p.add_argument("--videos", required=True, help="folder of videos (any container the media pipeline takes; "
-                                                   "searched recursively; labels never read)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", help="folder of videos (any container the media pipeline takes; searched "
+                                         "recursively)")
+    source.add_argument("--data", help="an AVSBench-layout folder: its clips' frames and wav only (labels never "
+                                       "read), muxed losslessly into <cache>/layout-videos")
+    p.add_argument("--data-subset", default="s4", choices=["s4", "ms3", "avss"], help="--data's subset (default: s4)")
+    p.add_argument("--data-split", default="train", choices=["train", "val", "test"],
+                   help="--data's split (default: train)")
     p.add_argument("--variant", default="avesformer-tiny", help="the student (default: avesformer-tiny)")
     p.add_argument("--out", required=True, help="the student's checkpoint (.safetensors)")
     p.add_argument("--cache", default=None, help="the teacher's cache folder (default: <out>.cache)")
-    p.add_argument("--sample-fps", type=float, default=2.0, help="frames labelled per second of video (default: 2)")
+    p.add_argument("--sample-fps", type=float, default=None,
+                   help="frames labelled per second of video (default: 2; with --data one per 0.96 s still)")
     p.add_argument("--max-frames", type=int, default=16,
                    help="at most this many frames per video, evenly spaced (default: 16)")
     p.add_argument("--logit-size", type=int, default=None,

@@ -212,3 +212,32 @@ def test_held_out_split_is_deterministic_and_leaves_both_sides_non_empty() -> No
     assert set(split_videos(list(reversed(names)), 0.2)[1]) == set(held)  # by name, not by position
     assert [len(side) for side in split_videos(names[:2], 0.9)] == [1, 1]
     assert split_videos(names, 0.0) == (names, [])
+
+
+def test_an_avsbench_layout_becomes_videos_without_reading_a_label(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from model.lab.data import layout
+    from model.lab.data.avsbench_audio import load_log_mel_pkl
+    from worker.distill_layout import LAYOUT_SAMPLE_FPS, layout_videos
+
+    data = tmp_path / "s4"
+    write_synthetic_dataset(data, subset="s4", videos=2, seed=3, size=128, mp4=False)
+    shutil.rmtree(data / "s4_data" / "gt_masks")  # labels gone: nothing may need them
+    folder = layout_videos(data, "s4", "train", tmp_path / "videos")
+    videos = find_videos(folder)
+    assert len(videos) == 2
+    first_bytes = videos[0].read_bytes()
+    category, name = videos[0].parent.name, videos[0].stem
+    clip = decode_for_distill(videos[0], (128,), SamplingConfig(fps=LAYOUT_SAMPLE_FPS, max_frames=16))
+    assert clip.frames[128].shape[0] == 5  # one per still
+    assert np.allclose(clip.pts_s, np.arange(5) * 0.96, atol=1e-3)
+    # each still hears its own 0.96 s window: the log-mel AVSBench's loader would give it
+    pkl = load_log_mel_pkl(layout.s4_audio_pkl_path(data, "train", category, name)).numpy()
+    assert np.abs(clip.log_mel - pkl).max() < 0.05  # the same sound, decoded by ffmpeg instead of torchaudio
+    assert np.abs(clip.log_mel - np.roll(pkl, 1, axis=0)).max() > 1.0  # and not another window
+    for t in range(5):  # lossless apart from the RGB <-> YUV 4:4:4 rounding
+        still = np.asarray(Image.open(layout.s4_frame_path(data, "train", category, name, t)).convert("RGB"))
+        assert np.abs(clip.frames[128][t].astype(int) - still.astype(int)).mean() < 2.0
+    layout_videos(data, "s4", "train", tmp_path / "again")  # bit-exact: the cache key of a clip is stable
+    assert (tmp_path / "again" / category / f"{name}.mkv").read_bytes() == first_bytes
