@@ -241,3 +241,28 @@ def test_an_avsbench_layout_becomes_videos_without_reading_a_label(tmp_path: Pat
         assert np.abs(clip.frames[128][t].astype(int) - still.astype(int)).mean() < 2.0
     layout_videos(data, "s4", "train", tmp_path / "again")  # bit-exact: the cache key of a clip is stable
     assert (tmp_path / "again" / category / f"{name}.mkv").read_bytes() == first_bytes
+
+
+def test_a_multi_class_teacher_gives_a_multi_class_student(clips: Path, tmp_path: Path) -> None:
+    from model.checkpoint import save_checkpoint
+    from model.variants import get_config
+
+    names = ("background", "circle", "square", "star")
+    tcfg = get_config("avsegformer-tiny").replace(num_classes=4, class_names=names)
+    torch.manual_seed(0)
+    teacher_path = save_checkpoint(build_model(tcfg).eval(), tcfg, tmp_path / "teacher4.safetensors")
+    out = tmp_path / "student4.safetensors"
+    train = TrainConfig(data="", subset="distill", variant="avesformer-tiny", out=str(out), epochs=1,
+                        batch_size=4, max_steps=2, tensorboard="")
+    cfg = DistillConfig(teacher=str(teacher_path), videos=str(clips), train=train, sampling=SAMPLING.to_dict(),
+                        holdout=0.34, measure_fps=False)
+    summary = distill(cfg, decode=_decode)
+    model, info = load_checkpoint(out)
+    assert info.config.num_classes == 4
+    assert info.config.class_names == names
+    assert summary["student"]["num_classes"] == 4
+    assert summary["training"]["init_report"]["taken"]["tensors"] > 0  # the teacher's shared tensors
+    assert set(summary["agreement"]) == {"normal", "silence", "shuffle"}
+    assert 0.0 <= summary["agreement"]["normal"]["miou"] <= 1.0
+    arrays = TeacherCache(f"{out}.cache").load(next(iter(TeacherCache(f"{out}.cache").manifest["videos"].values())))
+    assert arrays["teacher"].shape[1] == 4  # the cache keeps every class's logits
