@@ -34,6 +34,8 @@ def _distill(args: argparse.Namespace) -> int:
         videos = str(layout_videos(args.data, args.data_subset, args.data_split,
                                    f"{args.cache or args.out + '.cache'}/layout-videos"))
         fps = fps if fps is not None else LAYOUT_SAMPLE_FPS
+    if args.gt_weight and not args.data:
+        raise ValueError("--gt-weight needs --data (an AVSBench layout with masks)")
     sampling = SamplingConfig(fps=fps if fps is not None else DEFAULT_SAMPLE_FPS, max_frames=args.max_frames)
     values = {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) is not None}
     train = TrainConfig(data="", subset="distill", variant=args.variant, out=args.out, init=args.init,
@@ -44,7 +46,8 @@ def _distill(args: argparse.Namespace) -> int:
                         eval_videos=args.eval_videos, eval_data=args.eval_data, eval_subset=args.eval_subset,
                         eval_split=args.eval_split, temperature=args.temperature, soft_weight=args.soft_weight,
                         hard_weight=args.hard_weight, init_from_teacher=not args.no_init,
-                        measure_fps=not args.no_fps)
+                        measure_fps=not args.no_fps, gt_data=args.data, gt_subset=args.data_subset,
+                        gt_split=args.data_split, gt_weight=args.gt_weight)
     main = int(os.environ.get("RANK", "0")) == 0
     with tqdm(unit="step", desc="distill", disable=None if main else True, file=sys.stderr) as bar:
         def progress(row: dict[str, Any]) -> None:
@@ -131,6 +134,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft-target term (default: 1)")
     p.add_argument("--hard-weight", type=float, default=1.0,
                    help="weight of Dice (CE for classes) on the teacher's hard masks (default: 1)")
+    p.add_argument("--gt-weight", type=float, default=0.0,
+                   help="with --data: add the recipe's supervised loss on the frames that have a mask, with this "
+                        "weight (default: 0, labels never read)")
     p.add_argument("--init", default=None, help="start the student from this checkpoint (default: the teacher's "
                                                 "tensors whose name and shape fit)")
     p.add_argument("--no-init", action="store_true", help="start the student from scratch")

@@ -31,6 +31,7 @@ from model.lab.distill.report import AUDIO_MODES, agreement, frames_per_second
 from model.lab.distill.teacher import ModelTeacher
 from model.lab.distill.teacher_cache import Decode, LabelReport, TeacherCache, find_videos
 from model.lab.distributed import DistContext, barrier, init_distributed, shutdown
+from model.lab.losses import binary_loss, semantic_loss
 from model.lab.training import TrainConfig, _Trainer, check_train_config
 from model.variants import get_config
 
@@ -57,6 +58,10 @@ class DistillConfig:
     soft_weight: float = DEFAULT_SOFT_WEIGHT
     hard_weight: float = DEFAULT_HARD_WEIGHT
     init_from_teacher: bool = True  # the student starts from the teacher's tensors whose name and shape fit
+    gt_data: str | None = None  # the AVSBench layout the videos came from (`--data`): its masks, when gt_weight > 0
+    gt_subset: str = "s4"
+    gt_split: str = "train"
+    gt_weight: float = 0.0  # weight of the recipe's supervised loss on frames that have a mask (0: none)
     measure_fps: bool = True
 
 
@@ -84,7 +89,11 @@ class DistillTrainer(_Trainer):
         return student_config(self.cfg.variant, self.teacher_cfg, self.cfg.overrides)
 
     def _train_dataset(self) -> Any:
-        dataset = CachedFrames(self.cache, self.train_entries, self.train_names)
+        dcfg = self.dcfg
+        gt = (dcfg.gt_data, dcfg.gt_subset, dcfg.gt_split) if dcfg.gt_weight > 0 and dcfg.gt_data else None
+        dataset = CachedFrames(self.cache, self.train_entries, self.train_names, ground_truth=gt)
+        if gt is not None and dataset.gt_valid is not None and not bool(dataset.gt_valid.any()):
+            raise ConfigError(f"--gt-weight: no sampled frame has a mask in {dcfg.gt_data} ({dcfg.gt_split})")
         if len(dataset) == 0:
             raise ConfigError("no cached frame to train on")
         side = int(dataset.frames.shape[1])
@@ -101,6 +110,14 @@ class DistillTrainer(_Trainer):
         losses = distill_loss(out.mask_logits, out.aux_logits, batch["teacher"].to(device, non_blocking=True),
                               temperature=self.dcfg.temperature, soft_weight=self.dcfg.soft_weight,
                               hard_weight=self.dcfg.hard_weight)
+        if "gt_valid" in batch and bool(batch["gt_valid"].any()):  # the recipe's own loss on labelled frames
+            rows = batch["gt_valid"].to(device)
+            gt = batch["gt"].to(device)[rows]
+            mask_logits, aux_logits = out.mask_logits.float()[rows], out.aux_logits.float()[rows]
+            supervised = binary_loss(mask_logits, aux_logits, gt) if self.model_cfg.num_classes == 1 else \
+                semantic_loss(mask_logits, aux_logits, gt.long())
+            losses["gt"] = supervised["loss"]
+            losses["loss"] = losses["loss"] + self.dcfg.gt_weight * supervised["loss"]
         return losses, int(frames.shape[0])
 
     def _evaluate(self) -> dict[str, Any]:
@@ -189,7 +206,8 @@ def _report(dcfg: DistillConfig, teacher: ModelTeacher, trainer: DistillTrainer,
         "train_videos": len(train_names), "heldout_videos": len(held_names),
         "train_frames": len(trainer.dataset), "loss": {"temperature": dcfg.temperature,
                                                        "soft_weight": dcfg.soft_weight,
-                                                       "hard_weight": dcfg.hard_weight},
+                                                       "hard_weight": dcfg.hard_weight,
+                                                       "gt_weight": dcfg.gt_weight if dcfg.gt_data else 0.0},
         "training": training,
     }
     if trainer.heldout is not None and len(trainer.heldout):

@@ -257,7 +257,7 @@ def test_a_multi_class_teacher_gives_a_multi_class_student(clips: Path, tmp_path
     cfg = DistillConfig(teacher=str(teacher_path), videos=str(clips), train=train, sampling=SAMPLING.to_dict(),
                         holdout=0.34, measure_fps=False)
     summary = distill(cfg, decode=_decode)
-    model, info = load_checkpoint(out)
+    _model, info = load_checkpoint(out)
     assert info.config.num_classes == 4
     assert info.config.class_names == names
     assert summary["student"]["num_classes"] == 4
@@ -266,3 +266,33 @@ def test_a_multi_class_teacher_gives_a_multi_class_student(clips: Path, tmp_path
     assert 0.0 <= summary["agreement"]["normal"]["miou"] <= 1.0
     arrays = TeacherCache(f"{out}.cache").load(next(iter(TeacherCache(f"{out}.cache").manifest["videos"].values())))
     assert arrays["teacher"].shape[1] == 4  # the cache keeps every class's logits
+
+
+def test_ground_truth_joins_the_loss_only_when_asked(tmp_path: Path, teacher: ModelTeacher) -> None:
+    from model.lab.distill.ground_truth import layout_masks
+    from worker.distill_layout import LAYOUT_SAMPLE_FPS, layout_videos
+
+    data = tmp_path / "s4"
+    write_synthetic_dataset(data, subset="s4", videos=2, seed=4, size=128, mp4=False)
+    videos = layout_videos(data, "s4", "train", tmp_path / "videos")
+    sampling = SamplingConfig(fps=LAYOUT_SAMPLE_FPS, max_frames=16)
+    rel = find_videos(videos)[0].relative_to(videos).as_posix()
+    masks, valid = layout_masks(data, "s4", "train", rel, np.arange(5) * 0.96, 128)
+    assert bool(valid.all())
+    assert masks.shape == (5, 128, 128)
+    assert 0 < float(masks.mean()) < 0.5  # a sounding shape, not an empty or full mask
+
+    rows = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"student-{weight}.safetensors"
+        train = TrainConfig(data="", subset="distill", variant="avesformer-tiny", out=str(out), epochs=1,
+                            batch_size=5, max_steps=1, tensorboard="")
+        cfg = DistillConfig(teacher=str(DEMO_CHECKPOINT), videos=str(videos), train=train,
+                            sampling=sampling.to_dict(), holdout=0.0, measure_fps=False, init_from_teacher=False,
+                            gt_data=str(data), gt_subset="s4", gt_split="train", gt_weight=weight,
+                            cache=str(tmp_path / "cache"))
+        distill(cfg, decode=partial(_decode, sampling=sampling), teacher=teacher)
+        rows[weight] = json.loads(Path(f"{out}.log.jsonl").read_text().splitlines()[0])
+    assert "gt" not in rows[0.0]
+    assert rows[1.0]["gt"] > 0
+    assert rows[1.0]["loss"] == pytest.approx(rows[0.0]["loss"] + rows[1.0]["gt"], abs=1e-3)
