@@ -17,6 +17,10 @@ _TRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "schedule
 
 def _distill(args: argparse.Namespace) -> int:
     import os
+
+    if args.gt_weight and not args.data:
+        raise ValueError("--gt-weight needs --data (an AVSBench layout with masks)")
+
     from functools import partial
 
     from tqdm import tqdm
@@ -34,8 +38,6 @@ def _distill(args: argparse.Namespace) -> int:
         videos = str(layout_videos(args.data, args.data_subset, args.data_split,
                                    f"{args.cache or args.out + '.cache'}/layout-videos"))
         fps = fps if fps is not None else LAYOUT_SAMPLE_FPS
-    if args.gt_weight and not args.data:
-        raise ValueError("--gt-weight needs --data (an AVSBench layout with masks)")
     sampling = SamplingConfig(fps=fps if fps is not None else DEFAULT_SAMPLE_FPS, max_frames=args.max_frames)
     values = {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) is not None}
     train = TrainConfig(data="", subset="distill", variant=args.variant, out=args.out, init=args.init,

@@ -296,3 +296,33 @@ def test_ground_truth_joins_the_loss_only_when_asked(tmp_path: Path, teacher: Mo
     assert "gt" not in rows[0.0]
     assert rows[1.0]["gt"] > 0
     assert rows[1.0]["loss"] == pytest.approx(rows[0.0]["loss"] + rows[1.0]["gt"], abs=1e-3)
+
+
+def test_the_cli_distills_and_refuses_bad_input_with_a_code(clips: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def avs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", "distill", *args, "--json"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    out = tmp_path / "s.safetensors"
+    run = avs("--teacher", str(DEMO_CHECKPOINT), "--videos", str(clips), "--out", str(out), "--max-frames", "2",
+              "--max-steps", "1", "--batch-size", "2", "--holdout", "0.34", "--no-fps", "--tensorboard", "")
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout)
+    assert summary["labelling"]["frames"] == 6  # 3 videos x the cap of 2
+    assert summary["sampling"] == {"fps": 2.0, "max_frames": 2}
+    assert summary["heldout_videos"] == 1
+    assert Path(summary["report"]).is_file()
+
+    missing = avs("--teacher", str(DEMO_CHECKPOINT), "--videos", str(tmp_path / "nowhere"), "--out", str(out))
+    assert missing.returncode == 2
+    assert json.loads(missing.stdout)["error"]["code"] == "invalid_config"
+    no_layout = avs("--teacher", str(DEMO_CHECKPOINT), "--videos", str(clips), "--gt-weight", "1", "--out", str(out))
+    assert no_layout.returncode == 2
+    assert "--gt-weight needs --data" in no_layout.stderr
