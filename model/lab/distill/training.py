@@ -125,17 +125,19 @@ class DistillTrainer(_Trainer):
         return agreement(self.model, self.model_cfg, self.heldout, device=str(self.ctx.device))
 
 
-def _label(dcfg: DistillConfig, teacher: ModelTeacher, decode: Decode, cache: TeacherCache, folder: str,
-           student_size: int, on_video: Callable[[int, int, str], None] | None) -> LabelReport:
-    return cache.label(find_videos(folder), Path(folder), teacher, decode, student_size=student_size,
-                       sampling=dcfg.sampling, logit_size=dcfg.logit_size, on_video=on_video)
+def _label(dcfg: DistillConfig, teacher: ModelTeacher, decode: Decode, cache_dir: Path, folder: str,
+           student_size: int, on_video: Callable[[int, int, str], None] | None) -> tuple[TeacherCache, LabelReport]:
+    cache = TeacherCache(cache_dir)  # its manifest read now: after the main process wrote it
+    return cache, cache.label(find_videos(folder), Path(folder), teacher, decode, student_size=student_size,
+                              sampling=dcfg.sampling, logit_size=dcfg.logit_size, on_video=on_video)
 
 
-def _labelled(ctx: DistContext, fn: Callable[[], LabelReport]) -> LabelReport:
-    """The main process labels, then the others read the cache it wrote."""
-    report = fn() if ctx.is_main else None
+def _labelled(ctx: DistContext, fn: Callable[[], tuple[TeacherCache, LabelReport]]) -> tuple[TeacherCache,
+                                                                                           LabelReport]:
+    """The main process labels, then the others read the cache it wrote (and call no teacher)."""
+    done = fn() if ctx.is_main else None
     barrier(ctx)
-    return report if report is not None else fn()
+    return done if done is not None else fn()
 
 
 def distill(dcfg: DistillConfig, *, decode: Decode, on_step: Callable[[dict[str, Any]], None] | None = None,
@@ -160,14 +162,13 @@ def distill(dcfg: DistillConfig, *, decode: Decode, on_step: Callable[[dict[str,
         student_cfg = student_config(cfg.variant, teacher.cfg, cfg.overrides)
         size = cfg.size or student_cfg.input_size
         cache_dir = Path(dcfg.cache or f"{cfg.out}.cache")
-        cache = TeacherCache(cache_dir)
-        labels = _labelled(ctx, lambda: _label(dcfg, teacher, decode, cache, dcfg.videos, size, on_video))
+        cache, labels = _labelled(ctx, lambda: _label(dcfg, teacher, decode, cache_dir, dcfg.videos, size,
+                                                      on_video))
         names = sorted(labels.entries)
         eval_labels = None
         if dcfg.eval_videos:
-            eval_cache = TeacherCache(cache_dir / "heldout")
-            eval_labels = _labelled(ctx, lambda: _label(dcfg, teacher, decode, eval_cache, dcfg.eval_videos, size,
-                                                        on_video))
+            eval_cache, eval_labels = _labelled(ctx, lambda: _label(dcfg, teacher, decode, cache_dir / "heldout",
+                                                                    dcfg.eval_videos, size, on_video))
             train_names, held_names = names, sorted(eval_labels.entries)
             heldout = CachedFrames(eval_cache, eval_labels.entries, held_names)
         else:

@@ -326,3 +326,28 @@ def test_the_cli_distills_and_refuses_bad_input_with_a_code(clips: Path, tmp_pat
     no_layout = avs("--teacher", str(DEMO_CHECKPOINT), "--videos", str(clips), "--gt-weight", "1", "--out", str(out))
     assert no_layout.returncode == 2
     assert "--gt-weight needs --data" in no_layout.stderr
+
+
+def test_two_gloo_processes_distill_from_one_labelling(clips: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                         "MASTER_"))},
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = tmp_path / "ddp.safetensors"
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                          "-m", "app.cli", "distill", "--teacher", str(DEMO_CHECKPOINT), "--videos", str(clips),
+                          "--out", str(out), "--max-frames", "2", "--holdout", "0", "--max-steps", "2",
+                          "--batch-size", "2", "--no-fps", "--tensorboard", "", "--json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])  # rank 0 alone prints the summary
+    assert summary["training"]["world_size"] == 2
+    assert summary["training"]["global_batch"] == 4
+    assert summary["labelling"]["frames_labelled_now"] == 6
+    manifest = json.loads((tmp_path / "ddp.safetensors.cache" / "manifest.json").read_text())
+    assert len(manifest["videos"]) == 3
+    assert len(list((tmp_path / "ddp.safetensors.cache" / "clips").glob("*.npz"))) == 3
