@@ -55,6 +55,7 @@ class SamplingConfig:
             raise ValueError(f"max frames per video must be >= 1, got {self.max_frames!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """{"fps", "max_frames"}: what the teacher cache's key records."""
         return asdict(self)
 
 

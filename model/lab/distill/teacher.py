@@ -50,10 +50,12 @@ class ModelTeacher:
 
     @property
     def input_size(self) -> int:
+        """The side S of the square frames the teacher takes."""
         return self.cfg.input_size
 
     @property
     def num_classes(self) -> int:
+        """K: 1 (binary masks) or the number of classes, background included."""
         return self.cfg.num_classes
 
     @torch.inference_mode()

@@ -79,6 +79,7 @@ def find_videos(folder: str | Path) -> list[Path]:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -135,6 +136,7 @@ class TeacherCache:
         os.replace(tmp, self.manifest_path)
 
     def clip_path(self, entry: dict[str, Any]) -> Path:
+        """Where an entry's arrays live: `<folder>/clips/<entry["file"]>`."""
         return self.folder / "clips" / entry["file"]
 
     def load(self, entry: dict[str, Any]) -> dict[str, np.ndarray]:
