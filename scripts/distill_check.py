@@ -44,7 +44,7 @@ def main() -> int:
     p.add_argument("--unlabelled-clips", type=int, default=60)
     p.add_argument("--heldout-clips", type=int, default=30)
     p.add_argument("--teacher-epochs", type=int, default=3)
-    p.add_argument("--student-epochs", type=int, default=12)
+    p.add_argument("--student-epochs", type=int, default=6)
     args = p.parse_args()
     work, results = Path(args.work), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,9 @@ def main() -> int:
                    "--init", str(DEMO), "--out", str(teacher), "--epochs", str(args.teacher_epochs),
                    "--batch-size", "4", "--lr", "3e-4", "--tensorboard", ""]
     teacher_summary, stages["teacher training"] = avs(*teacher_cmd)
+    # a rerun resumes the finished teacher (no step): its training time is the log's last step
+    log = [json.loads(line) for line in Path(f"{teacher}.log.jsonl").read_text().splitlines()]
+    teacher_summary["seconds_logged"] = log[-1]["seconds"]
     student = work / "student.safetensors"
     distill_cmd = ["distill", "--teacher", str(teacher), "--videos", str(work / "unlabelled" / "mp4"),
                    "--eval-videos", str(work / "heldout" / "mp4"), "--eval-data", str(work / "heldout"),
@@ -82,8 +85,8 @@ def main() -> int:
               and again["labelling"]["frames_labelled_now"] == 0}
     report = {"checks": checks, "stage_seconds": stages, "wall_seconds": round(time.perf_counter() - started, 1),
               "commands": {"teacher": "avs " + " ".join(teacher_cmd), "distill": "avs " + " ".join(distill_cmd)},
-              "teacher_training": {k: teacher_summary.get(k) for k in ("steps", "seconds", "final_loss",
-                                                                        "train_clips")},
+              "teacher_training": {k: teacher_summary.get(k) for k in ("steps", "seconds", "seconds_logged",
+                                                                        "final_loss", "train_clips")},
               "distill": summary, "second_run_labelling": again["labelling"], "cpu_count": os.cpu_count()}
     results.mkdir(parents=True, exist_ok=True)
     (results / "distill-check.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
