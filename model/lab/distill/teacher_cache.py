@@ -167,9 +167,11 @@ class TeacherCache:
             else:
                 try:
                     entry = self._label_one(video, rel, key, teacher, decode, student_size, logit_size, report)
-                except Exception as exc:  # a refused video is reported and skipped, never fatal on its own
+                except Exception as exc:  # a refused video (MediaError) is reported and skipped; bugs propagate
                     code = getattr(exc, "code", None)
-                    report.refused[rel] = f"{getattr(code, 'value', code) or type(exc).__name__}: {exc}"
+                    if code is None:
+                        raise
+                    report.refused[rel] = f"{getattr(code, 'value', code)}: {exc}"
                     known.pop(rel, None)
                     continue
                 known[rel] = entry
