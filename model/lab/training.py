@@ -269,7 +269,8 @@ class _Trainer:
         log_path = self.out.with_name(self.out.name + ".log.jsonl")
         if self.resumed_from is not None:
             _cut_log(log_path, self.resumed_from)  # lines a killed run wrote after its last state come again
-        jsonl = log_path.open("a", encoding="utf-8")
+        # a resumed run continues its log; a fresh one (--no-resume, or no state yet) starts a new one
+        jsonl = log_path.open("a" if self.resumed_from is not None else "w", encoding="utf-8")
         folder = self.cfg.tensorboard if self.cfg.tensorboard is not None else str(self.out) + ".tb"
         if not folder:
             return jsonl, None
