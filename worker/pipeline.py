@@ -58,6 +58,7 @@ class SegmentOptions:
     batch_size: int = 8
     fps: float | None = None  # resample the video to this frame rate first; None = every decoded frame
     overlay: bool = False
+    preview: bool = False  # also write preview.mp4 (a browser-safe copy, frame-exact with the masks)
     png: bool = False
     limits: MediaLimits = field(default_factory=MediaLimits)
     threshold: float | None = None  # binary masks: overrides the predictor's sigmoid threshold
@@ -84,6 +85,7 @@ class SegmentResult:
     seconds_total: float
     masks_path: str
     overlay_path: str | None = None
+    preview_path: str | None = None
     frames_skipped: int = 0  # undecodable frames before the first one (a stream starting mid-GOP)
 
     @property
@@ -200,10 +202,18 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps, fence=fence,
                                          num_classes=predictor.num_classes, limits=options.limits))
         timings["overlay"] = time.perf_counter() - t
+    preview_path = None
+    if options.preview:
+        from worker.preview import PREVIEW, write_preview
+
+        t = time.perf_counter()
+        preview_path = str(write_preview(info, masks_path, out / PREVIEW, fps=options.fps, fence=fence,
+                                         limits=options.limits))
+        timings["preview"] = time.perf_counter() - t
     return SegmentResult(frames=stats.frames, video=info.to_dict(), frames_skipped=reader.frames_skipped,
                          timings={k: round(v, 4) for k, v in timings.items()},
                          seconds_total=time.perf_counter() - started, masks_path=str(masks_path),
-                         overlay_path=overlay_path)
+                         overlay_path=overlay_path, preview_path=preview_path)
 
 
 def encode_masks(predictor: AVSPredictor, logits: torch.Tensor, start_index: int, pts_s: list[float],

@@ -129,6 +129,10 @@ class JobRecord(BaseModel):
                                                           "(frames received / processed / dropped, latency); a "
                                                           "REST stream's, of its last run, with `ended_by`")
     stream: StreamSpec | None = Field(None, description="a REST stream's source and mode")
+    api_key_id: str | None = Field(None, description="`worker.core.api_keys.key_id` of the key that created the "
+                                                     "job (None: no key); GET /jobs lists a caller's own jobs")
+    preview: str | None = Field(None, description="the browser-safe preview's file name in the job directory, "
+                                                  "once written (`worker.preview`)")
 
     @field_validator("error", mode="before")
     @classmethod
