@@ -169,14 +169,14 @@ def test_an_uploaded_clip_is_drawn_frame_by_frame_where_its_sounding_object_is(
     expect(row).to_contain_text(clip.name)
     expect(row).to_contain_text("succeeded")
 
-    # after a reload the job is still listed; the video is not kept, so the page asks for the file again
+    # after a reload the job is still listed; the page has no file any more, so it plays the video the service
+    # keeps with the job (media.preview_url), and the masks go on it as before
     page.reload()
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     page.locator("#jobs tbody tr", has_text=clip.name).first.locator("button.view").click()
-    expect(page.locator("#need-file")).to_be_visible()
-    expect(page.locator("#scrubber")).to_have_attribute("max", str(frames - 1))
-    page.set_input_files("#refile", str(clip))
+    expect(page.locator("#upload-stage")).to_have_attribute("data-source", "preview")
     expect(page.locator("#need-file")).to_be_hidden()
+    expect(page.locator("#scrubber")).to_have_attribute("max", str(frames - 1))
     page.fill("#scrubber", "31")
     expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", "31")
 

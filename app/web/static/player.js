@@ -162,7 +162,9 @@ export class Player {
         url = apiUrl(previewUrl.replace(/^.*?jobs\//, "jobs/")).href;
       }
       this.play(url, "preview");
-      this.notice(`${why}: playing the browser-safe preview (H.264 MP4) the service made of it, frame for frame.`);
+      const kept = !this.previewFor && this.job && this.job.media && this.job.media.browser_playable;
+      this.notice(kept ? "Playing the video as the service keeps it with the job (your file is not in this page)."
+        : `${why}: playing the browser-safe preview (H.264 MP4) the service made of it, frame for frame.`);
     } catch (error) {
       if (token === this.token) this.notice(`${why}, and its preview could not be loaded (${error.code || ""} ${error.message}).`);
     } finally {

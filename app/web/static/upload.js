@@ -43,7 +43,9 @@ class JobView {
       try {
         this.record = await getJson(`jobs/${this.job.job_id}`);
       } catch (error) {
-        if (!this.stopped) showError(error);
+        if (this.stopped) return;
+        if (error.code === "job_deleted") return this.gone();
+        showError(error);
         return;
       }
       showProgress(this.record);
@@ -78,11 +80,21 @@ class JobView {
         if (end) return;
       } catch (error) {
         if (this.stopped) return;
+        if (error.code === "job_deleted") return this.gone();
         if (error instanceof ApiError && error.code !== "network_error") return showError(error);
       }
       fromFrame = this.masks.length; // cut without its end line: resume after the last frame received
       await sleep(1000);
     }
+  }
+
+  /** The job was deleted (410 job_deleted): say so, offer nothing of it. */
+  gone() {
+    this.stop();
+    $("job-status").textContent = "deleted: its masks and files are gone";
+    $("download-masks").hidden = true;
+    $("download-overlay").hidden = true;
+    exportsPanel.update({ job_id: this.job.job_id, status: "deleted", deleted: true });
   }
 
   add(record) {
@@ -346,7 +358,8 @@ function fill(jobs) {
     for (const b of actions.querySelectorAll("button")) b.setAttribute("aria-label", `${b.textContent} ${job.filename}`);
     tr.append(name, state, frames, actions);
     getJson(`jobs/${job.job_id}`).then(refreshRow).catch((error) => {
-      state.textContent = error.code === "not_found" ? "expired" : error.code;
+      state.textContent = { not_found: "expired", job_deleted: "deleted" }[error.code] || error.code;
+      if (error.code === "job_deleted") tr.querySelector(".cancel").hidden = true;
     });
     return tr;
   }));
