@@ -28,6 +28,13 @@ class FrameRing {
     while (this.frames.length > 2 && t - this.frames[0].t > KEEP_S) this.frames.shift().bitmap.close();
   }
 
+  /** The frame taken nearest to time `t` (s), or null with none kept. */
+  nearest(t) {
+    let best = null;
+    for (const frame of this.frames) if (!best || Math.abs(frame.t - t) < Math.abs(best.t - t)) best = frame;
+    return best;
+  }
+
   /** The frame on screen at time `t`: the last one taken at or before it (the first one if none). */
   at(t) {
     let found = null;
@@ -55,7 +62,8 @@ class LiveSession {
     this.delays = []; // seconds from a frame's time to its mask's arrival, the last 30
     this.pending = []; // masks not yet shown in the delayed view, by pts_s
     this.ring = new FrameRing();
-    this.t0 = null; // performance.now() (ms) when the recorder started: the masks' pts_s count from here
+    this.t0 = null; // performance.now() (ms) when the recorder started: the masks' pts_s count from about here
+    this.offset = null; // s from t0 to the recording's first frame (pts_s 0): frame time = pts_s + offset
     this.ended = false;
     this.running = false;
   }
@@ -100,6 +108,8 @@ class LiveSession {
         const t = (taken - this.t0) / 1000;
         const width = Math.min(PICTURE_WIDTH, video.videoWidth);
         const height = Math.round((width * video.videoHeight) / video.videoWidth);
+        // the recording's first frame (pts 0 in what the server decodes) is the first one taken after start()
+        if (this.offset === null && t >= 0) this.offset = t;
         createImageBitmap(video, { resizeWidth: width, resizeHeight: height })
           .then((bitmap) => { if (this.running) this.ring.push(t, bitmap); else bitmap.close(); })
           .catch(() => { /* a frame gone before it was copied */ });
@@ -107,6 +117,14 @@ class LiveSession {
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
+  }
+
+  /** A mask with `at`: the time of the kept frame it belongs to, the one taken nearest to its pts_s (the
+   * estimate of where pts 0 is can be off by part of a frame: snapping puts the mask on its own frame). */
+  placed(message) {
+    const want = message.pts_s + (this.offset || 0);
+    const frame = this.ring.nearest(want);
+    return { ...message, at: frame && Math.abs(frame.t - want) < 0.1 ? frame.t : want };
   }
 
   /** The delay (s) the picture is shown with: the median of the recent frame-to-mask delays. */
@@ -129,11 +147,15 @@ class LiveSession {
     const frame = this.ring.at(t);
     if (frame && frame !== this.shownFrame) {
       drawPicture(frame.bitmap);
+      // the frame's time in the recording (s): what the pts_s of its mask is
+      $("live-picture").dataset.pts = (frame.t - (this.offset || 0)).toFixed(3);
       this.shownFrame = frame;
     }
     // the newest mask whose frame is on screen now; older ones are done with
+    // the newest mask of a frame at or before the one on screen (its own frame shows it first)
+    const shown = this.shownFrame ? this.shownFrame.t : t;
     let mask = null;
-    while (this.pending.length && this.pending[0].pts_s <= t + 0.02) mask = this.pending.shift();
+    while (this.pending.length && this.pending[0].at <= shown + 1e-6) mask = this.pending.shift();
     if (mask) layer.draw(mask);
     $("live-delay").textContent = `${(delay * 1000).toFixed(0)} ms`;
   }
@@ -159,11 +181,11 @@ class LiveSession {
       if (message.latency_ms != null) this.latencies.push(message.latency_ms);
       if (this.latencies.length > 200) this.latencies.shift();
       if (this.t0 !== null && typeof message.pts_s === "number") {
-        this.delays.push((performance.now() - this.t0) / 1000 - message.pts_s);
+        this.delays.push((performance.now() - this.t0) / 1000 - (message.pts_s + (this.offset || 0)));
         if (this.delays.length > 30) this.delays.shift();
       }
       if (newest() || typeof message.pts_s !== "number") layer.draw(message);
-      else this.pending.push(message);
+      else this.pending.push(this.placed(message));
       if (this.pending.length > 200) this.pending.shift();
       $("live-masks").textContent = String(this.masks);
       $("live-dropped").textContent = String(this.lastIndex + 1 - this.masks); // frames with no mask: late or over the fps cap

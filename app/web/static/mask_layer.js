@@ -99,6 +99,7 @@ export class MaskLayer {
     if (confidence) this.drawConfidence(confidence, w, h);
     else this.drawMask(this.labels(record), w, h, classes);
     this.canvas.dataset.frame = String(record.frame_index); // which frame is on screen (tests wait for it)
+    if (typeof record.pts_s === "number") this.canvas.dataset.pts = String(record.pts_s);
     this.canvas.dataset.view = confidence ? "confidence" : "mask";
     this.canvas.dataset.classes = [...classes].sort((a, b) => a - b).join(" ");
     if (this.onDrawn) this.onDrawn(record, classes);

@@ -104,8 +104,8 @@ export class Player {
       const fail = () => { if (token === this.token && this.source === "original") this.wantPreview(file.name, type); };
       this.video.addEventListener("error", fail, { once: true });
       this.video.addEventListener("loadedmetadata", () => { if (!this.video.videoWidth) fail(); }, { once: true });
-    } else if (job && job.media && job.media.preview_url) {
-      this.wantPreview(null, "");
+    } else if (job && ((job.media && job.media.preview_url) || job.source === "live")) {
+      this.wantPreview(null, ""); // a live recording has no file on this computer: the service's video or nothing
     } else {
       $("need-file").hidden = false;
     }
@@ -137,13 +137,15 @@ export class Player {
     this.fit();
     if (!this.previewWanted || this.previewLoading || this.source === "preview") return;
     const media = this.job && this.job.media;
-    const why = this.previewFor ? `This browser cannot play the original ${this.previewFor}` : "The original video is not in this page";
+    const live = this.job && this.job.source === "live";
+    const why = this.previewFor ? `This browser cannot play the original ${this.previewFor}`
+      : live ? "This is a live recording" : "The original video is not in this page";
     if (media && media.preview_url) {
       this.loadPreview(media.preview_url, why);
-    } else if (media || (this.job && !["succeeded", "failed", "cancelled"].includes(this.job.status))) {
+    } else if (this.job && !["succeeded", "failed", "cancelled"].includes(this.job.status)) {
       this.notice(`${why}: waiting for the browser-safe preview the service makes… (the masks are drawn alone until then)`);
     } else {
-      this.notice(`${why}, and the service offers no preview of it: the masks are drawn alone.`);
+      this.notice(`${why}, and the service has no video of it to play: the masks are drawn alone.`);
     }
   }
 
@@ -163,7 +165,9 @@ export class Player {
       }
       this.play(url, "preview");
       const kept = !this.previewFor && this.job && this.job.media && this.job.media.browser_playable;
-      this.notice(kept ? "Playing the video as the service keeps it with the job (your file is not in this page)."
+      const live = this.job && this.job.source === "live";
+      this.notice(live ? "Playing the recording as the service keeps it with the job."
+        : kept ? "Playing the video as the service keeps it with the job (your file is not in this page)."
         : `${why}: playing the browser-safe preview (H.264 MP4) the service made of it, frame for frame.`);
     } catch (error) {
       if (token === this.token) this.notice(`${why}, and its preview could not be loaded (${error.code || ""} ${error.message}).`);
