@@ -96,10 +96,12 @@ class CelerySender:
                 self._celery = create_celery(self.settings)
             return self._celery
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, *more: str) -> None:
+        """Send `task(job_id, *more)`; a job's or stream's task (no `more`) has the id as its task id."""
         self._app().send_task(
-            # The job id as the task id: the reconciler finds which jobs still wait in the queue by it.
-            self.task, args=[job_id], task_id=job_id,
+            # The job id as the task id: the reconciler finds which jobs still wait in the queue by it. An export's
+            # message (job id, name) gets a task id of its own, so it is never taken for its job's.
+            self.task, args=[job_id, *more], task_id=None if more else job_id,
             # The job record is the result: no result-backend subscription per task in the API process
             # (with Redis it would also make a send block ~20 s on its reconnect loop when Redis is down).
             ignore_result=True,
