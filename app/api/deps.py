@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
 from worker.core.api_keys import key_accepted, presented_key
@@ -121,7 +122,15 @@ class CelerySender:
         return waiting_job_ids(url, timeout_s=self.settings.broker_timeout_s)
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+# Declared for the OpenAPI document (its security schemes, either one); the check itself reads the headers.
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                           description="one of AVS_API_KEYS (no key needed when it is empty)")
+_BEARER = HTTPBearer(auto_error=False, scheme_name="Bearer", description="the same key as a bearer token")
+
+
+def require_api_key(request: Request, settings: SettingsDep,
+                    _header: Annotated[str | None, Security(_KEY_HEADER)] = None,
+                    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None) -> None:
     """401 `unauthorized` unless `X-API-Key: <key>` (or `Authorization: Bearer <key>`) names a configured key
     (`worker.core.api_keys`: constant-time comparison against every key)."""
     if not settings.api_keys:

@@ -12,7 +12,8 @@
     POST   /streams                 a live session on a stream URL, run by a worker with no client (201)
     GET    /streams  /streams/{id}  their status; GET /streams/{id}/masks follows the masks; DELETE stops one
     GET    /  /static/*             the web page (app.web): upload or camera, masks drawn in the browser
-    GET    /healthz /readyz /metrics /docs
+    GET    /healthz /readyz /metrics /model
+    GET    /docs /redoc (assets served from this server) /openapi.json /asyncapi.json (/live, NDJSON streams)
 
 This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
 only streams, probes, writes records and sends ids to the queue. The lifespan runs the cleanup loop
@@ -34,6 +35,7 @@ from fastapi import FastAPI
 from app.api import prometheus
 from app.api.body_drain import DrainUnreadBody
 from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store, get_stream_store
+from app.api.docs import create_docs_app, openapi_document
 from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
 from app.api.routers import exports, live, ops, segment, streams
@@ -113,7 +115,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
                     await loop
             prometheus.mark_process_dead()
 
-    app = FastAPI(
+    app = create_docs_app(
         title="AVESFormer segmentation service",
         summary="Segments the objects that make the sound in a video: per-frame COCO-RLE masks as NDJSON.",
         version="0.1.0",
@@ -134,6 +136,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.include_router(streams.router, dependencies=[ApiKeyGuard])
     app.include_router(live.router)  # authenticates in the handler: a browser's WebSocket sends no headers
     install_web_page(app)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
