@@ -184,6 +184,7 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
         r.status, r.finished_at, r.lease_expires_at = JobStatus.SUCCEEDED, finished, None
         r.progress = Progress(frames_done=result.frames, frames_total=result.frames)
         r.preview = Path(result.preview_path).name if result.preview_path else None
+        r.class_names = list(predictor.class_names) if predictor.num_classes > 1 else []
         r.timings = {**result.timings, "queue_wait": round((r.started_at or finished) - r.created_at, 4),
                      "total": round(finished - r.created_at, 4)}
 

@@ -32,7 +32,10 @@ def _plain(frame: np.ndarray, record: dict[str, Any], size: tuple[int, int] | No
 
 
 def write_preview(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, limits: MediaLimits,
-                  fence: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Path:
+                  fence: Callable[[], AbstractContextManager[Any]] = nullcontext, hold: bool = False) -> Path:
     """Write the browser-safe preview of `info`'s file to `out_path`, one frame per line of `masks_path` (made at
-    `fps`; None: every decoded frame). Raises `MediaError` like `write_overlay`; nothing is left on failure."""
-    return write_overlay(info, masks_path, out_path, fps=fps, num_classes=1, limits=limits, fence=fence, draw=_plain)
+    `fps`; None: every decoded frame). `hold`: a live recording's masks skip frames; the preview then has every
+    frame from the first mask on (`write_overlay`). Raises `MediaError` like `write_overlay`; nothing is left
+    on failure."""
+    return write_overlay(info, masks_path, out_path, fps=fps, num_classes=1, limits=limits, fence=fence, draw=_plain,
+                         hold=hold)

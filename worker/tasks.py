@@ -15,7 +15,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from worker.core import broker_transport
 from worker.core.celery_app import create_celery
-from worker.core.contracts import TASK_SEGMENT, TASK_STREAM
+from worker.core.contracts import TASK_EXPORT, TASK_SEGMENT, TASK_STREAM
 from worker.core.jobstore import JobStore
 from worker.core.settings import get_settings
 from worker.heartbeat import WorkerRuntime
@@ -60,6 +60,15 @@ def segment(job_id: str) -> dict[str, object]:
                        predictor_factory=runtime.predictor, engine_factory=runtime.engine, owner=runtime.name)
     finally:
         runtime.current_jobs.discard(job_id)
+
+
+@app.task(name=TASK_EXPORT, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def export(job_id: str, name: str) -> dict[str, object]:
+    """Make one export of a finished job (`worker.exports.run_export`); no model needed."""
+    from worker.exports import run_export
+
+    settings = get_settings()
+    return run_export(job_id, name, store=JobStore(settings.data_dir), settings=settings)
 
 
 @app.task(name=TASK_STREAM, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -107,6 +107,28 @@ class JobList(BaseModel):
     jobs: list[JobView] = Field(description="newest first: uploads and recorded live sessions")
 
 
+class ExportEntry(BaseModel):
+    name: str = Field(description="masks.zip, coco.json, overlay-outline.mp4, alpha.webm, side-by-side.mp4, "
+                                  "waveform.json")
+    media_type: str
+    description: str
+    status: str = Field(description="absent / pending (queued or being made) / ready / failed")
+    url: str = Field(description="GET: the file when ready (202 while pending; starts it when absent); POST: start")
+    size_bytes: int | None = Field(description="when ready")
+    error: JobError | None = Field(description="why the last attempt failed (export_failed, export_too_large)")
+    available: bool = Field(description="it can be made: the job succeeded (and, for the video ones and the "
+                                        "waveform, keeps its video)")
+
+
+class ExportList(BaseModel):
+    exports: list[ExportEntry]
+
+
+class ExportQueued(BaseModel):
+    status: str = Field(description="pending, or ready")
+    url: str
+
+
 class StreamCreated(BaseModel):
     stream_id: str
     status: str = Field(description="queued: a worker opens the URL shortly")

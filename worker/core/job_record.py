@@ -131,6 +131,8 @@ class JobRecord(BaseModel):
     stream: StreamSpec | None = Field(None, description="a REST stream's source and mode")
     api_key_id: str | None = Field(None, description="`worker.core.api_keys.key_id` of the key that created the "
                                                      "job (None: no key); GET /jobs lists a caller's own jobs")
+    class_names: list[str] = Field(default_factory=list, description="the model's class names (index = class id) "
+                                   "when it has more than one class; empty for a binary model")
     preview: str | None = Field(None, description="the browser-safe preview's file name in the job directory, "
                                                   "once written (`worker.preview`)")
 

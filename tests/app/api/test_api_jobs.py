@@ -230,6 +230,7 @@ def test_delete_finished_keeps_a_tombstone(client: TestClient, store: JobStore, 
     assert store.get(job_id).deleted is True  # the tombstone
     # every route of the job now says it was deleted, not that it succeeded with dead URLs
     for method, path in [("GET", ""), ("GET", "/masks"), ("GET", "/overlay.mp4"), ("GET", "/preview.mp4"),
+                         ("GET", "/exports"), ("GET", "/exports/coco.json"), ("POST", "/exports/masks.zip"),
                          ("DELETE", "")]:
         response = client.request(method, f"/jobs/{job_id}{path}")
         assert (response.status_code, response.json()["error"]["code"]) == (410, "job_deleted"), (method, path)
