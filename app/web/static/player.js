@@ -30,6 +30,7 @@ export class Player {
     this.previewWanted = false;
     this.previewLoading = false;
     this.job = null;
+    this.base = 0; // the browser's media time of the video's first frame (s): masks count from there
     this.video.addEventListener("loadedmetadata", () => this.fit());
     window.addEventListener("resize", () => this.fit());
     $("play").addEventListener("click", () => (this.video.paused ? this.video.play() : this.video.pause()));
@@ -114,7 +115,14 @@ export class Player {
   play(url, source) {
     this.source = source;
     this.stage.dataset.source = source;
+    this.base = 0;
     this.video.src = url;
+    const token = this.token;
+    if ("requestVideoFrameCallback" in this.video) { // the first frame presented: where the timeline starts
+      this.video.requestVideoFrameCallback((_now, metadata) => {
+        if (token === this.token && !this.video.played.length) this.base = metadata.mediaTime;
+      });
+    }
     $("need-file").hidden = true;
     this.syncButtons();
   }

@@ -17,7 +17,8 @@ const POLL_MS = 500;
 
 const files = new Map(); // job_id -> the File it was made from (this page load only: files are not stored)
 
-/** The job on screen: its masks by frame_index, the stream and the status poll that fill them. */
+/** The job on screen: its mask lines in frame order (dense: a live recording's stream skips the frames it
+ * did not segment, so positions, not frame_index, index them), the stream and the status poll that fill them. */
 class JobView {
   constructor(job, layer) {
     this.job = job;
@@ -83,7 +84,8 @@ class JobView {
         if (error.code === "job_deleted") return this.gone();
         if (error instanceof ApiError && error.code !== "network_error") return showError(error);
       }
-      fromFrame = this.masks.length; // cut without its end line: resume after the last frame received
+      const last = this.masks[this.masks.length - 1]; // cut without its end line: resume after the last line
+      fromFrame = last ? last.frame_index + 1 : 0;
       await sleep(1000);
     }
   }
@@ -98,7 +100,9 @@ class JobView {
   }
 
   add(record) {
-    this.masks[record.frame_index] = record;
+    const last = this.masks[this.masks.length - 1];
+    if (last && record.frame_index <= last.frame_index) return; // already here (a resumed stream)
+    this.masks.push(record);
     if (record.confidence && !this.hasConfidence) {
       this.hasConfidence = true;
       const option = document.querySelector('#mask-style option[value="confidence"]');
@@ -109,7 +113,7 @@ class JobView {
     if (this.t0 === null) this.t0 = this.masks[0] ? this.masks[0].pts_s : record.pts_s;
     const scrubber = $("scrubber");
     scrubber.max = String(this.masks.length - 1);
-    if (this.layer.record === null || record.frame_index === this.frameAt(currentTime())) drawFrameAt(currentTime());
+    if (this.layer.record === null || this.masks.length - 1 === this.frameAt(currentTime())) drawFrameAt(currentTime());
     else setFrameLabel(Number(scrubber.value), currentTime()); // the count grows while the job runs
   }
 
@@ -146,7 +150,9 @@ let exportsPanel = null;
 let busy = false; // an upload is under way: the form sends nothing more until it is answered
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const currentTime = () => $("video").currentTime;
+/** The media time of the frame on screen, counted from the first frame (a file whose first frame is not
+ * at 0 s in the browser's timeline is shifted by it). */
+const currentTime = () => $("video").currentTime - player.base;
 
 function showProgress(record) {
   const { frames_done: done, frames_total: total } = record.progress;
@@ -176,14 +182,14 @@ function setFrameLabel(i, t) {
 function watchFrames(video) {
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
     const onFrame = (_now, metadata) => {
-      drawFrameAt(metadata.mediaTime);
+      drawFrameAt(metadata.mediaTime - player.base);
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
   } else {
-    video.addEventListener("timeupdate", () => drawFrameAt(video.currentTime));
+    video.addEventListener("timeupdate", () => drawFrameAt(currentTime()));
   }
-  video.addEventListener("seeked", () => drawFrameAt(video.currentTime));
+  video.addEventListener("seeked", () => drawFrameAt(currentTime()));
 }
 
 /** Show a job: its video (the file, or the service's preview), its masks as they arrive, its state. */
@@ -423,7 +429,7 @@ export function initUpload() {
     video.pause();
     const i = Number(e.target.value);
     if (view.masks[i]) {
-      if (player.source !== "none") video.currentTime = view.timeOf(i);
+      if (player.source !== "none") video.currentTime = player.base + view.timeOf(i);
       else drawFrameAt(view.masks[i].pts_s - view.t0); // no video (file not chosen again): the masks alone
     }
   });
