@@ -176,7 +176,7 @@ def test_errors_show_the_api_code_and_a_running_job_is_cancelled_from_the_list(
     expect(row.locator(".state")).to_have_text("running", timeout=60_000)
     row.locator("button.cancel").click()
     expect(row.locator(".state")).to_contain_text("cancel", timeout=30_000)
-    expect(page.locator("#job-status")).to_contain_text("cancelled", timeout=30_000)
+    expect(page.locator("#job-status")).to_contain_text("cancelled and deleted", timeout=30_000)
     done = int(page.locator("#job-progress").get_attribute("value") or 0)
     assert done < 1000, "the job ran to its end despite the cancel"
 
@@ -266,6 +266,15 @@ def test_the_live_page_shows_each_mask_on_its_own_frame_and_keeps_the_recording_
         assert float(np.median(scores)) >= 0.6, f"the masks do not lie on the objects of their frames: {scores}"
         assert sum(own) >= 0.6 * len(own), f"the masks fit other frames better than the one shown: {scores} {own}"
         keep_screenshot(page, "web-live.jpg")
+        # the camera picker names the cameras once the first was opened (front/back stay for phones)
+        expect(page.locator('#live-camera option[value^="device:"]').first).to_be_attached()
+        expect(page.locator('#live-camera option[value="environment"]')).to_be_attached()
+        # "newest picture": the camera itself, undelayed, the newest mask over it; and back
+        page.check("#live-newest")
+        expect(page.locator("#live-stage")).to_have_attribute("data-view", "camera")
+        expect(page.locator("#live-delay")).to_contain_text("newest")
+        page.uncheck("#live-newest")
+        expect(page.locator("#live-stage")).to_have_attribute("data-view", "picture")
         page.click("#live-stop")
         expect(page.locator("#live-state")).to_have_text("ended", timeout=30_000)
         expect(page.locator("#live-summary")).to_contain_text("succeeded")

@@ -93,7 +93,8 @@ class JobView {
   /** The job was deleted (410 job_deleted): say so, offer nothing of it. */
   gone() {
     this.stop();
-    $("job-status").textContent = "deleted: its masks and files are gone";
+    const was = this.record && !FINISHED.has(this.record.status) ? "cancelled and " : "";
+    $("job-status").textContent = `${was}deleted: its masks and files are gone`;
     $("download-masks").hidden = true;
     $("download-overlay").hidden = true;
     exportsPanel.update({ job_id: this.job.job_id, status: "deleted", deleted: true });
@@ -282,7 +283,8 @@ async function onSubmit(event) {
 function row(jobId) { return document.querySelector(`#jobs tr[data-job="${CSS.escape(jobId)}"]`); }
 
 function stateText(record) {
-  if (record.deleted) return `${record.status}, deleted`;
+  // a running job deleted is stopped by its worker within a batch; after that every route of it answers 410
+  if (record.deleted) return FINISHED.has(record.status) ? `${record.status}, deleted` : "cancelled, deleted";
   return record.error ? `${record.status} (${record.error.code})` : record.status;
 }
 
