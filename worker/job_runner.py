@@ -133,7 +133,7 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     info = record.media_info(job_dir)
     seg_options = SegmentOptions(
         batch_size=settings.batch_size, fps=options.fps, threshold=options.threshold, overlay=options.overlay,
-        preview=info is not None and not browser_playable(info),
+        preview=info is not None and not browser_playable(info), confidence=options.confidence,
         atomic=False, start_frame=start_frame, limits=settings.media_limits())
 
     def progress(done: int, total: int | None) -> None:

@@ -10,6 +10,7 @@ engine needs every job in the same address space. Scale further with more worker
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
@@ -38,10 +39,17 @@ def _warm_up(**_: object) -> None:
     from worker.prometheus import serve_worker_metrics
 
     settings = get_settings()
+    wanted = settings.worker_metrics_port
     try:
-        serve_worker_metrics(settings.worker_metrics_port)
-    except OSError as exc:  # port taken (several workers on one host without containers): keep working
-        log.warning("worker metrics endpoint not started on port %s: %s", settings.worker_metrics_port, exc)
+        port = serve_worker_metrics(wanted)
+    except OSError as exc:  # not bindable at all: keep working without the endpoint
+        log.warning("worker metrics endpoint not started on port %s (AVS_WORKER_METRICS_PORT): %s", wanted, exc)
+    else:
+        if port is not None and port != wanted:  # taken (several workers on one host without containers)
+            log.warning("worker metrics: port %d (AVS_WORKER_METRICS_PORT) is taken; serving on port %d instead",
+                        wanted, port)
+            sys.stderr.write(f"avs worker: metrics on port {port} (port {wanted}, AVS_WORKER_METRICS_PORT, is "
+                             "taken)\n")
     runtime.start()
 
 

@@ -56,11 +56,12 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
     for name in ("fps", "threshold"):
         if fields.get(name):
             values[name] = _float_field(name, fields[name])
-    if fields.get("overlay"):
-        flag = fields["overlay"].lower()
-        if flag not in _TRUE | _FALSE:
-            raise invalid(f"`overlay` must be true or false, got {fields['overlay'][:32]!r}")
-        values["overlay"] = flag in _TRUE
+    for name in ("overlay", "confidence"):
+        if fields.get(name):
+            flag = fields[name].lower()
+            if flag not in _TRUE | _FALSE:
+                raise invalid(f"`{name}` must be true or false, got {fields[name][:32]!r}")
+            values[name] = flag in _TRUE
     try:
         return JobOptions(**values)
     except ValidationError as exc:

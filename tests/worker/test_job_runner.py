@@ -240,3 +240,33 @@ def test_an_upload_a_browser_cannot_play_gets_a_frame_exact_preview(
     assert len(times) == len(lines) == count_frames(source)
     half_frame = 0.5 / fps
     assert max(abs(t - line["pts_s"]) for t, line in zip(times, lines, strict=True)) < half_frame
+
+
+def test_confidence_maps_ride_along_only_when_asked(store: JobStore, settings: ServiceSettings, clip: Path) -> None:
+    import base64
+
+    plain = _submit(store, clip)
+    assert _run(store, settings, plain)["status"] == "succeeded"
+    assert all("confidence" not in line for line in read_mask_lines(store.masks_path(plain)))  # off by default
+
+    job_id = _submit(store, clip, confidence=True)
+    assert _run(store, settings, job_id)["status"] == "succeeded"
+    lines = list(read_mask_lines(store.masks_path(job_id)))
+    assert len(lines) == 30
+    for line in lines:
+        entry = line["confidence"]
+        assert (entry["size"], entry["counts"]) == ([48, 64], None)  # 64 px on the long side: the clip's own size
+        values = np.frombuffer(base64.b64decode(entry["data"]), np.uint8).reshape(48, 64)
+        # the fake model: logit +5 on the left half (sigmoid 0.993), -5 on the right (0.007)
+        assert values[:, :28].min() >= 250
+        assert values[:, 36:].max() <= 5
+        assert line["counts"] == lines[0]["counts"]  # the masks themselves are unchanged
+
+
+def test_confidence_map_size_keeps_the_shape() -> None:
+    from worker.confidence import map_size
+
+    assert map_size((1080, 1920)) == (36, 64)
+    assert map_size((1920, 1080)) == (64, 36)
+    assert map_size((48, 64)) == (48, 64)
+    assert map_size((2, 4000)) == (1, 64)

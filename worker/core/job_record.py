@@ -48,6 +48,8 @@ class JobOptions(BaseModel):
                               description="resample to this many frames/s first (None: every decoded frame)")
     threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
     overlay: bool = Field(False, description="also render overlay.mp4")
+    confidence: bool = Field(False, description="each mask line also carries `confidence`: the probability map at "
+                                                "<= 64 px on the long side (base64 uint8)")
 
 
 class UploadInfo(BaseModel):

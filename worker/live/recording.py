@@ -36,11 +36,13 @@ STREAM_COPY = "stream.mkv"
 
 class Recording:
     """The files of one recorded session (job id = session id). `copy_path`: where the session's ffmpeg
-    copies the stream (kept as the job's video when the session succeeds). `key_id`: the API key's id
-    (`worker.core.api_keys.key_id`), so the recording is listed with its client's jobs."""
+    copies the stream (kept as the job's video when the session succeeds), when an overlay is wanted or
+    `keep_video` (False for a pulled network stream without overlay: a copy would stop it from reconnecting,
+    `worker.live.session`); None otherwise. `key_id`: the API key's id (`worker.core.api_keys.key_id`), so the
+    recording is listed with its client's jobs."""
 
     def __init__(self, store: JobStore, job_id: str, *, threshold: float | None, overlay: bool,
-                 key_id: str | None = None) -> None:
+                 key_id: str | None = None, keep_video: bool = True) -> None:
         self.store, self.job_id, self.key_id = store, job_id, key_id
         self.options = JobOptions(threshold=threshold, overlay=overlay)
         self.dir = store.job_dir(job_id)
@@ -48,7 +50,7 @@ class Recording:
         (self.dir / MARKER).touch()
         self.created_at = time.time()
         self.writer = MaskWriter(store.masks_path(job_id), atomic=True)
-        self.copy_path: Path | None = self.dir / STREAM_COPY
+        self.copy_path: Path | None = self.dir / STREAM_COPY if overlay or keep_video else None
 
     def write(self, record: dict[str, Any]) -> None:
         """One frame's mask record (without the live-only fields)."""

@@ -221,7 +221,7 @@ class LiveServer:
         predictor = engine.predictor
         owner = key_id(presented_key(websocket.headers)) if self.settings.api_keys else None
         recording = (Recording(self.store, session_id, threshold=start.threshold, overlay=start.overlay,
-                               key_id=owner) if start.record else None)
+                               key_id=owner, keep_video=not source.network) if start.record else None)
 
         def on_record(record: dict[str, Any]) -> None:  # the job's encode thread
             if recording is not None:

@@ -62,7 +62,7 @@ def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[s
     assert view["started_at"] is None
     assert view["finished_at"] is None
     assert view["created_at"] == pytest.approx(time.time(), abs=60)
-    assert view["options"] == {"fps": None, "threshold": None, "overlay": True}
+    assert view["options"] == {"fps": None, "threshold": None, "overlay": True, "confidence": False}
     assert view["urls"] == {"status": f"/jobs/{job_id}", "masks": f"/jobs/{job_id}/masks",
                             "overlay": f"/jobs/{job_id}/overlay.mp4"}
     assert (view["cancel_requested"], view["deleted"]) == (False, False)

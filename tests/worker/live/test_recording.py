@@ -60,7 +60,9 @@ def test_a_running_recording_is_invisible_to_the_store(store: JobStore) -> None:
     assert list(store.records()) == []
     with pytest.raises(JobNotFound):
         store.get(job_id)
-    assert recording.copy_path == recording.dir / STREAM_COPY  # the stream is always kept while it runs
+    assert recording.copy_path == recording.dir / STREAM_COPY  # the stream is kept while it runs
+    # a pulled network stream without overlay is not copied: the copy would stop it from reconnecting
+    assert Recording(store, new_job_id(), threshold=None, overlay=False, keep_video=False).copy_path is None
 
 
 def test_finish_commits_the_masks_and_writes_a_finished_live_record(store: JobStore) -> None:
