@@ -309,3 +309,38 @@ def test_docs_render_with_the_network_to_anything_but_the_service_blocked(browse
         assert not blocked, f"/docs asked for outside resources: {blocked}"
     finally:
         context.close()
+
+
+def test_the_confidence_view_draws_the_streams_probabilities_as_a_heat_map(
+        page: Page, page_url: str, service: Service, clip: Path) -> None:
+    import base64
+
+    open_page(page, page_url, key=API_KEY)
+    page.check("#want-confidence")
+    job_id = _upload(page, clip)
+    option = page.locator('#mask-style option[value="confidence"]')
+    expect(option).to_be_enabled()
+    page.select_option("#mask-style", "confidence")
+    page.fill("#scrubber", "20")
+    canvas = page.locator("#mask-canvas")
+    expect(canvas).to_have_attribute("data-frame", "20")
+    expect(canvas).to_have_attribute("data-view", "confidence")
+    line = _stream(service, job_id)[20]
+    h, w = line["confidence"]["size"]
+    probability = np.frombuffer(base64.b64decode(line["confidence"]["data"]), np.uint8).reshape(h, w)
+    drawn = page.evaluate("""() => { const c = document.getElementById('mask-canvas');
+        return { w: c.width, h: c.height, rgba: Array.from(c.getContext('2d').getImageData(0, 0, c.width,
+                 c.height).data) }; }""")
+    rgba = np.array(drawn["rgba"], dtype=np.uint8).reshape(drawn["h"], drawn["w"], 4)
+    assert (rgba[..., 3] > 0).all(), "the heat map covers the frame"
+    # hot where the model is sure (red up, blue down), cold where it is not: measured at the map's own cells
+    rows = (np.arange(h) + 0.5) * drawn["h"] / h
+    cols = (np.arange(w) + 0.5) * drawn["w"] / w
+    cells = rgba[rows.astype(int)][:, cols.astype(int)].astype(int)
+    hot, cold = probability > 200, probability < 50
+    assert hot.any()
+    assert cold.any()
+    assert cells[hot][:, 0].mean() > cells[cold][:, 0].mean() + 80
+    assert cells[hot][:, 2].mean() < cells[cold][:, 2].mean() - 80
+    page.select_option("#mask-style", "fill")
+    expect(canvas).to_have_attribute("data-view", "mask")
