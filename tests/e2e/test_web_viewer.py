@@ -344,3 +344,30 @@ def test_the_confidence_view_draws_the_streams_probabilities_as_a_heat_map(
     assert cells[hot][:, 2].mean() < cells[cold][:, 2].mean() - 80
     page.select_option("#mask-style", "fill")
     expect(canvas).to_have_attribute("data-view", "mask")
+
+
+def test_a_tall_video_fits_the_window_with_the_frame_slider_in_view(browser: Browser, page_url: str,
+                                                                  tmp_path: Path) -> None:
+    """The issue: a tall video pushed the frame slider below the fold. The player's box keeps the video's shape
+    and leaves room for the slider and the waveform under it."""
+    from worker.media.samples import make_video
+
+    tall = make_video(tmp_path / "tall.mp4", duration_s=1.0, size=(96, 320), fps=10)
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    try:
+        open_page(page, page_url, key=API_KEY)
+        _upload(page, tall)
+        for _ in range(50):
+            if page.evaluate("document.getElementById('video').videoWidth"):
+                break
+            page.wait_for_timeout(100)
+        page.locator("#result").evaluate("el => el.scrollIntoView({block: 'start'})")
+        stage = page.locator("#upload-stage").bounding_box()
+        slider = page.locator("#scrubber").bounding_box()
+        assert stage is not None
+        assert slider is not None
+        assert abs(stage["width"] / stage["height"] - 96 / 320) < 0.02, stage
+        assert slider["y"] + slider["height"] <= 720, f"the slider is below the fold: {slider}"
+    finally:
+        context.close()

@@ -317,7 +317,9 @@ function fromApi(record) {
   const stamp = when ? when.toISOString().slice(0, 16).replace("T", " ") : "";
   return {
     job_id: record.job_id,
-    filename: upload.filename || record.filename || (live ? `live recording ${stamp}`.trim() : record.job_id.slice(0, 8)),
+    // the job view names no file: the kind, when, and the id's start tell the rows apart
+    filename: upload.filename || record.filename
+      || `${live ? "live recording" : "upload"} ${stamp} · ${record.job_id.slice(0, 8)}`.replace("  ", " "),
     overlay: Boolean(record.options && record.options.overlay),
     created: when ? when.getTime() : 0,
     source: live ? "live" : record.source || "upload",
