@@ -50,6 +50,7 @@ export class ExportsPanel {
   open(job) {
     this.close();
     this.jobId = job.job_id;
+    this.listed = null;
     this.base = (job.filename || "job").replace(/\.[^.]*$/, "");
     this.abort = new AbortController();
     this.list.replaceChildren(...EXPORTS.map(([name, label]) => this.row(name, label)));

@@ -82,6 +82,7 @@ export class Waveform {
   }
 
   show(data, source) {
+    if (source === "browser" && this.box.dataset.source === "service") return; // the service's came first
     this.data = data;
     this.box.hidden = false;
     this.box.dataset.source = source;
