@@ -298,6 +298,11 @@ def test_the_live_page_shows_each_mask_on_its_own_frame_and_keeps_the_recording_
         expect(page.locator("#frame-label")).to_contain_text("4 / ")
         expect(page.locator("#mask-canvas")).not_to_have_attribute("data-frame", "0")
         assert page.evaluate("document.getElementById('video').videoWidth") > 0
+        # and its overlay, made from the page like any job's
+        item = page.locator('#exports li[data-export="overlay-outline.mp4"]')
+        item.locator("button.make").click()
+        expect(item).to_have_attribute("data-ready", "true", timeout=60_000)
+        expect(item.locator("a.download")).to_contain_text("Save overlay-outline.mp4")
         context.close()
         assert not errors, f"uncaught errors in the page: {errors}"
     finally:
