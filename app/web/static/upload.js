@@ -160,7 +160,8 @@ function showProgress(record) {
   const bar = $("job-progress");
   bar.max = Math.max(1, total || done || 1);
   bar.value = done;
-  const frames = total ? `${done} / ${total} frames` : `${done} frames`;
+  const eta = record.eta_s != null && record.status === "running" ? ` · about ${Math.ceil(record.eta_s)} s left` : "";
+  const frames = (total ? `${done} / ${total} frames` : `${done} frames`) + eta;
   $("job-status").textContent = record.deleted ? `${record.status} · deleted: its masks and files are gone`
     : `${record.status} · ${frames}`;
 }
