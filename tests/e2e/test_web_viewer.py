@@ -99,8 +99,8 @@ _CONVERT = {  # containers and codecs Chromium does not play: file extension -> 
     "avi": ["-c:v", "mpeg4", "-q:v", "2", "-c:a", "pcm_s16le"],
     "ts": ["-c:v", "mpeg2video", "-q:v", "2", "-c:a", "mp2", "-f", "mpegts"],
     # a container Chromium claims (canPlayType says "maybe") with a codec it has no decoder for
-    "mp4": ["-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", "log-level=error", "-tag:v", "hvc1",
-            "-c:a", "aac"],
+    "mp4": ["-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", "log-level=error",
+            "-tag:v", "hvc1", "-c:a", "aac"],
 }
 
 

@@ -336,6 +336,9 @@ async function onStart() {
   for (const id of ["live-masks", "live-dropped"]) $(id).textContent = "0";
   $("live-latency").textContent = "–";
   $("live-delay").textContent = "–";
+  const picture = $("live-picture"); // the last session's frozen frame goes
+  picture.getContext("2d").clearRect(0, 0, picture.width, picture.height);
+  delete picture.dataset.pts;
   showPicture(false);
   session = new LiveSession();
   try {
