@@ -74,7 +74,11 @@ class LiveEnd(BaseModel):
     dropped: dict[str, int]
     latency_p50_ms: float | None
     latency_p95_ms: float | None
-    ended_by: str | None
+    reconnects: int = Field(0, description="a pulled stream: times it dropped and came back")
+    gap_s: float = Field(0.0, description="a pulled stream: seconds without media between its connections")
+    gaps: list[Any] = Field(default_factory=list, description="a pulled stream: each gap")
+    source_lost: bool = Field(False, description="a pulled stream dropped and did not come back in time")
+    ended_by: str | None = Field(description="client, source, source_lost, max_duration, idle; null on failure")
     job_id: str | None = Field(description="record=true: the job the session was kept as")
     job_url: str | None = Field(description="record=true: GET it (masks, preview, overlay, exports)")
     error: JobError | None

@@ -172,3 +172,29 @@ def test_an_export_of_a_job_deleted_meanwhile_writes_nothing(store: JobStore, se
     assert run_export(job, "masks.zip", store=store, settings=settings)["status"] == "gone"
     assert sorted(p.name for p in store.job_dir(job).iterdir()) == ["job.json", "job.lock"]
     assert set(EXPORTS) >= {"masks.zip"}
+
+
+def test_multi_class_masks_give_class_ids_and_the_model_categories(tmp_path: Path) -> None:
+    """A multi-class model's lines (`segments`): PNG pixels are class ids, COCO has one annotation per class
+    present, categories are the model's class names without the background."""
+    from worker.exports.coco import coco_document
+    from worker.exports.png_zip import write_png_zip
+    from worker.masks import MaskWriter, mask_records
+
+    names = ["background", "dog", "guitar"]
+    labels = np.zeros((2, 8, 10), np.uint8)
+    labels[0, :4, :5] = 1
+    labels[0, 4:, 5:] = 2
+    labels[1, 2:6, 2:6] = 2
+    writer = MaskWriter(tmp_path / "masks.ndjson")
+    writer.write(mask_records(labels, start_index=0, pts_s=[0.0, 0.04], class_names=names))
+    masks = writer.commit()
+
+    document = coco_document(masks, class_names=names, job_id="x")
+    assert [(c["id"], c["name"]) for c in document["categories"]] == [(1, "dog"), (2, "guitar")]
+    assert [(a["image_id"], a["category_id"], a["area"]) for a in document["annotations"]] == [
+        (1, 1, 20), (1, 2, 20), (2, 2, 16)]
+    with zipfile.ZipFile(write_png_zip(masks, tmp_path / "masks.zip", class_names=names)) as archive:
+        for i in range(2):
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(archive.read(f"frame_{i:06d}.png")))), labels[i])
+        assert json.loads(archive.read("manifest.json"))["class_names"] == names
