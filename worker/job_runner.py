@@ -22,6 +22,7 @@ from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobRecord, Progress
 from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.leases import Acquired, Lease, LeaseLost, acquire, fenced, fenced_update, renew
+from worker.core.media.browser_safe import browser_playable
 from worker.core.settings import ServiceSettings
 
 log = logging.getLogger("avs.worker")
@@ -129,8 +130,10 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     options = record.options
     with fenced(store, lease):  # the previous owner's torn last line is cut by the owner, under the lock
         start_frame = complete_lines(store.masks_path(job_id))
+    info = record.media_info(job_dir)
     seg_options = SegmentOptions(
         batch_size=settings.batch_size, fps=options.fps, threshold=options.threshold, overlay=options.overlay,
+        preview=info is not None and not browser_playable(info), confidence=options.confidence,
         atomic=False, start_frame=start_frame, limits=settings.media_limits())
 
     def progress(done: int, total: int | None) -> None:
@@ -150,7 +153,7 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
 
             predictor = predictor_factory()
             engine = engine_factory() if engine_factory is not None else None
-            result = segment_video(upload, job_dir, predictor, seg_options, info=record.media_info(job_dir),
+            result = segment_video(upload, job_dir, predictor, seg_options, info=info,
                                    on_progress=progress, should_cancel=cancelled, fence=lambda: fenced(store, lease),
                                    engine=engine)
     except LeaseLost as exc:
@@ -180,6 +183,8 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     def succeed(r: JobRecord) -> None:
         r.status, r.finished_at, r.lease_expires_at = JobStatus.SUCCEEDED, finished, None
         r.progress = Progress(frames_done=result.frames, frames_total=result.frames)
+        r.preview = Path(result.preview_path).name if result.preview_path else None
+        r.class_names = list(predictor.class_names) if predictor.num_classes > 1 else []
         r.timings = {**result.timings, "queue_wait": round((r.started_at or finished) - r.created_at, 4),
                      "total": round(finished - r.created_at, 4)}
 
@@ -189,7 +194,8 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
         log.warning("%s: the result is the new owner's", exc)
         prometheus.LEASE_WRITES_REFUSED.inc()
         return {"job_id": job_id, "status": "lease_lost"}
-    upload.unlink(missing_ok=True)  # the masks (and overlay) are the result; the video is not kept
+    # The upload stays with the job (deleted with it, or when it expires): the page plays it (or its preview)
+    # and the video exports (worker.exports) are made from it.
     prometheus.JOB_SECONDS.observe(finished - record.created_at)
     prometheus.JOBS_FINISHED.labels(status="succeeded").inc()
     return {"job_id": job_id, "status": "succeeded", "frames": result.frames}

@@ -118,38 +118,53 @@ def _frames_holding_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]) 
             yield batch.frames[0], batch.pts_s[0], current, batch.sizes[0] if batch.sizes else None
 
 
+Draw = Callable[[np.ndarray, dict[str, Any], "tuple[int, int] | None"], np.ndarray]
+"""(frame uint8 [H, W, 3] at the video's size, its mask record, the frame's own display size) -> the picture."""
+
+
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
                   limits: MediaLimits, fence: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                  hold: bool = False) -> Path:
+                  hold: bool = False, draw: Draw | None = None, out_size: tuple[int, int] | None = None,
+                  pix_fmt: str = "rgb24", encoder: Callable[[MediaInfo, Path], list[str]] | None = None) -> Path:
     """Write `out_path` (an mp4) from the source `info` and its `masks_path`; see the module docstring.
 
     `fps` must be the rate the masks were made at (None: every decoded frame); `hold`: masks may skip frames
     (a live session's; see `_frames_with_masks`); `fence()` is held while the
-    finished file replaces `out_path` (see `segment_video`). Raises `MediaError`
-    (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at `out_path` on failure.
+    finished file replaces `out_path` (see `segment_video`). `draw` makes each picture (default: the mask
+    blended in red, or in its class's colour; `worker.preview` draws nothing, `worker.exports` outlines);
+    `out_size` (h, w) is the size of what it draws (default: the video's), `pix_fmt` its pixel format (rgb24,
+    or rgba for a picture with alpha) and `encoder(info, out)` the encoder's command (default:
+    `encoder_command`, H.264 + AAC in MP4).
+    Raises `MediaError` (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at
+    `out_path` on failure.
     """
     timeout = limits.decode_timeout(info.duration_s) * 2
-    tmp = out_path.with_name(out_path.name + ".partial.mp4")
-    palette = None if num_classes == 1 else class_palette(num_classes)
+    tmp = out_path.with_name(out_path.name + ".partial" + out_path.suffix)
+    if draw is None:
+        palette = None if num_classes == 1 else class_palette(num_classes)
+
+        def draw(frame: np.ndarray, record: dict[str, Any], size: tuple[int, int] | None) -> np.ndarray:
+            return drawn_frame(frame, record_labels(record), size, palette)
     reader = FrameReader(info, size=None, fps=fps, timeout_s=timeout, limits=limits)
     frames = _frames_with_masks(reader, read_mask_lines(masks_path), hold=hold)
     try:
         first = next(frames, None)
         if first is None:
             raise MediaError(ErrorCode.CORRUPT_MEDIA, "overlay: no frame to draw")
-        with BoundedProcess(encoder_command(info, tmp), timeout_s=timeout, stdin=True,
-                            stdout=False) as encoder:
-            assert encoder.popen.stdin is not None
+        with BoundedProcess((encoder or encoder_command)(info, tmp), timeout_s=timeout, stdin=True,
+                            stdout=False) as encoder_process:
+            encoder_process_stdin = encoder_process.popen.stdin
+            assert encoder_process_stdin is not None
             try:
-                _mux(encoder.popen.stdin, info, first, frames, palette)
+                _mux(encoder_process_stdin, out_size or (info.height, info.width), pix_fmt, first, frames, draw)
             except (BrokenPipeError, av.error.BrokenPipeError):
                 pass  # the encoder died: its exit status and stderr below say why
             finally:
-                encoder.popen.stdin.close()
-            code = encoder.wait()
-            if encoder.timed_out or code != 0:
-                raise MediaError(ErrorCode.MEDIA_TIMEOUT if encoder.timed_out else ErrorCode.CORRUPT_MEDIA,
-                                 f"overlay encoding failed: {encoder.stderr_text()[-500:]}")
+                encoder_process_stdin.close()
+            code = encoder_process.wait()
+            if encoder_process.timed_out or code != 0:
+                raise MediaError(ErrorCode.MEDIA_TIMEOUT if encoder_process.timed_out else ErrorCode.CORRUPT_MEDIA,
+                                 f"overlay encoding failed: {encoder_process.stderr_text()[-500:]}")
         with fence():
             tmp.replace(out_path)
     finally:
@@ -158,16 +173,17 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     return out_path
 
 
-def _mux(sink: Any, info: MediaInfo, first: Shown, rest: Iterator[Shown], palette: np.ndarray | None) -> None:
-    """Blend and write every frame to `sink` as NUT rawvideo with its presentation time."""
+def _mux(sink: Any, size: tuple[int, int], pix_fmt: str, first: Shown, rest: Iterator[Shown], draw: Draw) -> None:
+    """Draw and write every frame (`size` (h, w), `pix_fmt`) to `sink` as NUT rawvideo with its presentation
+    time."""
     with av.open(sink, mode="w", format="nut") as container:
         stream = container.add_stream("rawvideo")
-        stream.width, stream.height, stream.pix_fmt = info.width, info.height, "rgb24"
+        stream.width, stream.height, stream.pix_fmt = size[1], size[0], pix_fmt
         stream.time_base = stream.codec_context.time_base = TIME_BASE
         last = -1
         for frame, pts_s, record, size in itertools.chain([first], rest):
-            drawn = drawn_frame(frame, record_labels(record), size, palette)
-            picture = av.VideoFrame.from_ndarray(drawn, format="rgb24")
+            drawn = draw(frame, record, size)
+            picture = av.VideoFrame.from_ndarray(drawn, format=pix_fmt)
             # strictly increasing, as a muxer requires; equal source times (never in a valid file) move 1 µs
             last = picture.pts = max(round(pts_s / TIME_BASE), last + 1)
             picture.time_base = TIME_BASE

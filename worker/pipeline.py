@@ -58,6 +58,8 @@ class SegmentOptions:
     batch_size: int = 8
     fps: float | None = None  # resample the video to this frame rate first; None = every decoded frame
     overlay: bool = False
+    confidence: bool = False  # each mask line also carries a small probability map (worker.confidence)
+    preview: bool = False  # also write preview.mp4 (a browser-safe copy, frame-exact with the masks)
     png: bool = False
     limits: MediaLimits = field(default_factory=MediaLimits)
     threshold: float | None = None  # binary masks: overrides the predictor's sigmoid threshold
@@ -84,6 +86,7 @@ class SegmentResult:
     seconds_total: float
     masks_path: str
     overlay_path: str | None = None
+    preview_path: str | None = None
     frames_skipped: int = 0  # undecodable frames before the first one (a stream starting mid-GOP)
 
     @property
@@ -151,7 +154,8 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
 
         def encode(start_index: int, pts_s: list[float], logits: torch.Tensor) -> None:
             frame_sizes = [sizes.pop(start_index + i, (info.height, info.width)) for i in range(len(pts_s))]
-            records = encode_masks(predictor, logits, start_index, pts_s, frame_sizes, options.threshold)
+            records = encode_masks(predictor, logits, start_index, pts_s, frame_sizes, options.threshold,
+                                   confidence=options.confidence)
             with fence():
                 writer.write(records)
             if png_dir is not None:
@@ -200,17 +204,27 @@ def segment_video(video: str | Path, out_dir: str | Path, predictor: AVSPredicto
         overlay_path = str(write_overlay(info, masks_path, out / "overlay.mp4", fps=options.fps, fence=fence,
                                          num_classes=predictor.num_classes, limits=options.limits))
         timings["overlay"] = time.perf_counter() - t
+    preview_path = None
+    if options.preview:
+        from worker.preview import PREVIEW, write_preview
+
+        t = time.perf_counter()
+        preview_path = str(write_preview(info, masks_path, out / PREVIEW, fps=options.fps, fence=fence,
+                                         limits=options.limits))
+        timings["preview"] = time.perf_counter() - t
     return SegmentResult(frames=stats.frames, video=info.to_dict(), frames_skipped=reader.frames_skipped,
                          timings={k: round(v, 4) for k, v in timings.items()},
                          seconds_total=time.perf_counter() - started, masks_path=str(masks_path),
-                         overlay_path=overlay_path)
+                         overlay_path=overlay_path, preview_path=preview_path)
 
 
 def encode_masks(predictor: AVSPredictor, logits: torch.Tensor, start_index: int, pts_s: list[float],
-                 sizes: list[tuple[int, int]], threshold: float | None) -> list[dict[str, Any]]:
+                 sizes: list[tuple[int, int]], threshold: float | None, *,
+                 confidence: bool = False) -> list[dict[str, Any]]:
     """Mask records for consecutive frames whose display sizes may differ (a stream whose resolution changes):
     each run of equal sizes is upsampled and encoded at its own size. `logits` [n, C, h, w]; `sizes` n
-    (height, width) pairs. Returns n records (`worker.masks.mask_records`)."""
+    (height, width) pairs. Returns n records (`worker.masks.mask_records`), with `confidence`
+    (`worker.confidence`) when asked."""
     records: list[dict[str, Any]] = []
     start = 0
     while start < len(sizes):
@@ -218,8 +232,14 @@ def encode_masks(predictor: AVSPredictor, logits: torch.Tensor, start_index: int
         while end < len(sizes) and sizes[end] == sizes[start]:
             end += 1
         masks = predictor.postprocess(logits[start:end], sizes[start], threshold=threshold)
-        records.extend(mask_records(masks, start_index=start_index + start, pts_s=pts_s[start:end],
-                                    class_names=predictor.class_names))
+        run = mask_records(masks, start_index=start_index + start, pts_s=pts_s[start:end],
+                           class_names=predictor.class_names)
+        if confidence:
+            from worker.confidence import confidence_maps
+
+            for record, entry in zip(run, confidence_maps(logits[start:end], sizes[start]), strict=True):
+                record["confidence"] = entry
+        records.extend(run)
         start = end
     return records
 

@@ -7,6 +7,7 @@ worker processes), prometheus_client writes these to per-process files there and
 
 from __future__ import annotations
 
+import errno
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
@@ -65,13 +66,20 @@ def observe_batch(frames: int, seconds: float, jobs: int) -> None:
     BATCH_JOBS.observe(jobs)
 
 
-def serve_worker_metrics(port: int) -> None:
-    """Expose this worker's metrics on `port` (0 = off); aggregated over processes in multiprocess mode."""
+def serve_worker_metrics(port: int) -> int | None:
+    """Expose this worker's metrics on `port` (0 = off); aggregated over processes in multiprocess mode.
+    Returns the port it serves on: `port`, or, when `port` is taken (another worker on this host), a free port
+    the system picked; None when off. Other bind errors raise `OSError`."""
     if port <= 0:
-        return
+        return None
+    registry = None
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(port, registry=registry)
-    else:
-        start_http_server(port)
+    try:
+        server, _ = start_http_server(port, **({"registry": registry} if registry is not None else {}))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        server, _ = start_http_server(0, **({"registry": registry} if registry is not None else {}))
+    return int(server.server_port)

@@ -10,12 +10,13 @@ engine needs every job in the same address space. Scale further with more worker
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from worker.core import broker_transport
 from worker.core.celery_app import create_celery
-from worker.core.contracts import TASK_SEGMENT, TASK_STREAM
+from worker.core.contracts import TASK_EXPORT, TASK_SEGMENT, TASK_STREAM
 from worker.core.jobstore import JobStore
 from worker.core.settings import get_settings
 from worker.heartbeat import WorkerRuntime
@@ -38,10 +39,17 @@ def _warm_up(**_: object) -> None:
     from worker.prometheus import serve_worker_metrics
 
     settings = get_settings()
+    wanted = settings.worker_metrics_port
     try:
-        serve_worker_metrics(settings.worker_metrics_port)
-    except OSError as exc:  # port taken (several workers on one host without containers): keep working
-        log.warning("worker metrics endpoint not started on port %s: %s", settings.worker_metrics_port, exc)
+        port = serve_worker_metrics(wanted)
+    except OSError as exc:  # not bindable at all: keep working without the endpoint
+        log.warning("worker metrics endpoint not started on port %s (AVS_WORKER_METRICS_PORT): %s", wanted, exc)
+    else:
+        if port is not None and port != wanted:  # taken (several workers on one host without containers)
+            log.warning("worker metrics: port %d (AVS_WORKER_METRICS_PORT) is taken; serving on port %d instead",
+                        wanted, port)
+            sys.stderr.write(f"avs worker: metrics on port {port} (port {wanted}, AVS_WORKER_METRICS_PORT, is "
+                             "taken)\n")
     runtime.start()
 
 
@@ -60,6 +68,15 @@ def segment(job_id: str) -> dict[str, object]:
                        predictor_factory=runtime.predictor, engine_factory=runtime.engine, owner=runtime.name)
     finally:
         runtime.current_jobs.discard(job_id)
+
+
+@app.task(name=TASK_EXPORT, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def export(job_id: str, name: str) -> dict[str, object]:
+    """Make one export of a finished job (`worker.exports.run_export`); no model needed."""
+    from worker.exports import run_export
+
+    settings = get_settings()
+    return run_export(job_id, name, store=JobStore(settings.data_dir), settings=settings)
 
 
 @app.task(name=TASK_STREAM, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
 from worker.core.api_keys import key_accepted, presented_key
@@ -96,10 +97,12 @@ class CelerySender:
                 self._celery = create_celery(self.settings)
             return self._celery
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, *more: str) -> None:
+        """Send `task(job_id, *more)`; a job's or stream's task (no `more`) has the id as its task id."""
         self._app().send_task(
-            # The job id as the task id: the reconciler finds which jobs still wait in the queue by it.
-            self.task, args=[job_id], task_id=job_id,
+            # The job id as the task id: the reconciler finds which jobs still wait in the queue by it. An export's
+            # message (job id, name) gets a task id of its own, so it is never taken for its job's.
+            self.task, args=[job_id, *more], task_id=None if more else job_id,
             # The job record is the result: no result-backend subscription per task in the API process
             # (with Redis it would also make a send block ~20 s on its reconnect loop when Redis is down).
             ignore_result=True,
@@ -119,7 +122,15 @@ class CelerySender:
         return waiting_job_ids(url, timeout_s=self.settings.broker_timeout_s)
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+# Declared for the OpenAPI document (its security schemes, either one); the check itself reads the headers.
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                           description="one of AVS_API_KEYS (no key needed when it is empty)")
+_BEARER = HTTPBearer(auto_error=False, scheme_name="Bearer", description="the same key as a bearer token")
+
+
+def require_api_key(request: Request, settings: SettingsDep,
+                    _header: Annotated[str | None, Security(_KEY_HEADER)] = None,
+                    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None) -> None:
     """401 `unauthorized` unless `X-API-Key: <key>` (or `Authorization: Bearer <key>`) names a configured key
     (`worker.core.api_keys`: constant-time comparison against every key)."""
     if not settings.api_keys:

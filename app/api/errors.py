@@ -47,6 +47,10 @@ STATUS_BY_CODE: dict[str, int] = {
     # every worker runs its maximum of live sessions (POST /streams; /live says it with close code 1013): a
     # capacity limit of the whole service, like backlog_full, with Retry-After
     ServiceErrorCode.TOO_MANY_SESSIONS: 429,
+    ServiceErrorCode.JOB_DELETED: 410,  # the tombstone says the job existed and was deleted on purpose
+    ServiceErrorCode.JOB_NOT_FINISHED: 409,
+    ServiceErrorCode.EXPORT_TOO_LARGE: 413,
+    ServiceErrorCode.EXPORT_FAILED: 500,
 }
 
 # Starlette/FastAPI HTTPExceptions (raised by the framework itself) -> our codes.

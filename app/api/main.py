@@ -4,12 +4,16 @@
     GET    /jobs/{job_id}           status, progress, video, timings, error
     GET    /jobs/{job_id}/masks     NDJSON, one line per frame; follows a running job (?from_frame=N)
     GET    /jobs/{job_id}/overlay.mp4
-    DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone)
+    GET    /jobs                    the caller's jobs, newest first (live recordings included)
+    GET    /jobs/{job_id}/preview.mp4   a video a browser plays, frame-exact with the masks
+    GET    /jobs/{job_id}/exports[/{name}], POST /jobs/{job_id}/exports/{name}   PNG ZIP, COCO, videos, waveform
+    DELETE /jobs/{job_id}           cancel + delete files (record kept as a tombstone; then 410 job_deleted)
     WS     /live                    a live session, proxied to a worker (worker.core.live_protocol)
     POST   /streams                 a live session on a stream URL, run by a worker with no client (201)
     GET    /streams  /streams/{id}  their status; GET /streams/{id}/masks follows the masks; DELETE stops one
     GET    /  /static/*             the web page (app.web): upload or camera, masks drawn in the browser
-    GET    /healthz /readyz /metrics /docs
+    GET    /healthz /readyz /metrics /model
+    GET    /docs /redoc (assets served from this server) /openapi.json /asyncapi.json (/live, NDJSON streams)
 
 This process never imports torch (nor `model`, `worker.pipeline`, `worker.tasks`, `worker.masks`): it
 only streams, probes, writes records and sends ids to the queue. The lifespan runs the cleanup loop
@@ -31,12 +35,13 @@ from fastapi import FastAPI
 from app.api import prometheus
 from app.api.body_drain import DrainUnreadBody
 from app.api.deps import ApiKeyGuard, CelerySender, TaskSender, get_store, get_stream_store
+from app.api.docs import create_docs_app, openapi_document
 from app.api.errors import install_error_handlers
 from app.api.job_service import cleanup_once
+from app.api.routers import exports, live, ops, segment, streams
 from app.api.routers import jobs as jobs_router
-from app.api.routers import live, ops, segment, streams
 from app.web import install_web_page
-from worker.core.contracts import TASK_STREAM
+from worker.core.contracts import TASK_EXPORT, TASK_STREAM
 from worker.core.jobstore import MASKS
 from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings, get_settings
@@ -89,10 +94,10 @@ async def reconcile_loop(settings: ServiceSettings, send: TaskSender, send_strea
 
 
 def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSender | None = None,
-               stream_sender: TaskSender | None = None) -> FastAPI:
+               stream_sender: TaskSender | None = None, export_sender: TaskSender | None = None) -> FastAPI:
     """Build the API. `settings` defaults to `get_settings()` (the `AVS_` environment); `task_sender`,
     a callable `(job_id) -> None`, defaults to sending `avs.segment(job_id)` through Celery, `stream_sender`
-    to sending `avs.stream(stream_id)`."""
+    to sending `avs.stream(stream_id)`, `export_sender` (`(job_id, name) -> None`) to `avs.export`."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -110,7 +115,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
                     await loop
             prometheus.mark_process_dead()
 
-    app = FastAPI(
+    app = create_docs_app(
         title="AVESFormer segmentation service",
         summary="Segments the objects that make the sound in a video: per-frame COCO-RLE masks as NDJSON.",
         version="0.1.0",
@@ -119,6 +124,7 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.state.settings = settings
     app.state.task_sender = task_sender if task_sender is not None else CelerySender(settings)
     app.state.stream_sender = stream_sender if stream_sender is not None else CelerySender(settings, TASK_STREAM)
+    app.state.export_sender = export_sender if export_sender is not None else CelerySender(settings, TASK_EXPORT)
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(prometheus.MetricsMiddleware)
@@ -126,9 +132,11 @@ def create_app(settings: ServiceSettings | None = None, *, task_sender: TaskSend
     app.include_router(ops.router)
     app.include_router(segment.router, dependencies=[ApiKeyGuard])
     app.include_router(jobs_router.router, dependencies=[ApiKeyGuard])
+    app.include_router(exports.router, dependencies=[ApiKeyGuard])
     app.include_router(streams.router, dependencies=[ApiKeyGuard])
     app.include_router(live.router)  # authenticates in the handler: a browser's WebSocket sends no headers
     install_web_page(app)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 

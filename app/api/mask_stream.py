@@ -63,17 +63,19 @@ def _frame_index(line: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def end_line(record: JobRecord) -> bytes:
+def end_line(record: JobRecord, frames: int | None = None) -> bytes:
     """The last line of every complete mask stream: `{"end": true, "status", "frames", "error", "deleted"}`.
 
-    `frames` is how many frame lines the job's result holds (frame_index 0 .. frames-1): all of them when
-    `status` is "succeeded", those written before the failure when "failed" (kept, readable), those written
-    before the cancel when "cancelled". `deleted`: the client deleted the job, its frame lines are gone. A
+    `frames` is how many frame lines the job's result holds, i.e. the frame lines this stream carried from
+    frame 0 (`follow_masks` counts them; None: the record's count): all of them when `status` is "succeeded",
+    those written before the failure when "failed" (kept, readable), none when "cancelled" (a cancelled
+    job's files are removed). `deleted`: the client deleted the job, its frame lines are gone. A
     stream that ends without this line was cut (the connection, the server): resume with `from_frame`.
     Frame readers recognise frame lines by `frame_index` and skip this one. A REST stream's end line also says
     why it ended (`ended_by`: source, max_duration, stopped; `worker.core.streams`).
     """
-    end = {"end": True, "status": record.status.value, "frames": record.progress.frames_done,
+    end = {"end": True, "status": record.status.value,
+           "frames": record.progress.frames_done if frames is None else frames,
            "error": record.error.model_dump() if record.error is not None else None, "deleted": record.deleted}
     if record.kind == "stream":
         end["ended_by"] = ended_by(record)
@@ -93,6 +95,7 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
     """
     offset = 0
     last_sent = -1
+    last_seen, seen = -1, 0  # frame lines the file held (from frame 0), each counted once
     while True:
         record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset)
         if record is None:
@@ -108,6 +111,8 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
                     continue
                 index = _frame_index(line)
                 if index is not None:
+                    if index > last_seen:
+                        last_seen, seen = index, seen + 1
                     if index < from_frame or index <= last_sent:
                         continue
                     last_sent = index
@@ -116,7 +121,7 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
                 yield b"\n".join(out) + b"\n"
             continue
         if record.finished:
-            yield end_line(record)
+            yield end_line(record, seen)
             return
         if await request.is_disconnected():
             return

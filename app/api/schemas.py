@@ -65,24 +65,68 @@ class JobUrls(BaseModel):
     overlay: str | None
 
 
+class JobMedia(BaseModel):
+    browser_playable: bool = Field(description="a browser plays the upload as it is (MP4 with H.264/AV1/VP9 + AAC, "
+                                               "WebM with VP8/VP9/AV1 + Opus/Vorbis)")
+    preview_url: str | None = Field(description="a video the page can play, frame-exact with the masks: the "
+                                                "worker's H.264 + AAC preview, or the browser-playable upload; "
+                                                "null until it exists")
+
+
 class JobView(BaseModel):
     job_id: str
     kind: str = Field(description="file: an uploaded video; live: a recorded live session")
+    source: str = Field(description="upload / live / stream: where the video came from")
     status: str = Field(description="queued / running / succeeded / failed / cancelled")
     progress: Progress
+    eta_s: float | None = Field(description="seconds left, from the rate so far; null unless running with frames "
+                                            "done")
     video: VideoInfo | None
     timings: dict[str, Any] = Field(description="seconds per stage, as the worker reports them")
     error: JobError | None
     created_at: float = Field(description="Unix time, seconds")
     started_at: float | None
     finished_at: float | None
+    created_at_iso: str = Field(description="created_at as ISO 8601, UTC (\"Z\")")
+    started_at_iso: str | None
+    finished_at_iso: str | None
     options: JobOptions
+    effective_threshold: float = Field(description="the sigmoid threshold used for binary masks: the request's, "
+                                                   "else the model's default")
     urls: JobUrls
+    media: JobMedia
+    exports_url: str = Field(description="GET: the exports and their states (masks.zip, coco.json, ...)")
     attempts: int = Field(description="deliveries to a worker so far (2 after a worker died mid-job)")
     cancel_requested: bool
     deleted: bool = Field(description="the client deleted the job: its files are (being) removed")
     live: dict[str, Any] | None = Field(description="a recorded live session's end summary (frames received / "
                                                     "processed / dropped, latency percentiles)")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="newest first: uploads and recorded live sessions")
+
+
+class ExportEntry(BaseModel):
+    name: str = Field(description="masks.zip, coco.json, overlay-outline.mp4, alpha.webm, side-by-side.mp4, "
+                                  "waveform.json")
+    media_type: str
+    description: str
+    status: str = Field(description="absent / pending (queued or being made) / ready / failed")
+    url: str = Field(description="GET: the file when ready (202 while pending; starts it when absent); POST: start")
+    size_bytes: int | None = Field(description="when ready")
+    error: JobError | None = Field(description="why the last attempt failed (export_failed, export_too_large)")
+    available: bool = Field(description="it can be made: the job succeeded (and, for the video ones and the "
+                                        "waveform, keeps its video)")
+
+
+class ExportList(BaseModel):
+    exports: list[ExportEntry]
+
+
+class ExportQueued(BaseModel):
+    status: str = Field(description="pending, or ready")
+    url: str
 
 
 class StreamCreated(BaseModel):
@@ -173,4 +217,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "`unauthorized`"},
     404: {"model": ErrorBody, "description": "`not_found`"},
     422: {"model": ErrorBody, "description": "`invalid_request`"},
+}
+
+JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    410: {"model": ErrorBody, "description": "`job_deleted`: the job was deleted (DELETE); every route of it "
+                                             "answers this while its tombstone lasts"},
 }

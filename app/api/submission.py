@@ -23,6 +23,7 @@ from app.api.deps import TaskSender
 from app.api.errors import ApiError
 from app.api.job_service import ORPHAN_UPLOAD_S, job_urls
 from app.api.uploads import FORM_OVERHEAD_BYTES, invalid, receive_upload, storage_full, too_large
+from worker.core.api_keys import key_id, presented_key
 from worker.core.contracts import JobStatus, ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo, new_job_id
@@ -55,11 +56,12 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
     for name in ("fps", "threshold"):
         if fields.get(name):
             values[name] = _float_field(name, fields[name])
-    if fields.get("overlay"):
-        flag = fields["overlay"].lower()
-        if flag not in _TRUE | _FALSE:
-            raise invalid(f"`overlay` must be true or false, got {fields['overlay'][:32]!r}")
-        values["overlay"] = flag in _TRUE
+    for name in ("overlay", "confidence"):
+        if fields.get(name):
+            flag = fields[name].lower()
+            if flag not in _TRUE | _FALSE:
+                raise invalid(f"`{name}` must be true or false, got {fields[name][:32]!r}")
+            values[name] = flag in _TRUE
     try:
         return JobOptions(**values)
     except ValidationError as exc:
@@ -201,6 +203,7 @@ async def _receive_and_probe(request: Request, settings: ServiceSettings, store:
     # 5. The record (queued, its message not sent yet).
     record = JobRecord(
         job_id=job_id, options=options, media=info,
+        api_key_id=key_id(presented_key(request.headers)) if settings.api_keys else None,
         upload=UploadInfo(filename=upload.filename, bytes=upload.bytes, path=upload.path.name),
         progress=Progress(frames_total=info.expected_frames(options.fps)))
     await anyio.to_thread.run_sync(store.create, record)

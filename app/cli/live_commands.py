@@ -27,10 +27,15 @@ def _live(args: argparse.Namespace) -> int:
     line = (f"{summary['frames_processed']} of {summary['frames_received']} frames segmented "
             f"({summary.get('frames_skipped_by_rate', 0)} skipped by the fps cap, {summary['frames_dropped']} dropped "
             f"late); latency p50 {summary['latency_p50_ms']} ms, p95 {summary['latency_p95_ms']} ms")
+    job_id = summary.get("job_id")
     if args.json:
-        sys.stderr.write(json.dumps(summary) + "\n")
+        # stdout, as the README says: the last line, after the mask records when they go to stdout too
+        sys.stdout.write(json.dumps({**summary, "type": "summary"}) + "\n")
+        sys.stdout.flush()
     else:
         sys.stderr.write(line + "\n")
+        if job_id:
+            sys.stderr.write(f"recorded as job {job_id}: {args.server.rstrip('/')}{summary.get('job_url') or ''}\n")
     if summary.get("error"):
         error = summary["error"]
         sys.stderr.write(f"avs: error [{error['code']}]: {error['message']}\n")

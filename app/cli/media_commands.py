@@ -33,7 +33,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args)
     options = SegmentOptions(batch_size=args.batch_size, fps=args.fps, overlay=args.overlay, png=args.png,
-                             limits=media_limits(args))
+                             confidence=args.confidence, limits=media_limits(args))
     with tqdm(unit="frame", desc="segment", disable=None, file=sys.stderr) as bar:
         def progress(done: int, total: int | None) -> None:
             if total and bar.total != total:
@@ -114,6 +114,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     add_model_args(p)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (masks on the video, with sound)")
     p.add_argument("--png", action="store_true", help="also write one PNG mask per frame")
+    p.add_argument("--confidence", action="store_true",
+                   help="each mask line also carries `confidence`: the probability map at <= 64 px, base64 uint8")
     add_json_flag(p)
     p.set_defaults(handler=_segment)
 

@@ -28,9 +28,18 @@ def _worker(args: argparse.Namespace) -> int:
     from worker.tasks import app
 
     watch_supervisor()
+    quiet: list[str] = []
+    if args.quiet:  # no banner, no superuser warning (containers run as root on purpose; README, "Deployment")
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        quiet = ["--quiet"]
     # Threads: several jobs per process share one model and its frame engine (README, "The frame engine").
-    argv = ["worker", "--pool=threads", f"--concurrency={settings.jobs_per_worker}", f"--loglevel={args.loglevel}",
-            "-n", args.name or f"avs-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    argv = [*quiet, "worker", "--pool=threads", f"--concurrency={settings.jobs_per_worker}",
+            f"--loglevel={args.loglevel}", "-n", args.name or f"avs-{os.getpid()}@%h", "--without-gossip",
+            "--without-mingle"]
     app.worker_main(argv)
     return 0
 
@@ -64,8 +73,11 @@ def _serve(args: argparse.Namespace) -> int:
     worker = None
     try:
         if not args.no_worker:
-            worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--loglevel",
-                                       args.loglevel.upper()], settings=settings).start()
+            # quiet unless --verbose: no Celery banner, no superuser warning, warnings and errors only
+            worker_log = ["--loglevel", args.loglevel.upper()] if args.verbose else ["--loglevel", "WARNING",
+                                                                                     "--quiet"]
+            worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", *worker_log],
+                                      settings=settings).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that
         # would end this process before the `finally` below hands the worker its SIGTERM and waits for it.
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
@@ -142,12 +154,15 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--root-path", default=None,
                    help="the path prefix a reverse proxy serves the API under, e.g. /avs (default: $AVS_ROOT_PATH); "
                         "job URLs and the web page's links carry it")
-    p.add_argument("--loglevel", default="info", help="uvicorn and Celery log level")
+    p.add_argument("--loglevel", default="info", help="uvicorn's log level (and the worker's with --verbose)")
+    p.add_argument("--verbose", action="store_true", help="the worker's Celery banner, superuser warning and info "
+                                                          "logs too (default: its warnings and errors only)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("worker", help="a Celery worker: one process, one model, one GPU")
     p.add_argument("--loglevel", default="INFO", help="Celery log level")
     p.add_argument("--name", default=None, help="Celery node name (default: avs-<pid>@<host>)")
+    p.add_argument("--quiet", action="store_true", help="no Celery banner and no superuser warning")
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("demo", help="serve, submit a synthetic clip over HTTP, stream masks, write the overlay")

@@ -130,6 +130,17 @@ def test_webm_pushed_in_real_time_recorded_as_a_job(service: Service, webm: Path
         overlay = http.get(f"/jobs/{job_id}/overlay.mp4", headers=headers)
         assert overlay.status_code == 200
         assert overlay.content[4:8] == b"ftyp"
+        # a job like any other (#23): listed with the key's jobs, its video kept, a preview, exports
+        assert result["job_url"] == f"/jobs/{job_id}"
+        assert job["source"] == "live"
+        assert job_id in [j["job_id"] for j in http.get("/jobs", headers=headers).json()["jobs"]]
+        assert job["video"]["container"] == "matroska"
+        assert job["media"]["preview_url"] == f"/jobs/{job_id}/preview.mp4"
+        preview = http.get(job["media"]["preview_url"], headers=headers)
+        assert (preview.status_code, preview.headers["content-type"], preview.content[4:8]) == (
+            200, "video/mp4", b"ftyp")
+        exports = {e["name"]: e for e in http.get(f"/jobs/{job_id}/exports", headers=headers).json()["exports"]}
+        assert all(e["available"] for e in exports.values()), exports
         metrics = http.get("/metrics").text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(metrics) for s in family.samples}
@@ -314,3 +325,27 @@ def test_a_udp_camera_that_restarts_at_a_new_size_keeps_its_session(service: Ser
     assert sizes[-1] == (128, 96)
     times = [mask["pts_s"] for mask in result["masks"]]
     assert all(b > a for a, b in itertools.pairwise(times))
+
+
+def test_avs_live_record_names_its_job_in_text_and_json(service: Service, webm: Path, tmp_path: Path) -> None:
+    """`avs live --server --record`: the job id on stderr in text mode, the --json summary on stdout (#23)."""
+    avs = str(Path(sys.executable).with_name("avs"))
+    base = [avs, "live", str(webm), "--server", service.base_url, "--record", "--api-key", API_KEY,
+            "--no-realtime", "--window", "50"]
+    text = subprocess.run([*base, "--out", str(tmp_path / "m.ndjson")], capture_output=True, text=True, timeout=120,
+                          env=service.env)
+    assert text.returncode == 0, text.stderr
+    job_line = [line for line in text.stderr.splitlines() if line.startswith("recorded as job ")]
+    assert len(job_line) == 1, text.stderr
+    job_id = job_line[0].split()[3].rstrip(":")
+    assert job_line[0].endswith(f"{service.base_url}/jobs/{job_id}")
+    as_json = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=120, env=service.env)
+    assert as_json.returncode == 0, as_json.stderr
+    *masks, last = as_json.stdout.splitlines()
+    summary = json.loads(last)
+    assert (summary["type"], summary["status"], summary["job_url"]) == ("summary", "succeeded",
+                                                                        f"/jobs/{summary['job_id']}")
+    assert len(masks) == summary["frames_processed"]
+    with service.client() as http:
+        listed = [j["job_id"] for j in http.get("/jobs", headers={"X-API-Key": API_KEY}).json()["jobs"]]
+    assert {job_id, summary["job_id"]} <= set(listed)

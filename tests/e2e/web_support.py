@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import Page, expect
 
 from .conftest import free_port
 
@@ -107,3 +108,56 @@ def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def open_page(page: Page, url: str, *, key: str | None) -> None:
+    """Load the page, wait for its modules, and (unless `key` is None) save the API key in its field."""
+    page.goto(url)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    if key is not None:
+        page.click("details.settings summary")
+        page.fill("#api-key", key)
+        page.click("#key-form button")
+
+
+def keep_screenshot(page: Page, name: str) -> None:
+    """With AVS_WEB_SCREENSHOTS=DIR, the whole page as DIR/name (JPEG): the README's pictures."""
+    folder = os.environ.get("AVS_WEB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), type="jpeg", quality=80, full_page=True)
+
+
+CANVAS_ALPHA = """id => {
+    const c = document.getElementById(id);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const alpha = new Array(c.width * c.height);
+    for (let i = 0; i < alpha.length; i += 1) alpha[i] = d[4 * i + 3] > 0 ? 1 : 0;
+    return alpha;
+}"""
+"""JS for page.evaluate(CANVAS_ALPHA, id): 1 where the canvas has any paint, row-major."""
+
+
+def tint(page: Page) -> np.ndarray:
+    """[H, W] bool: where the mask is drawn on screen, the player's box with the mask shown minus the same box
+    with it hidden."""
+    stage = page.locator("#upload-stage")
+    shown = png_pixels(stage.screenshot()).astype(int)
+    page.click("#show-mask")
+    hidden = png_pixels(stage.screenshot()).astype(int)
+    page.click("#show-mask")
+    return np.abs(shown - hidden).sum(axis=2) > 60
+
+
+def assert_frames_drawn_where_truth_is(page: Page, ground_truth: list[np.ndarray], frames: tuple[int, ...],
+                                       min_iou: float = 0.7) -> None:
+    """Scrub to each of `frames` and measure the tint on screen against that frame's ground truth: IoU at least
+    `min_iou`, and no other frame fits better than it or a neighbour (the picture and mask are frame-accurate)."""
+    for frame in frames:
+        page.fill("#scrubber", str(frame))
+        expect(page.locator("#mask-canvas")).to_have_attribute("data-frame", str(frame))
+        page.wait_for_timeout(150)  # the canvas paints with the next frame
+        drawn = tint(page)
+        scores = [iou(drawn, resize_nearest(truth, drawn.shape)) for truth in ground_truth]
+        assert scores[frame] >= min_iou, f"frame {frame}: IoU {scores[frame]:.3f} with its ground truth"
+        assert abs(int(np.argmax(scores)) - frame) <= 1, f"frame {frame} drawn like frame {np.argmax(scores)}"

@@ -108,7 +108,8 @@ def test_a_job_runs_to_success_on_the_stored_probe(store: JobStore, settings: Se
     mask = decode_rle(lines[0]["counts"], lines[0]["size"])
     assert mask[:, :32].all()
     assert not mask[:, 32:].any()
-    assert not (store.job_dir(job_id) / "upload.mp4").exists()  # the video is not kept
+    assert (store.job_dir(job_id) / "upload.mp4").exists()  # kept for the page and the video exports
+    assert record.preview is None  # H.264 + AAC in MP4: a browser plays it as it is
 
 
 def test_a_redelivered_job_resumes_after_the_last_complete_line(store: JobStore, settings: ServiceSettings,
@@ -197,3 +198,75 @@ def test_duplicate_and_orphan_deliveries_are_no_ops(store: JobStore, settings: S
     assert json.loads((store.job_dir(job_id) / "job.json").read_text()) == json.loads(before)
     missing = new_job_id()  # a message whose record is gone (expired, or never written)
     assert _run(store, settings, missing) == {"job_id": missing, "status": "missing"}
+
+
+def _frame_times(path: Path) -> list[float]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "frame=best_effort_timestamp_time", "-of", "json", str(path)],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return [float(f["best_effort_timestamp_time"]) for f in json.loads(out)["frames"]]
+
+
+def _streams(path: Path) -> dict[str, dict]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=codec_type,codec_name,pix_fmt,width,height", "-of", "json", str(path)],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+@pytest.mark.parametrize(("name", "args", "fps"), [
+    # MPEG-4 Part 2 + MP3 in AVI: no browser decodes it
+    ("clip.avi", ["-c:v", "mpeg4", "-q:v", "5", "-c:a", "libmp3lame", "-b:a", "64k"], 10),
+    # H.264 + MP2 in MPEG-TS, which starts 1.4 s into its clock: a browser plays no TS
+    ("clip.ts", ["-c:v", "libx264", "-preset", "veryfast", "-c:a", "mp2", "-f", "mpegts"], 25),
+])
+def test_an_upload_a_browser_cannot_play_gets_a_frame_exact_preview(
+        store: JobStore, settings: ServiceSettings, tmp_path: Path, name: str, args: list[str], fps: int) -> None:
+    source = tmp_path / name
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=66x50:rate={fps}:duration=1.5",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=1.5", *args, str(source)],
+                   check=True, timeout=120)
+    job_id = _submit(store, source)
+    assert _run(store, settings, job_id)["status"] == "succeeded"
+    record = store.get(job_id)
+    assert record.preview == "preview.mp4"
+    preview = store.job_dir(job_id) / "preview.mp4"
+    streams = _streams(preview)
+    assert (streams["video"]["codec_name"], streams["video"]["pix_fmt"], streams["audio"]["codec_name"]) == (
+        "h264", "yuv420p", "aac")
+    assert (streams["video"]["width"], streams["video"]["height"]) == (66, 50)  # the display size (even already)
+    lines = list(read_mask_lines(store.masks_path(job_id)))
+    times = _frame_times(preview)
+    assert len(times) == len(lines) == count_frames(source)
+    half_frame = 0.5 / fps
+    assert max(abs(t - line["pts_s"]) for t, line in zip(times, lines, strict=True)) < half_frame
+
+
+def test_confidence_maps_ride_along_only_when_asked(store: JobStore, settings: ServiceSettings, clip: Path) -> None:
+    import base64
+
+    plain = _submit(store, clip)
+    assert _run(store, settings, plain)["status"] == "succeeded"
+    assert all("confidence" not in line for line in read_mask_lines(store.masks_path(plain)))  # off by default
+
+    job_id = _submit(store, clip, confidence=True)
+    assert _run(store, settings, job_id)["status"] == "succeeded"
+    lines = list(read_mask_lines(store.masks_path(job_id)))
+    assert len(lines) == 30
+    for line in lines:
+        entry = line["confidence"]
+        assert (entry["size"], entry["counts"]) == ([48, 64], None)  # 64 px on the long side: the clip's own size
+        values = np.frombuffer(base64.b64decode(entry["data"]), np.uint8).reshape(48, 64)
+        # the fake model: logit +5 on the left half (sigmoid 0.993), -5 on the right (0.007)
+        assert values[:, :28].min() >= 250
+        assert values[:, 36:].max() <= 5
+        assert line["counts"] == lines[0]["counts"]  # the masks themselves are unchanged
+
+
+def test_confidence_map_size_keeps_the_shape() -> None:
+    from worker.confidence import map_size
+
+    assert map_size((1080, 1920)) == (36, 64)
+    assert map_size((1920, 1080)) == (64, 36)
+    assert map_size((48, 64)) == (48, 64)
+    assert map_size((2, 4000)) == (1, 64)

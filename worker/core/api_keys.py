@@ -7,6 +7,7 @@ worker's live endpoint (`worker.live.server`, which the API calls with the clien
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 
@@ -34,3 +35,11 @@ def key_accepted(keys: list[str], presented: str | None) -> bool:
     for key in keys:
         ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
     return ok
+
+
+def key_id(presented: str | None) -> str | None:
+    """A stable, non-secret id of an API key (the first 16 hex digits of its SHA-256), stored with a job so
+    that `GET /jobs` lists the caller's own jobs without keeping the key itself; None without a key."""
+    if not presented:
+        return None
+    return hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -56,6 +56,19 @@ class ServiceErrorCode(StrEnum):
     """A live session's client disconnected before ending it."""
     WORKER_LOST = "worker_lost"
     """The worker running a live session stopped mid-session (its connection dropped); start a new session."""
+    JOB_DELETED = "job_deleted"
+    """The job was deleted (DELETE /jobs/{id}): every route of it answers 410 while its tombstone lasts."""
+    JOB_NOT_FINISHED = "job_not_finished"
+    """An export was asked for before the job succeeded (HTTP 409)."""
+    EXPORT_TOO_LARGE = "export_too_large"
+    """The export would be (or came out) larger than `AVS_MAX_EXPORT_BYTES` (HTTP 413)."""
+    EXPORT_FAILED = "export_failed"
+    """The worker could not make the export; the message says why (HTTP 500)."""
+
+
+DEFAULT_THRESHOLD = 0.5
+"""The sigmoid threshold of binary masks when the request names none (`model.predictor.DEFAULT_THRESHOLD` is
+this value; kept here so the torch-free API can report a job's effective threshold)."""
 
 
 class JobStatus(StrEnum):
@@ -72,6 +85,9 @@ class JobStatus(StrEnum):
 
 TASK_SEGMENT = "avs.segment"
 """The Celery task name. Its only argument is the job id: the message carries ids, never video bytes."""
+
+TASK_EXPORT = "avs.export"
+"""The Celery task that makes one export of a finished job (`worker.exports`); arguments: job id, export name."""
 
 TASK_STREAM = "avs.stream"
 """The Celery task that starts a REST stream (`POST /streams`) on a worker; its only argument is the stream id."""

@@ -48,6 +48,8 @@ class JobOptions(BaseModel):
                               description="resample to this many frames/s first (None: every decoded frame)")
     threshold: float | None = Field(None, gt=0, lt=1, description="binary masks: sigmoid threshold")
     overlay: bool = Field(False, description="also render overlay.mp4")
+    confidence: bool = Field(False, description="each mask line also carries `confidence`: the probability map at "
+                                                "<= 64 px on the long side (base64 uint8)")
 
 
 class UploadInfo(BaseModel):
@@ -129,6 +131,12 @@ class JobRecord(BaseModel):
                                                           "(frames received / processed / dropped, latency); a "
                                                           "REST stream's, of its last run, with `ended_by`")
     stream: StreamSpec | None = Field(None, description="a REST stream's source and mode")
+    api_key_id: str | None = Field(None, description="`worker.core.api_keys.key_id` of the key that created the "
+                                                     "job (None: no key); GET /jobs lists a caller's own jobs")
+    class_names: list[str] = Field(default_factory=list, description="the model's class names (index = class id) "
+                                   "when it has more than one class; empty for a binary model")
+    preview: str | None = Field(None, description="the browser-safe preview's file name in the job directory, "
+                                                  "once written (`worker.preview`)")
 
     @field_validator("error", mode="before")
     @classmethod

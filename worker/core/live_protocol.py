@@ -9,7 +9,7 @@ binary media chunks (pushed)      ─▶
 {"type": "end"}                   ─▶
                                   ◀─   {"type": "end", "status", "frames_received", "frames_processed",
                                         "frames_skipped_by_rate", "frames_dropped", "dropped": {"late": n},
-                                        "latency_p50_ms", ..., "job_id" (recorded sessions), "error"}
+                                        "latency_p50_ms", ..., "job_id", "job_url" (recorded sessions), "error"}
                                   ◀─   {"type": "error", "code", "message"}  (refused before starting)
 ```
 

@@ -25,6 +25,9 @@ class ServiceSettings(BaseSettings):
     result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
     # Upload and media limits (the API enforces them before a job exists); media defaults are MediaLimits'.
     max_upload_bytes: int = Field(1 << 30, gt=0)  # 1 GiB, enforced while the body streams in
+    # one export of a job (PNG ZIP, COCO JSON, the videos): refused (413 export_too_large) when its estimate is
+    # larger, removed when the file came out larger (worker.core.exports)
+    max_export_bytes: int = Field(1 << 30, gt=0)
     max_duration_s: float = Field(MediaLimits.max_duration_s, gt=0)
     max_pixels: int = Field(MediaLimits.max_pixels, gt=0)
     max_backlog: int = Field(100, ge=1)  # queued jobs; more are refused with 429 + Retry-After

@@ -1,4 +1,5 @@
-"""A live session kept as a job: its masks (and, on request, an overlay) readable with the job routes.
+"""A live session kept as a job like any other: its masks, its video (the stream as received, remuxed to
+Matroska, with an H.264 preview for the page), on request an overlay, and the exports, all with the job routes.
 
 While the session runs its files are written in the job's directory, without a record: the job routes,
 the listing and the reconciler see nothing (no record, no lease to expire, nothing to redeliver), and a
@@ -19,12 +20,13 @@ from typing import Any
 
 from worker.core.contracts import JobStatus
 from worker.core.errors import MediaError
-from worker.core.job_record import JobError, JobOptions, JobRecord, Progress
+from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo
 from worker.core.jobstore import RECORD, JobStore
 from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import probe_media
 from worker.masks import MaskWriter
 from worker.overlay import write_overlay
+from worker.preview import PREVIEW, write_preview
 
 log = logging.getLogger("avs.live")
 
@@ -34,17 +36,21 @@ STREAM_COPY = "stream.mkv"
 
 class Recording:
     """The files of one recorded session (job id = session id). `copy_path`: where the session's ffmpeg
-    copies the stream when an overlay is wanted (None otherwise)."""
+    copies the stream (kept as the job's video when the session succeeds), when an overlay is wanted or
+    `keep_video` (False for a pulled network stream without overlay: a copy would stop it from reconnecting,
+    `worker.live.session`); None otherwise. `key_id`: the API key's id (`worker.core.api_keys.key_id`), so the
+    recording is listed with its client's jobs."""
 
-    def __init__(self, store: JobStore, job_id: str, *, threshold: float | None, overlay: bool) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, *, threshold: float | None, overlay: bool,
+                 key_id: str | None = None, keep_video: bool = True) -> None:
+        self.store, self.job_id, self.key_id = store, job_id, key_id
         self.options = JobOptions(threshold=threshold, overlay=overlay)
         self.dir = store.job_dir(job_id)
         self.dir.mkdir(parents=True, exist_ok=False)
         (self.dir / MARKER).touch()
         self.created_at = time.time()
         self.writer = MaskWriter(store.masks_path(job_id), atomic=True)
-        self.copy_path: Path | None = self.dir / STREAM_COPY if overlay else None
+        self.copy_path: Path | None = self.dir / STREAM_COPY if overlay or keep_video else None
 
     def write(self, record: dict[str, Any]) -> None:
         """One frame's mask record (without the live-only fields)."""
@@ -52,22 +58,39 @@ class Recording:
 
     def finish(self, summary: dict[str, Any], error: tuple[str, str] | None, *, num_classes: int,
                limits: MediaLimits, rotation: int = 0) -> JobRecord:
-        """Commit the masks, render the overlay when asked (and there is something to draw), write the record.
+        """Commit the masks, keep the video, render the overlay when asked, write the record.
+
+        The stream copy is kept as the job's video (`upload`, probed into `media`) when the session succeeded
+        with frames, with `preview.mp4` (H.264 + AAC, every frame from the first mask on) for the page; otherwise
+        it is removed. A copy that cannot be read fails the recording only when an overlay was asked for.
 
         `rotation`: the clockwise display rotation of the session's input (ffmpeg applied it to the frames the
         masks were made from). The copy of the stream is Matroska, which keeps no display matrix, so it is
         turned the same way for the overlay, which then plays upright like the masks (issue #21)."""
         self.writer.commit()
-        if error is None and self.copy_path is not None and summary["frames_processed"]:
+        info: MediaInfo | None = None
+        preview = None
+        if error is None and self.copy_path is not None and self.copy_path.is_file() and summary["frames_processed"]:
             try:
                 info = probe_media(self.copy_path, limits, require_audio=False)
                 if rotation % 360 and info.rotation == 0:
                     info = rotated(info, rotation)
-                write_overlay(info, self.store.masks_path(self.job_id), self.store.overlay_path(self.job_id),
-                              fps=None, num_classes=num_classes, limits=limits, hold=True)
+                if self.options.overlay:
+                    write_overlay(info, self.store.masks_path(self.job_id), self.store.overlay_path(self.job_id),
+                                  fps=None, num_classes=num_classes, limits=limits, hold=True)
             except MediaError as exc:
-                error = (exc.code.value, f"overlay: {exc.message}")
-        if self.copy_path is not None:
+                info = None
+                if self.options.overlay:
+                    error = (exc.code.value, f"overlay: {exc.message}")
+                else:
+                    log.warning("live recording %s: its video is not kept (%s)", self.job_id, exc.message)
+            if info is not None:
+                try:
+                    preview = write_preview(info, self.store.masks_path(self.job_id), self.dir / PREVIEW, fps=None,
+                                            limits=limits, hold=True).name
+                except MediaError as exc:  # the masks and the video stand without it
+                    log.warning("live recording %s: no preview (%s)", self.job_id, exc.message)
+        if info is None and self.copy_path is not None:
             self.copy_path.unlink(missing_ok=True)
         finished = time.time()
         record = JobRecord(
@@ -77,7 +100,10 @@ class Recording:
             progress=Progress(frames_done=summary["frames_processed"], frames_total=summary["frames_processed"]),
             timings={"total": round(finished - self.created_at, 4)},
             live={k: v for k, v in summary.items() if k != "type"},
-            error=JobError(code=error[0], message=error[1]) if error else None)
+            error=JobError(code=error[0], message=error[1]) if error else None,
+            media=info, preview=preview, api_key_id=self.key_id,
+            upload=UploadInfo(filename=STREAM_COPY, bytes=self.copy_path.stat().st_size, path=STREAM_COPY)
+            if info is not None and self.copy_path is not None else None)
         self.store.create(record)
         (self.dir / MARKER).unlink(missing_ok=True)
         return record

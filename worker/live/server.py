@@ -33,7 +33,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from worker import prometheus
-from worker.core.api_keys import key_accepted, presented_key
+from worker.core.api_keys import key_accepted, key_id, presented_key
 from worker.core.contracts import ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import new_job_id
@@ -219,8 +219,9 @@ class LiveServer:
         out: asyncio.Queue[Any] = asyncio.Queue()
         engine = await asyncio.to_thread(self.engine_factory)
         predictor = engine.predictor
-        recording = (Recording(self.store, session_id, threshold=start.threshold, overlay=start.overlay)
-                     if start.record else None)
+        owner = key_id(presented_key(websocket.headers)) if self.settings.api_keys else None
+        recording = (Recording(self.store, session_id, threshold=start.threshold, overlay=start.overlay,
+                               key_id=owner, keep_video=not source.network) if start.record else None)
 
         def on_record(record: dict[str, Any]) -> None:  # the job's encode thread
             if recording is not None:
@@ -292,6 +293,7 @@ class LiveServer:
             return
         end = {"type": "end", "status": "failed" if error else "succeeded", "session_id": session_id,
                **summary, "ended_by": session.ended_by if not error else None, "job_id": job_id,
+               "job_url": f"/jobs/{job_id}" if job_id is not None else None,
                "error": {"code": error[0], "message": error[1]} if error else None}
         with contextlib.suppress(Exception):
             await websocket.send_json(end)

@@ -1,4 +1,5 @@
-"""Job resources: the record, the mask stream, the overlay, deletion."""
+"""Job resources: the list, the record, the mask stream, the overlay, the preview, deletion. A deleted job
+answers 410 `job_deleted` on every route (`job_service.get_record`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api import job_service, mask_stream
 from app.api.deps import StoreDep
-from app.api.schemas import ERROR_RESPONSES, JobView
+from app.api.schemas import JOB_ERROR_RESPONSES, JobList, JobView
+from worker.core.api_keys import key_id, presented_key
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=JOB_ERROR_RESPONSES)
 
 
 def _base(request: Request) -> str:
     return request.scope.get("root_path", "")
+
+
+@router.get("", response_model=JobList, summary="The caller's jobs (its API key's; every job without keys), newest "
+                                                "first, live recordings included")
+def list_jobs(request: Request, store: StoreDep,
+              limit: Annotated[int, Query(ge=1, le=1000, description="at most this many jobs")] = 50,
+              ) -> dict[str, Any]:
+    settings = request.app.state.settings
+    owner = key_id(presented_key(request.headers)) if settings.api_keys else None
+    base = _base(request)
+    return {"jobs": [job_service.job_view(r, base) for r in job_service.list_jobs(store, owner, limit)]}
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Status, progress, video info, timings, error")
@@ -45,6 +58,17 @@ async def get_masks(job_id: str, request: Request, store: StoreDep,
             summary="The overlay video, when it was asked for and the job succeeded")
 def get_overlay(job_id: str, store: StoreDep) -> FileResponse:
     return FileResponse(job_service.overlay_file(store, job_id), media_type="video/mp4", filename=f"{job_id}.mp4")
+
+
+@router.get("/{job_id}/preview.mp4", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}, "video/webm": {}},
+                             "description": "H.264 + AAC MP4 at the video's display size, one frame per mask line "
+                                            "at the same pts_s (uploads a browser cannot play); a browser-playable "
+                                            "upload is served as it is"}},
+            summary="A video the browser plays, frame-exact with the mask stream")
+def get_preview(job_id: str, store: StoreDep) -> FileResponse:
+    path, media_type = job_service.preview_file(store, job_id)
+    return FileResponse(path, media_type=media_type)
 
 
 @router.delete("/{job_id}", response_model=JobView,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -52,6 +52,13 @@ def model(settings: SettingsDep) -> Any:
     first, *others = models
     return JSONResponse({"model": models[first], "workers": served_by[first],
                          "other_models": [models[key] for key in others]})
+
+
+@router.get("/asyncapi.json", summary="AsyncAPI 2.6: the /live WebSocket's messages and the NDJSON mask streams")
+def asyncapi(request: Request) -> dict[str, Any]:
+    from app.api.docs import asyncapi_document
+
+    return asyncapi_document(request.app.version)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")

@@ -34,6 +34,9 @@ _FORM_SCHEMA: dict[str, Any] = {
                               "description": "binary masks: sigmoid threshold (default: the model's)"},
                 "overlay": {"type": "boolean", "default": False,
                             "description": "also render overlay.mp4 (masks blended onto the video)"},
+                "confidence": {"type": "boolean", "default": False,
+                               "description": "each mask line also carries `confidence`: the sounding probability "
+                                              "map, <= 64 px on the long side, base64 uint8 row-major"},
             },
         }}},
     },

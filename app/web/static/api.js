@@ -56,7 +56,8 @@ export async function getJson(path) { return (await request(path)).json(); }
 
 /**
  * POST /segment with upload progress (fetch has none): resolves to the 202 body, rejects with ApiError.
- * @param {File} file @param {{overlay: boolean}} options @param {(sent: number, total: number) => void} onProgress
+ * @param {File} file
+ * @param {{overlay: boolean, threshold?: string, fps?: string, confidence?: boolean}} options the form's fields @param {(sent: number, total: number) => void} onProgress
  */
 export function submitVideo(file, options, onProgress) {
   return new Promise((resolve, reject) => {
@@ -75,6 +76,8 @@ export function submitVideo(file, options, onProgress) {
     };
     const form = new FormData();
     if (options.overlay) form.append("overlay", "true");
+    for (const name of ["threshold", "fps"]) if (options[name] != null && options[name] !== "") form.append(name, String(options[name]));
+    if (options.confidence) form.append("confidence", "true"); // sent only when asked: older services refuse it
     form.append("file", file, file.name); // the options first: the API checks them before reading the file
     xhr.send(form);
   });

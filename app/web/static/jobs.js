@@ -1,7 +1,6 @@
-// The jobs this browser submitted, kept in localStorage (ids only; their state is asked from the API).
-//
-// The API has no "list every job" route on purpose: a job id is the capability to read its masks, and a
-// listing would hand every client everyone's ids. So the page lists what it submitted itself.
+// The jobs this browser submitted (and live recordings it kept), in localStorage (ids and names only; their
+// state is asked from the API). The service also lists the jobs of the caller's API key (GET jobs); the page
+// shows both, so a service without keys or without that route still has this browser's own list.
 
 const STORE = "avs.jobs";
 const MAX_KEPT = 50;

@@ -1,20 +1,23 @@
-// The page's entry: the two tabs (#upload, #live), the API key field, and the wiring of each tab.
+// The page's entry: the two tabs (#upload, #live; #job=<id> opens a job), the API key field, the wiring of each tab.
 import { apiKey, setApiKey } from "./api.js";
 import { initLive, leaveLive } from "./live.js";
 import { showModel } from "./model_card.js";
-import { initUpload, renderJobs } from "./upload.js";
+import { initUpload, openJobById, renderJobs } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGES = ["upload", "live"];
 
 function route() {
-  const page = PAGES.includes(location.hash.slice(1)) ? location.hash.slice(1) : "upload";
+  const hash = location.hash.slice(1);
+  const job = hash.startsWith("job=") ? decodeURIComponent(hash.slice(4)) : null; // #job=<id>: open that job
+  const page = PAGES.includes(hash) ? hash : "upload";
   for (const name of PAGES) {
     $(`page-${name}`).hidden = name !== page;
     if (name === page) $(`tab-${name}`).setAttribute("aria-current", "page");
     else $(`tab-${name}`).removeAttribute("aria-current");
   }
   if (page !== "live") leaveLive();
+  if (job) openJobById(job);
 }
 
 function initKey() {

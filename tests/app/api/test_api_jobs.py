@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
 
 VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
-             "options", "urls", "attempts", "cancel_requested", "deleted", "kind", "live"}
+             "options", "urls", "attempts", "cancel_requested", "deleted", "kind", "live", "source", "eta_s",
+             "created_at_iso", "started_at_iso", "finished_at_iso", "effective_threshold", "media", "exports_url"}
 
 
 @pytest.fixture
@@ -60,10 +62,17 @@ def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[s
     assert view["started_at"] is None
     assert view["finished_at"] is None
     assert view["created_at"] == pytest.approx(time.time(), abs=60)
-    assert view["options"] == {"fps": None, "threshold": None, "overlay": True}
+    assert view["options"] == {"fps": None, "threshold": None, "overlay": True, "confidence": False}
     assert view["urls"] == {"status": f"/jobs/{job_id}", "masks": f"/jobs/{job_id}/masks",
                             "overlay": f"/jobs/{job_id}/overlay.mp4"}
     assert (view["cancel_requested"], view["deleted"]) == (False, False)
+    assert (view["source"], view["eta_s"], view["effective_threshold"]) == ("upload", None, 0.5)
+    assert view["media"] == {"browser_playable": True, "preview_url": None}  # H.264 + AAC in MP4, not done yet
+    assert view["exports_url"] == f"/jobs/{job_id}/exports"
+    created = datetime.fromisoformat(view["created_at_iso"].replace("Z", "+00:00"))
+    assert view["created_at_iso"].endswith("Z")
+    assert created.timestamp() == pytest.approx(view["created_at"], abs=1e-3)
+    assert (view["started_at_iso"], view["finished_at_iso"]) == (None, None)
 
     # what a worker reports shows up as is
     store.set_fields(job_id, status="failed", finished_at=time.time(), timings={"decode": 0.5},
@@ -122,9 +131,12 @@ def test_masks_of_a_failed_job_are_what_was_kept_and_say_so(client: TestClient, 
     assert _frames_and_end(response.text) == ([0, 1], _end("failed", 2, error=error))
 
 
-def test_masks_of_a_cancelled_job_without_masks_file(client: TestClient, store: JobStore) -> None:
-    job_id = add_job(store, JobStatus.CANCELLED, deleted=True)
-    assert _frames_and_end(client.get(f"/jobs/{job_id}/masks").text) == ([], _end("cancelled", 0, deleted=True))
+def test_masks_of_a_cancelled_job_count_the_frames_sent(client: TestClient, store: JobStore) -> None:
+    """A job cancelled after 72 frames had its files removed: its end line says 0 frames, as it carries none
+    (the record's progress still says how far it went)."""
+    job_id = add_job(store, JobStatus.CANCELLED, progress={"frames_done": 72, "frames_total": 100})
+    assert _frames_and_end(client.get(f"/jobs/{job_id}/masks").text) == ([], _end("cancelled", 0))
+    assert client.get(f"/jobs/{job_id}").json()["progress"]["frames_done"] == 72
 
 
 def test_masks_follow_a_job_advanced_in_the_background(client: TestClient, store: JobStore) -> None:
@@ -213,13 +225,78 @@ def test_delete_finished_keeps_a_tombstone(client: TestClient, store: JobStore, 
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 200
     assert (response.json()["status"], response.json()["deleted"]) == (status.value, True)
+    assert response.json()["media"]["preview_url"] is None
     assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
-    assert client.get(f"/jobs/{job_id}").json()["deleted"] is True
-    # the tombstone's stream: no frame line any more, and an end line that says why
-    frames, end = _frames_and_end(client.get(f"/jobs/{job_id}/masks").text)
-    assert (frames, end["status"], end["deleted"]) == ([], status.value, True)
-    assert client.get(f"/jobs/{job_id}/overlay.mp4").status_code == 404
-    assert client.delete(f"/jobs/{job_id}").status_code == 200  # idempotent
+    assert store.get(job_id).deleted is True  # the tombstone
+    # every route of the job now says it was deleted, not that it succeeded with dead URLs
+    for method, path in [("GET", ""), ("GET", "/masks"), ("GET", "/overlay.mp4"), ("GET", "/preview.mp4"),
+                         ("GET", "/exports"), ("GET", "/exports/coco.json"), ("POST", "/exports/masks.zip"),
+                         ("DELETE", "")]:
+        response = client.request(method, f"/jobs/{job_id}{path}")
+        assert (response.status_code, response.json()["error"]["code"]) == (410, "job_deleted"), (method, path)
+    assert job_id not in [job["job_id"] for job in client.get("/jobs").json()["jobs"]]
+
+
+def test_masks_follower_sees_the_delete_in_its_end_line(store: JobStore) -> None:
+    """A client already following the stream when the job is deleted gets an end line that says so."""
+    import asyncio
+
+    from app.api import mask_stream
+
+    job_id = add_job(store, JobStatus.RUNNING)
+    store.masks_path(job_id).write_bytes(mask_line(0) + mask_line(1))
+
+    async def run() -> bytes:
+        stream = mask_stream.follow_masks(_ConnectedRequest(), store, job_id, 0, poll_s=0.01)
+        got = [await stream.__anext__()]
+        store.set_fields(job_id, status="cancelled", deleted=True)
+        store.remove_files(job_id)
+        got += [chunk async for chunk in stream]
+        return b"".join(got)
+
+    frames, end = _frames_and_end(asyncio.run(run()).decode())
+    assert (frames, end) == ([0, 1], _end("cancelled", 2, deleted=True))
+
+
+def test_list_jobs_newest_first_with_limit(client: TestClient, store: JobStore) -> None:
+    ids = [add_job(store, JobStatus.SUCCEEDED, created_at=1000.0 + i) for i in range(3)]
+    live = add_job(store, JobStatus.SUCCEEDED, created_at=2000.0, kind="live")
+    gone = add_job(store, JobStatus.SUCCEEDED, created_at=3000.0, deleted=True)
+    jobs = client.get("/jobs").json()["jobs"]
+    assert [job["job_id"] for job in jobs] == [live, *reversed(ids)]
+    assert gone not in [job["job_id"] for job in jobs]
+    assert jobs[0]["source"] == "live"
+    assert [job["job_id"] for job in client.get("/jobs", params={"limit": 2}).json()["jobs"]] == [live, ids[2]]
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_list_jobs_is_per_api_key(make_settings, recorder, media: dict[str, Path]) -> None:
+    """With keys configured, each key sees the jobs it created, and only those."""
+    from app.api.main import create_app
+
+    settings = make_settings(api_keys=["k1", "k2"])
+    with TestClient(create_app(settings, task_sender=recorder)) as client:
+        posted = {}
+        for key in ("k1", "k2", "k1"):
+            with open(media["ok"], "rb") as fh:
+                response = client.post("/segment", files={"file": ("ok.mp4", fh)}, headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+            posted.setdefault(key, []).append(response.json()["job_id"])
+        for key in ("k1", "k2"):
+            listed = [job["job_id"] for job in client.get("/jobs", headers={"X-API-Key": key}).json()["jobs"]]
+            assert sorted(listed) == sorted(posted[key])
+        assert client.get("/jobs").status_code == 401
+
+
+def test_eta_from_the_rate_so_far(client: TestClient, store: JobStore) -> None:
+    job_id = add_job(store, JobStatus.RUNNING)
+    store.set_fields(job_id, started_at=time.time() - 10.0, progress={"frames_done": 20, "frames_total": 100})
+    view = client.get(f"/jobs/{job_id}").json()
+    assert view["eta_s"] == pytest.approx(40.0, abs=1.0)  # 2 frames/s, 80 frames left
+    assert view["started_at_iso"].endswith("Z")
+    assert view["finished_at_iso"] is None
+    store.set_fields(job_id, options={"threshold": 0.3})
+    assert client.get(f"/jobs/{job_id}").json()["effective_threshold"] == 0.3
 
 
 class _ConnectedRequest:

@@ -176,7 +176,7 @@ def test_unhandled_errors_are_500_internal_error_without_details(settings: Servi
 def test_openapi_documents_the_upload_form(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     form = spec["paths"]["/segment"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"file", "fps", "threshold", "overlay"}
+    assert set(form["properties"]) == {"file", "fps", "threshold", "overlay", "confidence"}
     assert {"/jobs/{job_id}", "/jobs/{job_id}/masks", "/jobs/{job_id}/overlay.mp4", "/healthz", "/readyz",
             "/metrics"} <= set(spec["paths"])
 

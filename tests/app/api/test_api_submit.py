@@ -40,7 +40,8 @@ def _redis_available() -> bool:
 
 def test_submit_accepts_a_video_and_queues_only_the_id(client: TestClient, recorder: Recorder,
                                                         settings: ServiceSettings, media: dict[str, Path]) -> None:
-    response = _post(client, media["ok"], "../../holiday clip.MP4", fps="10", threshold="0.4", overlay="true")
+    response = _post(client, media["ok"], "../../holiday clip.MP4", fps="10", threshold="0.4", overlay="true",
+                     confidence="yes")
     assert response.status_code == 202, response.text
     body = response.json()
     job_id = body["job_id"]
@@ -56,7 +57,7 @@ def test_submit_accepts_a_video_and_queues_only_the_id(client: TestClient, recor
     assert upload.read_bytes() == media["ok"].read_bytes()
     record = json.loads((job_dir / "job.json").read_text())
     assert record["status"] == "queued"
-    assert record["options"] == {"fps": 10.0, "threshold": 0.4, "overlay": True}
+    assert record["options"] == {"fps": 10.0, "threshold": 0.4, "overlay": True, "confidence": True}
     assert record["upload"] == {"filename": "holiday clip.MP4", "bytes": media["ok"].stat().st_size,
                                 "path": "upload.mp4"}
     media_info = record["media"]  # the full probe result, stored once: the worker does not probe again
@@ -78,7 +79,7 @@ def test_submit_defaults_and_unknown_extension(client: TestClient, recorder: Rec
     job_dir = settings.data_dir / "jobs" / body["job_id"]
     assert (job_dir / "upload.bin").is_file()  # the content decides, not the name
     record = json.loads((job_dir / "job.json").read_text())
-    assert record["options"] == {"fps": None, "threshold": None, "overlay": False}
+    assert record["options"] == {"fps": None, "threshold": None, "overlay": False, "confidence": False}
     assert record["progress"]["frames_total"] == 25
 
 
@@ -142,6 +143,7 @@ def test_too_large_by_content_length_and_by_streamed_bytes(make_settings: Callab
     ({"threshold": "1"}, True, "threshold"),
     ({"threshold": "-0.1"}, True, "threshold"),
     ({"overlay": "maybe"}, True, "overlay"),
+    ({"confidence": "2"}, True, "confidence"),
     ({"colour": "red"}, True, "unknown form field"),
     ({"fps": "1" * 2000}, True, "longer than"),
     ({}, False, "no `file` part"),

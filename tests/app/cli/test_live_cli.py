@@ -29,7 +29,9 @@ def test_live_file_in_real_time_writes_one_record_per_processed_frame(clip: Path
     out = tmp_path / "masks.ndjson"
     result = _run("live", str(clip), "--out", str(out), "--window", "50", "--json")
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert len(result.stdout.splitlines()) == 1  # --out: only the summary on stdout
+    summary = json.loads(result.stdout)
+    assert summary["type"] == "summary"
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["frames_received"] == count_frames(clip)
     assert summary["frames_processed"] == len(records)
@@ -45,8 +47,10 @@ def test_live_file_in_real_time_writes_one_record_per_processed_frame(clip: Path
 def test_live_not_in_real_time_drops_the_oldest_and_stays_in_order(clip: Path) -> None:
     result = _run("live", str(clip), "--no-realtime", "--window", "1", "--json")
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stderr.strip().splitlines()[-1])
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    *masks, last = result.stdout.splitlines()
+    summary = json.loads(last)  # --json: the summary is stdout's last line, after the mask records
+    assert summary["type"] == "summary"
+    records = [json.loads(line) for line in masks]
     indices = [r["frame_index"] for r in records]
     assert indices == sorted(set(indices))
     assert summary["frames_processed"] + summary["frames_dropped"] == summary["frames_received"] == count_frames(clip)
@@ -58,8 +62,10 @@ def test_frames_over_the_fps_cap_are_skipped_not_dropped(clip: Path) -> None:
     counted apart from the frames dropped because the model was late (none here: the window holds the clip)."""
     result = _run("live", str(clip), "--no-realtime", "--fps", "5", "--window", "50", "--json")
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stderr.strip().splitlines()[-1])
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    *masks, last = result.stdout.splitlines()
+    summary = json.loads(last)  # --json: the summary is stdout's last line, after the mask records
+    assert summary["type"] == "summary"
+    records = [json.loads(line) for line in masks]
     assert summary["frames_received"] == count_frames(clip) == 50
     assert summary["frames_processed"] == len(records) == 10
     assert summary["frames_skipped_by_rate"] == 40

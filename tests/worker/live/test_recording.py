@@ -60,7 +60,9 @@ def test_a_running_recording_is_invisible_to_the_store(store: JobStore) -> None:
     assert list(store.records()) == []
     with pytest.raises(JobNotFound):
         store.get(job_id)
-    assert recording.copy_path is None
+    assert recording.copy_path == recording.dir / STREAM_COPY  # the stream is kept while it runs
+    # a pulled network stream without overlay is not copied: the copy would stop it from reconnecting
+    assert Recording(store, new_job_id(), threshold=None, overlay=False, keep_video=False).copy_path is None
 
 
 def test_finish_commits_the_masks_and_writes_a_finished_live_record(store: JobStore) -> None:
@@ -165,6 +167,27 @@ def test_a_recorded_overlay_is_drawn_from_the_stream_copy(store: JobStore) -> No
     record = recording.finish(_summary(3, received=6), None, num_classes=1, limits=LIMITS)
     assert record.status is JobStatus.SUCCEEDED, record.error
     assert store.overlay_path(record.job_id).stat().st_size > 0
+    # the video is kept as the job's (#23): probed, with a preview the page plays
+    assert recording.copy_path.is_file()
+    assert record.upload is not None
+    assert record.upload.path == STREAM_COPY
+    assert record.media is not None
+    assert (record.media.width, record.media.height) == (32, 24)
+    assert record.preview == "preview.mp4"
+    assert (recording.dir / "preview.mp4").stat().st_size > 0
+    assert store.get(record.job_id) == record
+
+
+def test_an_unreadable_stream_copy_without_overlay_only_drops_the_video(store: JobStore) -> None:
+    recording = Recording(store, new_job_id(), threshold=None, overlay=False, key_id="abc")
+    for record in _live_records(3):
+        recording.write(record)
+    assert recording.copy_path is not None
+    recording.copy_path.write_bytes(b"\x1aE\xdf\xa3" + os.urandom(2000))
+    record = recording.finish(_summary(3), None, num_classes=1, limits=LIMITS)
+    assert record.status is JobStatus.SUCCEEDED
+    assert (record.media, record.upload, record.preview) == (None, None, None)
+    assert record.api_key_id == "abc"
     assert not recording.copy_path.exists()
 
 
