@@ -119,19 +119,24 @@ def test_redis_worker_metrics_overlay_and_cancel(redis_service: Service, clip: P
     queued = _submit(redis_service, long_clip)
     _wait(redis_service, running["job_id"], lambda r: r["progress"]["frames_done"] > 0)
     with redis_service.client() as http:
-        assert http.delete(f"/jobs/{queued['job_id']}").status_code in (200, 202)
-        assert http.get(f"/jobs/{queued['job_id']}").json()["status"] == "cancelled"
+        deleted = http.delete(f"/jobs/{queued['job_id']}")
+        assert (deleted.status_code, deleted.json()["status"]) == (200, "cancelled")
+        gone = http.get(f"/jobs/{queued['job_id']}")  # deleted: every route of the job says so (#23)
+        assert (gone.status_code, gone.json()["error"]["code"]) == (410, "job_deleted")
         t0 = time.monotonic()
         assert http.delete(f"/jobs/{running['job_id']}").status_code in (200, 202)
-    cancelled = _wait(redis_service, running["job_id"], lambda r: r["status"] == "cancelled", timeout=30)
+    record_path = redis_service.data_dir / "jobs" / running["job_id"] / "job.json"
+    deadline = time.monotonic() + 30
+    while (cancelled := json.loads(record_path.read_text()))["status"] != "cancelled":
+        assert time.monotonic() < deadline, cancelled
+        time.sleep(0.2)
     assert time.monotonic() - t0 < 10  # stops within a batch, not at the end of the video
     assert cancelled["progress"]["frames_done"] < count_frames(long_clip)
     job_dir = redis_service.data_dir / "jobs" / running["job_id"]
     assert not (job_dir / "masks.ndjson").exists()
     # the queued job never ran, even though its message was delivered after the cancel
     time.sleep(2)
-    with redis_service.client() as http:
-        never = http.get(f"/jobs/{queued['job_id']}").json()
+    never = json.loads((redis_service.data_dir / "jobs" / queued["job_id"] / "job.json").read_text())
     assert never["status"] == "cancelled"
     assert never["started_at"] is None
 
