@@ -68,6 +68,7 @@ def job_view(record: JobRecord, base: str = "") -> dict[str, Any]:
         "job_id": record.job_id,
         "kind": record.kind,
         "source": SOURCE_BY_KIND[record.kind],
+        "filename": record.upload.filename if record.upload is not None else None,
         "status": record.status.value,
         "progress": record.progress.model_dump(),
         "eta_s": eta_seconds(record),

@@ -77,6 +77,8 @@ class JobView(BaseModel):
     job_id: str
     kind: str = Field(description="file: an uploaded video; live: a recorded live session")
     source: str = Field(description="upload / live / stream: where the video came from")
+    filename: str | None = Field(None, description="the uploaded file's name as the client sent it, sanitised "
+                                                   "(null for live recordings)")
     status: str = Field(description="queued / running / succeeded / failed / cancelled")
     progress: Progress
     eta_s: float | None = Field(description="seconds left, from the rate so far; null unless running with frames "

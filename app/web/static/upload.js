@@ -318,7 +318,7 @@ function fromApi(record) {
   const stamp = when ? when.toISOString().slice(0, 16).replace("T", " ") : "";
   return {
     job_id: record.job_id,
-    // the job view names no file: the kind, when, and the id's start tell the rows apart
+    // a live recording has no file name: the kind, when, and the id's start tell the rows apart
     filename: upload.filename || record.filename
       || `${live ? "live recording" : "upload"} ${stamp} · ${record.job_id.slice(0, 8)}`.replace("  ", " "),
     overlay: Boolean(record.options && record.options.overlay),

@@ -18,7 +18,8 @@ from worker.core.settings import ServiceSettings
 
 VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
              "options", "urls", "attempts", "cancel_requested", "deleted", "kind", "live", "source", "eta_s",
-             "created_at_iso", "started_at_iso", "finished_at_iso", "effective_threshold", "media", "exports_url"}
+             "created_at_iso", "started_at_iso", "finished_at_iso", "effective_threshold", "media", "exports_url",
+             "filename"}
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def _end(status: str, frames: int, *, error: dict | None = None, deleted: bool =
 
 def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[str, Path]) -> None:
     with open(media["ok"], "rb") as fh:
-        job_id = client.post("/segment", files={"file": ("ok.mp4", fh)}, data={"overlay": "1"}).json()["job_id"]
+        job_id = client.post("/segment", files={"file": ("../my clip.mp4", fh)},
+                             data={"overlay": "1"}).json()["job_id"]
     response = client.get(f"/jobs/{job_id}")
     assert response.status_code == 200
     view = response.json()
@@ -67,6 +69,7 @@ def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[s
                             "overlay": f"/jobs/{job_id}/overlay.mp4"}
     assert (view["cancel_requested"], view["deleted"]) == (False, False)
     assert (view["source"], view["eta_s"], view["effective_threshold"]) == ("upload", None, 0.5)
+    assert view["filename"] == "my clip.mp4"  # the client's name, sanitised: no path
     assert view["media"] == {"browser_playable": True, "preview_url": None}  # H.264 + AAC in MP4, not done yet
     assert view["exports_url"] == f"/jobs/{job_id}/exports"
     created = datetime.fromisoformat(view["created_at_iso"].replace("Z", "+00:00"))
