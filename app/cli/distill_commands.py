@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any
 
+from app.cli.lab_commands import add_optimizer_args
 from app.cli.output import add_json_flag, emit
 
 _TRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "schedule", "warmup_steps", "min_lr_ratio",
@@ -144,25 +145,16 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--no-init", action="store_true", help="start the student from scratch")
     p.add_argument("--epochs", type=int, default=None, help="passes over the labelled frames (default: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="frames per step and process (default: 4)")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "poly"])
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--min-lr-ratio", type=float, default=None)
-    p.add_argument("--grad-accum", type=int, default=None)
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    add_optimizer_args(p)
     p.add_argument("--eval-every", type=int, default=None,
                    help="agreement on the held-out videos every k epochs, best kept as <out stem>.best")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)")
-    p.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true")
     p.add_argument("--size", type=int, default=None, help="the student's frame side (default: the variant's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="student config override")
-    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None,
+                   help="also save the resumable state every k steps (default: at each epoch's end only)")
     p.add_argument("--tensorboard", default=None, help="TensorBoard event folder (default: <out>.tb; '' for none)")
-    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"], help="checkpoint tensor type")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved training state (the cache is kept)")
     p.add_argument("--no-fps", action="store_true", help="skip measuring frames/s of teacher and student")
     add_json_flag(p)

@@ -157,20 +157,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--epochs", type=int, default=None, help="passes over the training split (default: 10)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="clips per step and process (5 frames each for S4; default: 4)")
-    p.add_argument("--grad-accum", type=int, default=None, help="batches per optimizer step (default: 1)")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0.01)")
-    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "poly"],
-                   help="after the warm-up (default: cosine to --min-lr-ratio)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up, optimizer steps (default: 0)")
-    p.add_argument("--min-lr-ratio", type=float, default=None, help="cosine/poly end, x peak lr (default: 0.05)")
-    p.add_argument("--clip-grad", type=float, default=None, help="max global gradient norm (default: 0 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: 123)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)")
-    p.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
-                   help="mixed precision autocast: bf16, fp16 (with a gradient scaler), or auto (bf16 where "
-                        "supported)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (see README for when it helps)")
+    add_optimizer_args(p)
     p.add_argument("--freeze-backbone-epochs", type=int, default=None,
                    help="no gradient to the visual backbone for the first N epochs (default: 0)")
     p.add_argument("--eval-every", type=int, default=None,
@@ -220,3 +207,21 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     add_json_flag(p)
     p.set_defaults(handler=_eval)
+
+
+def add_optimizer_args(p: argparse.ArgumentParser) -> None:
+    """The flags `avs train` and `avs distill` share: optimizer, schedule, seed, device, precision, compile."""
+    p.add_argument("--grad-accum", type=int, default=None, help="batches per optimizer step (default: 1)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0.01)")
+    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "poly"],
+                   help="after the warm-up (default: cosine to --min-lr-ratio)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up, optimizer steps (default: 0)")
+    p.add_argument("--min-lr-ratio", type=float, default=None, help="cosine/poly end, x peak lr (default: 0.05)")
+    p.add_argument("--clip-grad", type=float, default=None, help="max global gradient norm (default: 0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 123)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)")
+    p.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
+                   help="mixed precision autocast: bf16, fp16 (with a gradient scaler), or auto (bf16 where "
+                        "supported)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (see README for when it helps)")
