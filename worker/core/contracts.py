@@ -56,6 +56,8 @@ class ServiceErrorCode(StrEnum):
     """A live session's client disconnected before ending it."""
     WORKER_LOST = "worker_lost"
     """The worker running a live session stopped mid-session (its connection dropped); start a new session."""
+    STATE_LOST = "state_lost"
+    """The state store lost data it held (Redis evicted keys or restarted without persistence): HTTP 500."""
 
 
 class JobStatus(StrEnum):
