@@ -26,6 +26,8 @@ class ServiceSettings(BaseSettings):
     # on the data volume, the default) or "redis" (the broker's Redis, or AVS_STATE_URL; issue #24).
     state_backend: Literal["files", "redis"] = "files"
     state_url: str | None = None  # the state Redis when not the broker's (state_backend=redis)
+    # A record lock in Redis expires after this (its holder died); shorter than the 10 s others wait for it.
+    state_lock_ttl_s: float = Field(5.0, gt=0, lt=10)
     result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
     # Upload and media limits (the API enforces them before a job exists); media defaults are MediaLimits'.
     max_upload_bytes: int = Field(1 << 30, gt=0)  # 1 GiB, enforced while the body streams in

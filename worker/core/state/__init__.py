@@ -42,14 +42,16 @@ def open_store(settings: ServiceSettings, folder: str = "jobs") -> JobStore:
     process and place (a store keeps a connection pool; `app.api.counts` caches per store). Raises
     `StateUnavailable` when the Redis does not answer, `StateLost` / `ValueError` when it is unfit."""
     url = state_url(settings) if settings.state_backend == "redis" else ""
-    key = (settings.state_backend, str(settings.data_dir), folder, url, str(settings.broker_timeout_s))
+    key = (settings.state_backend, str(settings.data_dir), folder, url, str(settings.broker_timeout_s),
+           str(settings.state_lock_ttl_s))
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
             if settings.state_backend == "redis":
                 from worker.core.state.redis_store import RedisJobStore
 
-                store = RedisJobStore(settings.data_dir, url, folder, timeout_s=settings.broker_timeout_s)
+                store = RedisJobStore(settings.data_dir, url, folder, timeout_s=settings.broker_timeout_s,
+                                      lock_ttl_s=settings.state_lock_ttl_s)
             else:
                 store = JobStore(settings.data_dir, folder)
             _stores[key] = store

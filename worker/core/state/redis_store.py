@@ -29,6 +29,7 @@ Torch-free: the API imports it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -46,9 +47,12 @@ from worker.core.job_record import JobRecord, is_job_id
 from worker.core.jobstore import LOCK_TIMEOUT_S, JobLocked, JobNotFound, JobStore
 from worker.core.state.errors import StaleWrite, StateLost, StateUnavailable
 
-LOCK_TTL_S = 30.0
-"""A record lock not released after this long is free again (its holder died or froze). Every holder only
-keeps it for a read-modify-write or one batch of mask lines, far less than this."""
+LOCK_TTL_S = 5.0
+"""A record lock not released after this long is free again (its holder died or froze; `AVS_STATE_LOCK_TTL_S`).
+Every holder only keeps it for a read-modify-write or one batch of mask lines, far less than this; and it is
+shorter than `LOCK_TIMEOUT_S`, so whoever waits for a dead holder's lock gets it instead of giving up."""
+
+log = logging.getLogger("avs.state")
 
 DEFAULT_PREFIX = "avs:state:"
 _STATUSES = tuple(s.value for s in JobStatus)
@@ -152,10 +156,10 @@ class RedisJobStore(JobStore):
 
     def _open_sentinel(self) -> None:
         """The sentinel says "this Redis holds this data directory's state". Its value is kept beside the media
-        too (`.state-sentinel`): a Redis without it while the folder has one lost everything (restarted
-        without its append-only file, or flushed) and the store refuses to start (`StateLost`) instead of
-        answering "no such job" for every job on the volume."""
-        marker = self.root / ".state-sentinel"
+        too (`AVS_DATA_DIR/.state-sentinel-<folder>`): a Redis without it while the data directory has one lost
+        everything (restarted without its append-only file, or flushed) and the store refuses to start
+        (`StateLost`) instead of answering "no such job" for every job on the volume."""
+        marker = self.root.parent / f".state-sentinel-{self.root.name}"
         known = marker.read_text(encoding="utf-8").strip() if marker.exists() else None
         current = self.client.get(self.sentinel)
         if current is None:
@@ -165,9 +169,13 @@ class RedisJobStore(JobStore):
             self.client.set(self.sentinel, secrets.token_hex(16), nx=True)
             current = self.client.get(self.sentinel)
         if known != current:
-            tmp = marker.with_name(f".state-sentinel.{secrets.token_hex(4)}.tmp")
-            tmp.write_text(str(current), encoding="utf-8")
-            tmp.replace(marker)
+            tmp = marker.with_name(f"{marker.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                tmp.write_text(str(current), encoding="utf-8")
+                tmp.replace(marker)
+            except OSError as exc:  # a full volume: the store still works, this start just cannot leave its mark
+                tmp.unlink(missing_ok=True)
+                log.warning("state store: could not write %s (%s)", marker, exc)
 
     # ------------------------------------------------------------------------------------------ keys
     def _key(self, job_id: str) -> str:
