@@ -189,6 +189,17 @@ def test_a_lost_record_or_a_flushed_redis_is_detected_not_no_job(tmp_path: Path,
         RedisJobStore(tmp_path, url)  # a new process refuses to start on it: the data directory knew better
 
 
+def test_a_redis_that_refuses_writes_is_state_unavailable_and_writes_nothing(tmp_path: Path,
+                                                                            own_redis: PrivateRedis) -> None:
+    store = RedisJobStore(tmp_path, _url(own_redis))
+    job_id = _job(store)
+    redis.Redis.from_url(_url(own_redis)).config_set("maxmemory", "1")  # full, and noeviction: OOM on writes
+    with pytest.raises(StateUnavailable, match="Redis refuses writes"):
+        store.set_fields(job_id, cancel_requested=True)
+    redis.Redis.from_url(_url(own_redis)).config_set("maxmemory", "0")
+    assert store.get(job_id).cancel_requested is False
+
+
 def test_an_evicting_redis_is_refused_at_start(tmp_path: Path, own_redis: PrivateRedis) -> None:
     redis.Redis.from_url(_url(own_redis)).config_set("maxmemory-policy", "allkeys-lru")
     with pytest.raises(ValueError, match="must be 'noeviction'"):

@@ -106,6 +106,11 @@ return 0
 """
 
 
+_REFUSED_WRITES = ("OOM", "MISCONF", "READONLY")
+"""Redis's refusals of a write it cannot keep: `maxmemory` reached under `noeviction`, an append-only file it
+cannot write (a full disk), a replica. Defined outcome: `StateUnavailable`, nothing written."""
+
+
 def connect(url: str, timeout_s: float) -> redis.Redis:
     """A client whose every call gives up after `timeout_s` (no retries: the bound is the caller's)."""
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -114,9 +119,9 @@ def connect(url: str, timeout_s: float) -> redis.Redis:
 
 
 def check_eviction_policy(client: redis.Redis) -> str:
-    """The server's `maxmemory-policy`; `StateLost`-free start only with `noeviction` (an evicting Redis would
-    drop records and leases silently). Raises `ValueError` naming the setting otherwise. A server that forbids
-    CONFIG (a managed Redis) is read through INFO."""
+    """The server's `maxmemory-policy`, which must be `noeviction` (an evicting Redis would drop records and
+    leases silently): `ValueError` naming the setting otherwise. A server that forbids CONFIG (a managed Redis)
+    is read through INFO."""
     try:
         policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
     except redis.ResponseError:
@@ -203,6 +208,8 @@ class RedisJobStore(JobStore):
         except (redis.TimeoutError, redis.ConnectionError) as exc:
             raise StateUnavailable(f"state store: {what} got no answer within {self.timeout_s:g} s ({exc})") \
                 from None
+        except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as exc:
+            raise StateUnavailable(f"state store: {what}: Redis refuses writes ({str(exc)[:160]})") from None
         except redis.ResponseError as exc:
             message = str(exc)
             if message.startswith("AVS_STATE_LOST"):
@@ -216,6 +223,8 @@ class RedisJobStore(JobStore):
                                  f"{message.split()[-1]}") from None
             if message.startswith("AVS_NOT_FOUND"):
                 raise JobNotFound(what) from None
+            if message.startswith(_REFUSED_WRITES):  # full memory (noeviction) or a failing append-only file
+                raise StateUnavailable(f"state store: {what}: Redis refuses writes ({message[:160]})") from None
             raise
 
     # --------------------------------------------------------------------------------------- records
