@@ -5,6 +5,7 @@ nothing, and the API's answer to a frozen store."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,7 +23,7 @@ from app.api.submission import _reserve
 from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, UploadInfo, new_job_id
 from worker.core.jobstore import JobLocked, JobNotFound, JobStore
-from worker.core.leases import acquire
+from worker.core.leases import acquire, reconcile
 from worker.core.private_redis import PrivateRedis
 from worker.core.settings import ServiceSettings
 from worker.core.state import StaleWrite, StateLost, StateUnavailable, open_store
@@ -125,6 +126,23 @@ def test_a_holder_paused_past_its_lock_writes_nothing(tmp_path: Path, state_redi
             slow.write(record)
     assert other.get(job_id).cancel_requested is True
     assert other.get(job_id).timings == {}
+
+
+def test_a_record_that_outlived_its_upload_folder_is_failed_never_sent(tmp_path: Path, state_redis: str) -> None:
+    """No ghost job: Redis applied a `create` whose answer timed out; the API answered 503 and removed the
+    upload, so the client never got this id. The reconciler fails the record at its first pass, never sends it
+    (on the files backend a record lives in its folder and cannot outlive it)."""
+    store = RedisJobStore(tmp_path, state_redis, prefix=f"avs:test:{uuid.uuid4().hex}:")
+    orphan = _job(store, message_sent_at=None, created_at=T - 1)
+    unsent = _job(store, message_sent_at=None, created_at=T - 1)
+    shutil.rmtree(store.job_dir(orphan))
+    sent: list[str] = []
+    done = reconcile(store, sent.append, lease_timeout_s=30, unsent_grace_s=0, unsent_give_up_s=3600, now=T)
+    assert (done.failed_unsent, sent) == ([orphan], [unsent])
+    record = store.get(orphan)
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None
+    assert (record.error.code, "upload is gone" in record.error.message) == ("not_ready", True)
 
 
 # ---------------------------------------------------------------------------------- Redis failures
