@@ -17,8 +17,8 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from worker.core import broker_transport
 from worker.core.celery_app import create_celery
 from worker.core.contracts import TASK_EXPORT, TASK_SEGMENT, TASK_STREAM
-from worker.core.jobstore import JobStore
 from worker.core.settings import get_settings
+from worker.core.state import open_store
 from worker.heartbeat import WorkerRuntime
 from worker.job_runner import run_job
 
@@ -64,7 +64,7 @@ def segment(job_id: str) -> dict[str, object]:
     settings = get_settings()
     runtime.current_jobs.add(job_id)
     try:
-        return run_job(job_id, store=JobStore(settings.data_dir), settings=settings,
+        return run_job(job_id, store=open_store(settings), settings=settings,
                        predictor_factory=runtime.predictor, engine_factory=runtime.engine, owner=runtime.name)
     finally:
         runtime.current_jobs.discard(job_id)
@@ -76,7 +76,7 @@ def export(job_id: str, name: str) -> dict[str, object]:
     from worker.exports import run_export
 
     settings = get_settings()
-    return run_export(job_id, name, store=JobStore(settings.data_dir), settings=settings)
+    return run_export(job_id, name, store=open_store(settings), settings=settings)
 
 
 @app.task(name=TASK_STREAM, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -2,7 +2,7 @@
 
 * `SettingsDep`: `worker.core.settings.get_settings`, which `create_app(settings)` overrides for its app, and
   tests may override through `app.dependency_overrides[get_settings]`.
-* `StoreDep`: the `JobStore` over `settings.data_dir` (one per data directory, created on first use).
+* `StoreDep`: the `JobStore` of the settings' state backend (`worker.core.state.open_store`, one per place).
 * `TaskSenderDep`: a callable `(job_id) -> None` that queues `avs.segment(job_id)`; the app keeps it in
   `app.state.task_sender` (the real Celery sender, or a test's recorder).
 * `StreamStoreDep`, `StreamSenderDep`: the same two for the REST streams (`worker.core.streams`): their
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -26,33 +24,24 @@ from worker.core.api_keys import key_accepted, presented_key
 from worker.core.contracts import TASK_SEGMENT, ServiceErrorCode
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings, get_settings
+from worker.core.state import open_store
 
 TaskSender = Callable[[str], None]
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 
 
-@lru_cache(maxsize=16)
-def _store_for(data_dir: str) -> JobStore:
-    return JobStore(Path(data_dir))
-
-
 def get_store(settings: SettingsDep) -> JobStore:
-    return _store_for(str(settings.data_dir))
+    return open_store(settings)
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
-@lru_cache(maxsize=16)
-def _streams_for(data_dir: str) -> JobStore:
-    from worker.core.streams import stream_store
-
-    return stream_store(Path(data_dir))
-
-
 def get_stream_store(settings: SettingsDep) -> JobStore:
-    return _streams_for(str(settings.data_dir))
+    from worker.core.streams import STREAMS_FOLDER
+
+    return open_store(settings, STREAMS_FOLDER)
 
 
 StreamStoreDep = Annotated[JobStore, Depends(get_stream_store)]

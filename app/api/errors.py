@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
+from worker.core.state.errors import StateLost, StateUnavailable
 
 log = logging.getLogger("avs.api")
 
@@ -43,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ServiceErrorCode.UNAUTHORIZED: 401,
     ServiceErrorCode.INVALID_REQUEST: 422,
     ServiceErrorCode.INTERNAL_ERROR: 500,
+    ServiceErrorCode.STATE_LOST: 500,  # the state store lost data it held (worker.core.state)
     ServiceErrorCode.STORAGE_FULL: 507,  # RFC 4918 Insufficient Storage: the server's volume, not the request
     # every worker runs its maximum of live sessions (POST /streams; /live says it with close code 1013): a
     # capacity limit of the whole service, like backlog_full, with Retry-After
@@ -139,6 +141,17 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail) if exc.detail else "request refused"
         return error_response(code, message, status=status, headers=_closing(request, getattr(exc, "headers", None)))
+
+    @app.exception_handler(StateUnavailable)
+    async def _state_unavailable(request: Request, exc: StateUnavailable) -> JSONResponse:
+        log.warning("state store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(ServiceErrorCode.NOT_READY, "the job state store is not answering; retry later",
+                              status=503, headers=_closing(request, {"Retry-After": "1"}))
+
+    @app.exception_handler(StateLost)
+    async def _state_lost(request: Request, exc: StateLost) -> JSONResponse:
+        log.error("state store lost data on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(ServiceErrorCode.STATE_LOST, str(exc), status=500, headers=_closing(request, None))
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from typing import Any
 from app.api.errors import ApiError, not_found
 from worker.core.contracts import DEFAULT_THRESHOLD, JobStatus, ServiceErrorCode
 from worker.core.job_record import JobRecord, is_job_id
-from worker.core.jobstore import RECORD, JobLocked, JobNotFound, JobStore
+from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.leases import lease_live
 from worker.core.media.browser_safe import browser_playable
 
@@ -183,7 +183,7 @@ def cleanup_once(store: JobStore, ttl_s: float, *, now: float | None = None) -> 
     now = time.time() if now is None else now
     removed = store.expire(ttl_s, now=now)
     for entry in store.root.iterdir():
-        if not entry.is_dir() or (entry / RECORD).exists():
+        if not entry.is_dir() or not is_job_id(entry.name) or store.has_record(entry.name):
             continue
         try:
             newest = max([entry.stat().st_mtime, *(p.stat().st_mtime for p in entry.iterdir())])

@@ -51,10 +51,11 @@ log = logging.getLogger("avs.api")
 
 async def cleanup_loop(settings: ServiceSettings) -> None:
     """Expire finished jobs and streams (and dead uploads) once at start, then every `cleanup_interval_s`."""
-    stores = {"job": get_store(settings), "stream": get_stream_store(settings)}
+    stores = {"job": get_store, "stream": get_stream_store}  # opened in the loop: a state Redis may be down now
     while True:
-        for kind, store in stores.items():
+        for kind, get in stores.items():
             try:
+                store = get(settings)
                 removed = await anyio.to_thread.run_sync(cleanup_once, store, settings.result_ttl_s)
                 if removed:
                     log.info("expired %d %s(s)", len(removed), kind)
@@ -67,11 +68,12 @@ async def reconcile_loop(settings: ServiceSettings, send: TaskSender, send_strea
     """Every `reconcile_interval_s`: requeue jobs and REST streams whose owner's lease expired, send messages
     that were never sent (`worker.core.leases.reconcile`; a stream cancelled here keeps its masks). In a thread
     of its own, so a stalled broker slows only this loop."""
-    passes = [("job", get_store(settings), send, ()), ("stream", get_stream_store(settings), send_stream, (MASKS,))]
+    passes = [("job", get_store, send, ()), ("stream", get_stream_store, send_stream, (MASKS,))]
     limiter = anyio.CapacityLimiter(1)
     while True:
-        for kind, store, sender, keep in passes:
+        for kind, get, sender, keep in passes:
             try:
+                store = get(settings)  # in the loop: a state Redis that is down now is retried next pass
                 done = await anyio.to_thread.run_sync(
                     lambda store=store, sender=sender, keep=keep: reconcile(
                         store, sender, lease_timeout_s=settings.lease_timeout_s, keep=keep,

@@ -9,8 +9,6 @@ every recovery below comes from the leases.
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
-import json
 import os
 import shutil
 import signal
@@ -25,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.core.celery_app import create_celery
 from worker.core.contracts import TASK_SEGMENT
+from worker.core.jobstore import JobLocked
 from worker.core.media.probe import count_frames
 from worker.core.settings import ServiceSettings
 from worker.masks import read_mask_lines
@@ -105,7 +104,7 @@ def _owner_name(proc: Proc) -> str:
 
 
 def _record(service: Service, job_id: str) -> dict:
-    return json.loads((service.data_dir / "jobs" / job_id / "job.json").read_text())
+    return service.record(job_id)
 
 
 def _submit(service: Service, video: Path) -> str:
@@ -151,13 +150,11 @@ def _job_on_one_of_two_workers(service: Service, video: Path) -> tuple[str, Proc
 
 
 def _lock_free(service: Service, job_id: str) -> bool:
-    with open(service.data_dir / "jobs" / job_id / "job.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        return True
+    try:
+        with service.store().locked(job_id, timeout_s=0):
+            return True
+    except JobLocked:
+        return False
 
 
 def _frames_once(service: Service, job_id: str, video: Path) -> None:
@@ -241,17 +238,26 @@ def test_a_frozen_broker_answers_503_within_the_deadline_and_reads_stay_fast(
             time.sleep(1.0)  # every POST is now waiting on the broker
             started = time.monotonic()
             with service.client() as http:
-                for _ in range(5):
-                    assert http.get(f"/jobs/{job_id}").status_code == 200
+                if service.state_backend == "files":
+                    for _ in range(5):
+                        assert http.get(f"/jobs/{job_id}").status_code == 200
+                else:  # the records are in the frozen Redis too: a bounded 503, never a hang or "no job"
+                    response = http.get(f"/jobs/{job_id}")
+                    assert (response.status_code, response.headers.get("Retry-After")) == (503, "1")
+                    assert response.json()["error"]["code"] == "not_ready"
                 assert http.get("/healthz").status_code == 200
             reads = time.monotonic() - started
             answers = [f.result() for f in posts]
-        assert reads < 2.5  # five reads and a health check while twelve sends hang
+        # the reads and a health check while twelve sends hang (on redis: one bounded 2 s read)
+        assert reads < (2.5 if service.state_backend == "files" else 4.0)
         for status, code, seconds in answers:
             assert (status, code) == (503, "not_ready")
             assert seconds < 2 + 6  # the 2 s broker deadline, plus upload and probe
         with service.client() as http:
             assert http.get("/readyz").status_code == 503
+        os.kill(redis_proc.pid, signal.SIGCONT)
+        queued = [r.job_id for r in service.store().records() if r.status.value == "queued"]
+        assert queued == [job_id]  # no ghost: none of the refused uploads left a job that will run
     finally:
         os.kill(redis_proc.pid, signal.SIGCONT)
         service.stop()
@@ -287,7 +293,7 @@ def test_an_orphaned_job_is_cancelled_without_its_worker(tmp_path: Path, own_red
         assert response.status_code in (200, 202)  # 202 while the lease still looks alive
         _wait(lambda: _record(service, job_id)["status"] == "cancelled", LEASE_S + 5, "the orphan's cancel")
         job_dir = service.data_dir / "jobs" / job_id
-        assert sorted(p.name for p in job_dir.iterdir()) == ["job.json", "job.lock"]
+        assert sorted(p.name for p in job_dir.iterdir()) == service.record_files
     finally:
         service.stop()
 
@@ -340,7 +346,7 @@ def test_a_full_disk_is_507_for_uploads_and_storage_full_for_jobs(
         _wait(lambda: _record(service, job_id)["status"] == "failed", 60, "the job to fail")
         record = _record(service, job_id)
         assert record["error"]["code"] == "storage_full"
-        assert sorted(p.name for p in (service.data_dir / "jobs" / job_id).iterdir()) == ["job.json", "job.lock"]
+        assert sorted(p.name for p in (service.data_dir / "jobs" / job_id).iterdir()) == service.record_files
         assert not list(small_volume.rglob("*.tmp"))  # no temporary file survived a failed write
         _fill(small_volume)  # what the job freed is taken again: the worker cannot even write its heartbeat
         _wait(lambda: not _answers(service, "/readyz"), 30, "readiness to fall")
@@ -363,8 +369,8 @@ def test_a_burst_of_uploads_never_passes_the_backlog_limit(tmp_path: Path, own_r
         statuses = [status for status, _, _ in answers]
         assert statuses.count(202) == 20
         assert statuses.count(429) == 80
-        records = [json.loads(p.read_text()) for p in (service.data_dir / "jobs").glob("*/job.json")]
-        assert [r["status"] for r in records] == ["queued"] * 20
+        records = list(service.store().records())
+        assert [r.status.value for r in records] == ["queued"] * 20
     finally:
         service.stop()
 

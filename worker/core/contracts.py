@@ -64,6 +64,8 @@ class ServiceErrorCode(StrEnum):
     """The export would be (or came out) larger than `AVS_MAX_EXPORT_BYTES` (HTTP 413)."""
     EXPORT_FAILED = "export_failed"
     """The worker could not make the export; the message says why (HTTP 500)."""
+    STATE_LOST = "state_lost"
+    """The state store lost data it held (Redis evicted keys or restarted without persistence): HTTP 500."""
 
 
 DEFAULT_THRESHOLD = 0.5

@@ -86,6 +86,10 @@ class JobStore:
         except ValidationError as exc:
             raise ValueError(f"job {job_id}: unreadable record ({exc.error_count()} errors)") from exc
 
+    def has_record(self, job_id: str) -> bool:
+        """True when the job has a record (a folder without one is an upload being received, or abandoned)."""
+        return (self.job_dir(job_id) / RECORD).is_file()
+
     def update(self, job_id: str, change: Callable[[JobRecord], None], *,
                timeout_s: float = LOCK_TIMEOUT_S) -> JobRecord:
         """Apply `change` (which edits the record in place) under the lock, write it, return it."""

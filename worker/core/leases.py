@@ -247,12 +247,18 @@ def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: flo
 def _unsent(store: JobStore, job_id: str, send: Callable[[str], None], now: float, give_up_s: float,
             done: Reconciled) -> None:
     record = store.get(job_id)
-    if now - record.created_at > give_up_s:
+    orphan = record.upload is not None and not store.job_dir(job_id).exists()
+    if orphan or now - record.created_at > give_up_s:
+        # An orphan: a record without its folder can never run. With the Redis state backend it is a `create`
+        # whose answer timed out after Redis applied it; the API answered 503 and removed the upload, so the
+        # client never got this id: fail it, never send it (no ghost job).
+        message = ("the job's upload is gone: it was refused while it was being recorded" if orphan
+                   else f"the job could not be queued within {give_up_s:g} s")
+
         def fail(r: JobRecord) -> None:
             if r.status is JobStatus.QUEUED and r.message_sent_at is None:
                 r.status, r.finished_at = JobStatus.FAILED, now
-                r.error = JobError(code=ServiceErrorCode.NOT_READY.value,
-                                   message=f"the job could not be queued within {give_up_s:g} s")
+                r.error = JobError(code=ServiceErrorCode.NOT_READY.value, message=message)
 
         store.update(job_id, fail, timeout_s=RECONCILE_LOCK_TIMEOUT_S)
         store.remove_files(job_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +22,12 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path("avs-data")  # uploads, job records, masks; shared volume in Docker Compose
     # None = embedded default: the private Redis that `avs serve` starts under data_dir/broker.
     broker_url: str | None = None
+    # Where job records, their locks and the admission lock live (worker.core.state): "files" (job.json + flock
+    # on the data volume, the default) or "redis" (the broker's Redis, or AVS_STATE_URL; issue #24).
+    state_backend: Literal["files", "redis"] = "files"
+    state_url: str | None = None  # the state Redis when not the broker's (state_backend=redis)
+    # A record lock in Redis expires after this (its holder died); shorter than the 10 s others wait for it.
+    state_lock_ttl_s: float = Field(5.0, gt=0, lt=10)
     result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
     # Upload and media limits (the API enforces them before a job exists); media defaults are MediaLimits'.
     max_upload_bytes: int = Field(1 << 30, gt=0)  # 1 GiB, enforced while the body streams in

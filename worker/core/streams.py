@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from worker.core.contracts import JobStatus
@@ -35,6 +35,9 @@ from worker.core.jobstore import JobStore
 from worker.core.leases import lease_live
 from worker.core.live_protocol import StreamRequest
 
+if TYPE_CHECKING:
+    from worker.core.settings import ServiceSettings
+
 STREAMS_FOLDER = "streams"
 ENDED_BY_STOP = "stopped"
 """`ended_by` of a stream stopped by DELETE (the others: `source`, `max_duration`, `idle_timeout`)."""
@@ -42,8 +45,13 @@ SECRET_QUERY_KEYS = frozenset({"passphrase"})
 """URL options shown as `***` in the stream's public view (SRT's passphrase is the only secret one allowed)."""
 
 
-def stream_store(data_dir: str | Path) -> JobStore:
-    """The records of the REST streams: `AVS_DATA_DIR/streams/<id>/` (job.json, masks.ndjson)."""
+def stream_store(data_dir: str | Path, settings: ServiceSettings | None = None) -> JobStore:
+    """The records of the REST streams: `AVS_DATA_DIR/streams/<id>/` (job.json, masks.ndjson); with `settings`,
+    in their state backend (`worker.core.state.open_store`)."""
+    if settings is not None:
+        from worker.core.state import open_store
+
+        return open_store(settings, STREAMS_FOLDER)
     return JobStore(data_dir, folder=STREAMS_FOLDER)
 
 

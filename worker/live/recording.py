@@ -20,8 +20,8 @@ from typing import Any
 
 from worker.core.contracts import JobStatus
 from worker.core.errors import MediaError
-from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo
-from worker.core.jobstore import RECORD, JobStore
+from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, UploadInfo, is_job_id
+from worker.core.jobstore import JobStore
 from worker.core.media.media_info import MediaInfo, MediaLimits
 from worker.core.media.probe import probe_media
 from worker.masks import MaskWriter
@@ -130,7 +130,8 @@ def sweep_orphans(store: JobStore, *, older_than_s: float, now: float | None = N
     for entry in store.root.iterdir():
         marker = entry / MARKER
         try:
-            stale = marker.is_file() and not (entry / RECORD).exists() and now - marker.stat().st_mtime > older_than_s
+            stale = (marker.is_file() and is_job_id(entry.name) and not store.has_record(entry.name)
+                     and now - marker.stat().st_mtime > older_than_s)
         except OSError:
             continue
         if stale:

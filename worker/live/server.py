@@ -37,7 +37,6 @@ from worker.core.api_keys import key_accepted, key_id, presented_key
 from worker.core.contracts import ServiceErrorCode
 from worker.core.errors import MediaError
 from worker.core.job_record import new_job_id
-from worker.core.jobstore import JobStore
 from worker.core.live_protocol import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
@@ -49,6 +48,7 @@ from worker.core.live_protocol import (
 )
 from worker.core.live_sources import PUSHED, SourceRefused, parse_allow_list, pulled_source
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 from worker.live.recording import Recording, sweep_orphans
 from worker.live.session import LiveOptions, LiveSession, SessionError
 
@@ -84,7 +84,7 @@ class LiveServer:
         self.on_change = on_change
         self.capacity = settings.live_max_sessions
         self.allowed_sources = parse_allow_list(settings.live_sources)
-        self.store = JobStore(settings.data_dir)
+        self.store = open_store(settings)
         self.sessions: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
         self._server: Any = None

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,27 @@ from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, UploadInfo, new_job_id
 from worker.core.jobstore import JobLocked, JobStore
 from worker.core.leases import Acquired, LeaseLost, acquire, fenced, fenced_update, reconcile, renew
+from worker.core.state.redis_store import RedisJobStore
+
+StoreFactory = Callable[[Path], JobStore]  # the `make_store` fixture (tests/worker/core/conftest.py)
 
 T = 1_000_000.0  # a fixed "now"
 TIMEOUT = 30.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path)
+def store(tmp_path: Path, make_store: StoreFactory) -> JobStore:
+    """A store of each backend (files, redis): the rules below hold on both."""
+    return make_store(tmp_path)
+
+
+def _stored(store: JobStore, job_id: str) -> str:
+    return store.get(job_id).model_dump_json()
+
+
+def _record_files(store: JobStore) -> list[str]:
+    """What a job folder keeps besides its media: the record and its lock, on the files backend only."""
+    return [] if isinstance(store, RedisJobStore) else ["job.json", "job.lock"]
 
 
 def _job(store: JobStore, **fields: object) -> str:
@@ -51,10 +65,10 @@ def test_acquire_takes_a_queued_job_and_nobody_else_while_the_lease_lives(store:
     assert (lease.owner, lease.token) == ("worker-a", 1)
     assert (record.status, record.owner, record.lease_expires_at, record.attempts) == (
         JobStatus.RUNNING, "worker-a", T + TIMEOUT, 1)
-    before = (store.job_dir(job_id) / "job.json").read_bytes()
+    before = _stored(store, job_id)
     outcome, lease_b, record = acquire(store, job_id, "worker-b", TIMEOUT, now=T + 10)
     assert (outcome, lease_b, record.owner) == (Acquired.OWNED, None, "worker-a")
-    assert (store.job_dir(job_id) / "job.json").read_bytes() == before  # a duplicate delivery writes nothing
+    assert _stored(store, job_id) == before  # a duplicate delivery writes nothing
 
 
 def test_an_expired_lease_is_taken_over_and_recorded(store: JobStore) -> None:
@@ -128,7 +142,7 @@ def test_reconcile_cancels_an_orphan_whose_cancel_was_asked(store: JobStore) -> 
                      now=T + TIMEOUT + 1)
     assert done.cancelled == [job_id]
     assert store.get(job_id).status is JobStatus.CANCELLED
-    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == _record_files(store)
 
 
 def test_reconcile_sends_what_was_never_sent_and_gives_up_in_the_end(store: JobStore) -> None:
@@ -149,19 +163,19 @@ def test_reconcile_sends_what_was_never_sent_and_gives_up_in_the_end(store: JobS
     assert store.get(fresh).message_sent_at is None  # within its grace: its POST may still be sending
 
 
-def _hold_lock_and_stop(root: str, job_id: str, ready: multiprocessing.Event) -> None:
-    store = JobStore(root)
+def _hold_lock_and_stop(make: StoreFactory, root: str, job_id: str, ready: multiprocessing.Event) -> None:
+    store = make(Path(root))  # its own connection, made after the fork
     with store.locked(job_id):
         ready.set()
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def test_a_stopped_lock_holder_makes_others_give_up_not_hang(store: JobStore) -> None:
+def test_a_stopped_lock_holder_makes_others_give_up_not_hang(store: JobStore, make_store: StoreFactory) -> None:
     job_id = _job(store)
     acquire(store, job_id, "worker-a", TIMEOUT, now=T)
     ready = multiprocessing.get_context("fork").Event()
     holder = multiprocessing.get_context("fork").Process(target=_hold_lock_and_stop,
-                                                         args=(str(store.root.parent), job_id, ready))
+                                                         args=(make_store, str(store.root.parent), job_id, ready))
     holder.start()
     try:
         assert ready.wait(10)

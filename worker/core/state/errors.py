@@ -1,0 +1,36 @@
+"""What a state backend raises beyond `JobNotFound` / `JobLocked` (`worker.core.jobstore`).
+
+Both are defined outcomes of a failing Redis (issue #24), never a silent "no job":
+
+* `StateUnavailable`: the store did not answer within its bounded time (a frozen, partitioned or stopped
+  Redis). A subclass of `JobLocked` (itself a `TimeoutError`), so every caller that already handles a busy
+  record (the reconciler skips it this pass, a DELETE answers 503 + Retry-After) handles it the same way;
+  the API maps the rest to 503 `not_ready` + `Retry-After`.
+* `StateLost`: data the store once held is gone (a record whose id is still indexed, or the store's
+  sentinel key): Redis evicted keys or restarted without persistence. Never read as "no such job".
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from worker.core.contracts import ServiceErrorCode
+from worker.core.jobstore import JobLocked
+
+
+class StateUnavailable(JobLocked):
+    """The state store did not answer within its bounded call time (code `not_ready`: retry later)."""
+
+    code = ServiceErrorCode.NOT_READY.value
+
+
+class StateLost(RuntimeError):
+    """Coordination state the store held is gone (eviction, or a Redis restarted without its append-only
+    file); code `state_lost`. The operator must fix the Redis settings (README, "Shared state in Redis")."""
+
+    code = ServiceErrorCode.STATE_LOST.value
+
+
+class StaleWrite(JobLocked):
+    """The store refused a record whose lease token is older than the stored one: the writer is a former owner
+    (fencing, checked on the server). A `JobLocked`: the caller gives up or retries; nothing was overwritten."""
