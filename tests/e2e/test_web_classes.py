@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from app.cli.demo import make_sample_clip
 from worker.masks import record_labels
 
 from .conftest import Service, running_embedded
-from .web_support import chromium_path, keep_screenshot, open_page
+from .web_support import checked_page, keep_screenshot, launched_chromium, open_page
 
 _PIXELS = """() => {
     const c = document.getElementById('mask-canvas');
@@ -51,15 +51,8 @@ def avss_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture
 def page(avss_service: Service) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path())
-        context = browser.new_context(viewport={"width": 1000, "height": 1000})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with launched_chromium() as browser, checked_page(browser) as page:
         yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def test_a_71_class_stream_is_drawn_in_class_colours_with_a_legend_of_the_model_names(

@@ -28,6 +28,7 @@ from worker.media.samples import make_video
 from .conftest import Service, running_embedded
 from .web_support import (
     assert_frames_drawn_where_truth_is,
+    checked_page,
     chromium_path,
     keep_screenshot,
     open_page,
@@ -78,7 +79,7 @@ def fake_media(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as running:
+    with sync_playwright() as running:  # one per module: the live test launches a second browser from it
         yield running
 
 
@@ -91,13 +92,8 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with checked_page(browser) as page:
+        yield page
 
 
 def _open(page: Page, url: str, *, key: str | None = API_KEY) -> None:

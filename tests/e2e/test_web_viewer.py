@@ -19,13 +19,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from app.cli.demo import make_sample_clip
 from worker.masks import decode_rle
 
 from .conftest import Service, running_embedded
-from .web_support import assert_frames_drawn_where_truth_is, chromium_path, iou, keep_screenshot, open_page, tint
+from .web_support import (
+    assert_frames_drawn_where_truth_is,
+    checked_page,
+    iou,
+    keep_screenshot,
+    launched_chromium,
+    open_page,
+    tint,
+)
 
 API_KEY = "web-viewer-key"
 
@@ -54,27 +62,15 @@ def page_url(service: Service) -> str:
 
 
 @pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=chromium_path())
-    yield browser
-    browser.close()
+def browser() -> Iterator[Browser]:
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with checked_page(browser) as page:
+        yield page
 
 
 def _api(service: Service) -> httpx.Client:

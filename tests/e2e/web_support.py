@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .conftest import free_port
 
@@ -28,6 +28,29 @@ def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `bash scripts/install-test-deps.sh` installs Debian's chromium")
     return CHROMIUM
+
+
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright, closed afterwards (a module's browser fixture)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path())
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def checked_page(browser: Browser) -> Iterator[Page]:
+    """A fresh 1000x1000 page (downloads accepted); an uncaught error in the page fails the test afterwards."""
+    context = browser.new_context(viewport={"width": 1000, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def nginx_path() -> str:
