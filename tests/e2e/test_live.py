@@ -41,7 +41,7 @@ MAX_SESSIONS = 2
 def service(tmp_path_factory) -> Iterator[Service]:
     """`avs serve` with an API key, two live sessions per worker, UDP on 127.0.0.1 allow-listed."""
     env = {"AVS_API_KEYS": API_KEY, "AVS_LIVE_MAX_SESSIONS": str(MAX_SESSIONS), "AVS_LIVE_SOURCES": "udp://127.0.0.1",
-           "AVS_LIVE_IDLE_TIMEOUT_S": "3", "AVS_LIVE_RECONNECT_S": "4"}
+           "AVS_LIVE_IDLE_TIMEOUT_S": "3", "AVS_LIVE_RECONNECT_S": "10"}
     with running_embedded(tmp_path_factory.mktemp("live") / "data", env) as service:
         yield service
 
@@ -310,7 +310,9 @@ def test_a_udp_camera_that_restarts_at_a_new_size_keeps_its_session(service: Ser
         session = asyncio.ensure_future(stream_file(url, None, {"source": f"udp://127.0.0.1:{port}", "window": 8,
                                                                 "mode": "no_drop"}, api_key=API_KEY))
         await send(first)
-        await asyncio.sleep(4.0)  # past the 3 s read timeout: the connection ends, the session connects again
+        # the first connection ends at its 3 s read timeout and lets the port go; only then is the camera back
+        # (a fixed sleep sent the second clip to the dying listener on a loaded machine: reconnects == 0)
+        await asyncio.to_thread(wait_until, lambda: not _udp_port_bound(port), 30, "the first listener to close")
         await send(second)
         return await session
 
