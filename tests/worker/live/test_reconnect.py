@@ -77,7 +77,9 @@ def test_a_udp_source_that_restarts_at_a_new_size_keeps_its_session(predictor, t
     waiter.start()
     _wait(lambda: _listening(port), 20)
     _send(first, port)
-    time.sleep(3.0)  # longer than the read timeout: the connection ends, the session connects again
+    # the first connection ends at its read timeout and lets the port go; only then is the source back (a
+    # fixed sleep could send the second clip to the dying listener on a loaded machine)
+    _wait(lambda: not _listening(port), 30)
     _wait(lambda: _listening(port), 20)
     _send(second, port)
     waiter.join(timeout=60)
