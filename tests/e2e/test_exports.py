@@ -77,7 +77,8 @@ def test_preview_of_avi_and_mpegts_is_frame_exact(embedded_service: Service, cli
     for kind in ("avi", "ts"):
         view = _submit_and_wait(embedded_service, clips[kind])
         job_id = view["job_id"]
-        assert view["media"] == {"browser_playable": False, "preview_url": f"/jobs/{job_id}/preview.mp4"}, kind
+        assert view["media"] == {"browser_playable": False, "preview_url": f"/jobs/{job_id}/preview.mp4",
+                                 "preview_start_s": 0.0}, kind
         lines = _mask_lines(embedded_service, job_id, tmp_path / f"{kind}.ndjson")
         with embedded_service.client() as http:
             response = http.get(view["media"]["preview_url"])
