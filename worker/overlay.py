@@ -63,16 +63,20 @@ def blend(frame: np.ndarray, mask: np.ndarray, palette: np.ndarray | None) -> np
     return out.astype(np.uint8)
 
 
-def encoder_command(info: MediaInfo, out: Path) -> list[str]:
+def encoder_command(info: MediaInfo, out: Path, origin_s: float = 0.0) -> list[str]:
     """The encoder: NUT frames on stdin (input 0) + the upload's chosen audio track (input 1) -> H.264 + AAC.
 
     `-copyts` (from `media_input_args`) keeps every timestamp as given: the frames' are already on the
-    decode timeline, the audio is moved there by `timeline_filter` and ends at most 1 s after the video."""
+    decode timeline, the audio is moved there by `timeline_filter` and ends at most 1 s after the video.
+    `origin_s`: the decode time the frames were moved back from (`write_overlay`'s `zero`): the sound before
+    it is cut and the rest moved back by as much, so it stays under its frames."""
     num, den = info.sample_aspect_ratio
     audio: list[str] = []
     if info.audio_stream_index is not None:
         end_s = info.start_time_s + (info.duration_s or 0.0) + 1.0
-        audio = ["-map", f"1:{info.audio_stream_index}", "-af", f"{timeline_filter(info)},atrim=end={end_s:.6f}",
+        shift = f",atrim=start={origin_s:.6f},asetpts=PTS-{origin_s:.6f}/TB" if origin_s else ""
+        audio = ["-map", f"1:{info.audio_stream_index}", "-af",
+                 f"{timeline_filter(info)},atrim=end={end_s:.6f}{shift}",
                  "-c:a", "aac", "-b:a", "128k"]
     return [
         FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
@@ -92,7 +96,9 @@ Shown = tuple[np.ndarray, float, dict[str, Any], tuple[int, int] | None]
 
 def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]], *, hold: bool = False
                        ) -> Iterator[Shown]:
-    """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree. `hold`
+    """(frame, pts_s, mask record) for every decoded frame; the decode and the masks must agree, and a frame
+    with a mask line of its own is given that line's `pts_s` as its time (the page finds mask N at `pts_s` N).
+    `hold`
     (a live session, which drops frames): a frame without a mask of its own shows the last one before it,
     as the session's viewer saw it; frames before the first mask are left out."""
     if hold:
@@ -106,16 +112,22 @@ def _frames_with_masks(reader: FrameReader, masks: Iterator[dict[str, Any]], *, 
         if record["frame_index"] != batch.start_index or abs(float(record["pts_s"]) - pts) > PTS_TOLERANCE_S:
             raise RuntimeError(f"overlay: frame {batch.start_index} at {pts:.6f} s does not match its mask line "
                                f"(frame {record['frame_index']} at {record['pts_s']} s)")
-        yield batch.frames[0], pts, record, batch.sizes[0] if batch.sizes else None
+        yield batch.frames[0], float(record["pts_s"]), record, batch.sizes[0] if batch.sizes else None
 
 
 def _frames_holding_masks(reader: FrameReader, masks: Iterator[dict[str, Any]]) -> Iterator[Shown]:
     current, upcoming = None, next(masks, None)
+    shift = 0.0  # mask time - decode time of the current mask's own frame (0 until one is seen)
     for batch in reader.iter_batches(1):
         while upcoming is not None and upcoming["frame_index"] <= batch.start_index:
             current, upcoming = upcoming, next(masks, None)
         if current is not None:
-            yield batch.frames[0], batch.pts_s[0], current, batch.sizes[0] if batch.sizes else None
+            # the mask's own frame at the mask's time (the stream copy's clock may differ from the session's),
+            # the frames held after it as far after it as they are in the copy
+            if current["frame_index"] == batch.start_index:
+                shift = float(current["pts_s"]) - batch.pts_s[0]
+            pts = batch.pts_s[0] + shift
+            yield batch.frames[0], pts, current, batch.sizes[0] if batch.sizes else None
 
 
 Draw = Callable[[np.ndarray, dict[str, Any], "tuple[int, int] | None"], np.ndarray]
@@ -125,7 +137,8 @@ Draw = Callable[[np.ndarray, dict[str, Any], "tuple[int, int] | None"], np.ndarr
 def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: float | None, num_classes: int,
                   limits: MediaLimits, fence: Callable[[], AbstractContextManager[Any]] = nullcontext,
                   hold: bool = False, draw: Draw | None = None, out_size: tuple[int, int] | None = None,
-                  pix_fmt: str = "rgb24", encoder: Callable[[MediaInfo, Path], list[str]] | None = None) -> Path:
+                  pix_fmt: str = "rgb24", encoder: Callable[[MediaInfo, Path], list[str]] | None = None,
+                  zero: bool = False) -> Path:
     """Write `out_path` (an mp4) from the source `info` and its `masks_path`; see the module docstring.
 
     `fps` must be the rate the masks were made at (None: every decoded frame); `hold`: masks may skip frames
@@ -134,7 +147,9 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     blended in red, or in its class's colour; `worker.preview` draws nothing, `worker.exports` outlines);
     `out_size` (h, w) is the size of what it draws (default: the video's), `pix_fmt` its pixel format (rgb24,
     or rgba for a picture with alpha) and `encoder(info, out)` the encoder's command (default:
-    `encoder_command`, H.264 + AAC in MP4).
+    `encoder_command`, H.264 + AAC in MP4). `zero` (the preview the page plays): every time is moved back by
+    the first mask line's `pts_s`, so the file's first frame is at 0 s and mask N's frame at `pts_s` N minus
+    the first's, exactly (the default encoder only: its sound is moved with it).
     Raises `MediaError` (`media_timeout`, or `corrupt_media` when the encoder fails); nothing is left at
     `out_path` on failure.
     """
@@ -151,12 +166,15 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
         first = next(frames, None)
         if first is None:
             raise MediaError(ErrorCode.CORRUPT_MEDIA, "overlay: no frame to draw")
-        with BoundedProcess((encoder or encoder_command)(info, tmp), timeout_s=timeout, stdin=True,
+        origin = float(first[2]["pts_s"]) if zero else 0.0
+        command = encoder_command(info, tmp, origin) if encoder is None else encoder(info, tmp)
+        with BoundedProcess(command, timeout_s=timeout, stdin=True,
                             stdout=False) as encoder_process:
             encoder_process_stdin = encoder_process.popen.stdin
             assert encoder_process_stdin is not None
             try:
-                _mux(encoder_process_stdin, out_size or (info.height, info.width), pix_fmt, first, frames, draw)
+                _mux(encoder_process_stdin, out_size or (info.height, info.width), pix_fmt, first, frames, draw,
+                     origin)
             except (BrokenPipeError, av.error.BrokenPipeError):
                 pass  # the encoder died: its exit status and stderr below say why
             finally:
@@ -173,9 +191,10 @@ def write_overlay(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     return out_path
 
 
-def _mux(sink: Any, size: tuple[int, int], pix_fmt: str, first: Shown, rest: Iterator[Shown], draw: Draw) -> None:
+def _mux(sink: Any, size: tuple[int, int], pix_fmt: str, first: Shown, rest: Iterator[Shown], draw: Draw,
+         origin_s: float = 0.0) -> None:
     """Draw and write every frame (`size` (h, w), `pix_fmt`) to `sink` as NUT rawvideo with its presentation
-    time."""
+    time less `origin_s`."""
     with av.open(sink, mode="w", format="nut") as container:
         stream = container.add_stream("rawvideo")
         stream.width, stream.height, stream.pix_fmt = size[1], size[0], pix_fmt
@@ -185,7 +204,7 @@ def _mux(sink: Any, size: tuple[int, int], pix_fmt: str, first: Shown, rest: Ite
             drawn = draw(frame, record, size)
             picture = av.VideoFrame.from_ndarray(drawn, format=pix_fmt)
             # strictly increasing, as a muxer requires; equal source times (never in a valid file) move 1 µs
-            last = picture.pts = max(round(pts_s / TIME_BASE), last + 1)
+            last = picture.pts = max(round((pts_s - origin_s) / TIME_BASE), last + 1)
             picture.time_base = TIME_BASE
             container.mux(stream.encode(picture))
         container.mux(stream.encode(None))

@@ -4,9 +4,11 @@
 The same pass as the overlay (`worker.overlay.write_overlay`) with nothing drawn: the frames are decoded
 again at the video's display size (rotation applied, pixel aspect ratio kept), each is paired with its
 mask line (the pairing checks frame index and time), and each is encoded with its source time
-(`-fps_mode passthrough`). So the preview holds exactly one frame per mask line, at the line's `pts_s`,
-in H.264 (yuv420p, even size) + AAC with `+faststart`: the page draws mask N over the frame the browser shows
-at `pts_s` N.
+(`-fps_mode passthrough`), moved back by the first mask line's `pts_s` (t0; the sound with it). So the preview
+holds one frame per mask line (a live recording: also the frames the session skipped, each after its mask's),
+mask N's frame at media time `pts_s` N - t0 exactly and the first frame at 0 s, in H.264 (yuv420p, even
+size) + AAC with `+faststart`: the page draws mask N over the frame the browser shows at `pts_s` N - t0,
+with no guess at where the file's timeline starts (the job's `media.preview_start_s` says 0).
 """
 
 from __future__ import annotations
@@ -38,4 +40,4 @@ def write_preview(info: MediaInfo, masks_path: Path, out_path: Path, *, fps: flo
     frame from the first mask on (`write_overlay`). Raises `MediaError` like `write_overlay`; nothing is left
     on failure."""
     return write_overlay(info, masks_path, out_path, fps=fps, num_classes=1, limits=limits, fence=fence, draw=_plain,
-                         hold=hold)
+                         hold=hold, zero=True)

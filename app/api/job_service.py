@@ -53,12 +53,14 @@ def eta_seconds(record: JobRecord, now: float | None = None) -> float | None:
 
 def media_view(record: JobRecord, base: str = "") -> dict[str, Any]:
     """`media`: whether a browser plays the upload as it is, and the preview's URL once the worker wrote one
-    (`worker.preview`; a browser-playable upload is served there too while it is kept)."""
+    (`worker.preview`; a browser-playable upload is served there too while it is kept), and where in it the
+    first mask line's frame is: 0 s in the worker's preview (made so), unknown (None) in the upload itself."""
     playable = record.media is not None and browser_playable(record.media)
     has_video = record.preview is not None or (playable and record.upload is not None and record.status
                                                is JobStatus.SUCCEEDED)
     return {"browser_playable": playable,
-            "preview_url": f"{base}/jobs/{record.job_id}/preview.mp4" if has_video and not record.deleted else None}
+            "preview_url": f"{base}/jobs/{record.job_id}/preview.mp4" if has_video and not record.deleted else None,
+            "preview_start_s": 0.0 if record.preview is not None and not record.deleted else None}
 
 
 def job_view(record: JobRecord, base: str = "") -> dict[str, Any]:

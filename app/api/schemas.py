@@ -71,6 +71,9 @@ class JobMedia(BaseModel):
     preview_url: str | None = Field(description="a video the page can play, frame-exact with the masks: the "
                                                 "worker's H.264 + AAC preview, or the browser-playable upload; "
                                                 "null until it exists")
+    preview_start_s: float | None = Field(default=None, description=(
+        "the media time (s) in preview_url of the first mask line's frame: 0 for the worker's preview (mask N's "
+        "frame at pts_s N - pts_s 0 exactly); null when preview_url is the upload itself (its own timeline)"))
 
 
 class JobView(BaseModel):

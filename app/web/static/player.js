@@ -30,11 +30,13 @@ export class Player {
     this.previewWanted = false;
     this.previewLoading = false;
     this.job = null;
-    this.base = 0; // the browser's media time of the video's first frame (s): masks count from there
+    this.base = 0; // the browser's media time of the first mask line's frame (s): masks count from there
+    this.sought = false; // a seek was asked since the source was set: the next frame presented is not the first
     this.video.addEventListener("loadedmetadata", () => this.fit());
     window.addEventListener("resize", () => this.fit());
     $("play").addEventListener("click", () => (this.video.paused ? this.video.play() : this.video.pause()));
     $("mute").addEventListener("click", () => { this.video.muted = !this.video.muted; this.syncButtons(); });
+    this.video.addEventListener("seeking", () => { this.sought = true; });
     for (const name of ["play", "pause", "volumechange", "emptied"]) {
       this.video.addEventListener(name, () => this.syncButtons());
     }
@@ -112,15 +114,20 @@ export class Player {
     }
   }
 
-  play(url, source) {
+  /** Play `url` (`source`: "original" | "preview"). `start`: the media time of the first mask line's frame
+   * when the service states it (its preview is made so: `media.preview_start_s`, 0); otherwise (the user's
+   * own file, an upload served as it is) it is read from the first frame the browser presents, unless a seek
+   * came first (that frame is then not the first: the timeline stays at 0 until a later load). */
+  play(url, source, start = null) {
     this.source = source;
     this.stage.dataset.source = source;
-    this.base = 0;
+    this.base = typeof start === "number" ? start : 0;
+    this.sought = false;
     this.video.src = url;
     const token = this.token;
-    if ("requestVideoFrameCallback" in this.video) { // the first frame presented: where the timeline starts
+    if (typeof start !== "number" && "requestVideoFrameCallback" in this.video) {
       this.video.requestVideoFrameCallback((_now, metadata) => {
-        if (token === this.token && !this.video.played.length) this.base = metadata.mediaTime;
+        if (token === this.token && !this.video.played.length && !this.sought) this.base = metadata.mediaTime;
       });
     }
     $("need-file").hidden = true;
@@ -171,7 +178,8 @@ export class Player {
       } else {
         url = apiUrl(previewUrl.replace(/^.*?jobs\//, "jobs/")).href;
       }
-      this.play(url, "preview");
+      const start = this.job && this.job.media ? this.job.media.preview_start_s : null;
+      this.play(url, "preview", typeof start === "number" ? start : null);
       const kept = !this.previewFor && this.job && this.job.media && this.job.media.browser_playable;
       const live = this.job && this.job.source === "live";
       this.notice(live ? "Playing the recording as the service keeps it with the job."

@@ -70,7 +70,8 @@ def test_get_job_record_shape(client: TestClient, store: JobStore, media: dict[s
     assert (view["cancel_requested"], view["deleted"]) == (False, False)
     assert (view["source"], view["eta_s"], view["effective_threshold"]) == ("upload", None, 0.5)
     assert view["filename"] == "my clip.mp4"  # the client's name, sanitised: no path
-    assert view["media"] == {"browser_playable": True, "preview_url": None}  # H.264 + AAC in MP4, not done yet
+    # H.264 + AAC in MP4, not done yet
+    assert view["media"] == {"browser_playable": True, "preview_url": None, "preview_start_s": None}
     assert view["exports_url"] == f"/jobs/{job_id}/exports"
     created = datetime.fromisoformat(view["created_at_iso"].replace("Z", "+00:00"))
     assert view["created_at_iso"].endswith("Z")

@@ -247,3 +247,38 @@ def test_sweep_removes_only_stale_unfinished_recordings(store: JobStore) -> None
     # the fresh one goes too once it is old enough
     assert sweep_orphans(store, older_than_s=3600, now=now + 7200) == [fresh.dir.name]
     assert json.loads((store.job_dir(finished.job_id) / RECORD).read_text())["kind"] == "live"
+
+
+def _frame_times(path: Path) -> list[float]:
+    """The presentation times (s) of a file's video frames, as ffprobe reads them."""
+    import subprocess
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [float(line.strip().strip(",")) for line in out.splitlines() if line.strip()]
+
+
+def test_the_preview_puts_the_first_mask_at_0_s_and_mask_n_at_its_pts_minus_the_first(store: JobStore) -> None:
+    """The page maps media time t to the mask with pts_s - pts_s(first) <= t: a recording whose first frames have
+    no mask, whose masks skip frames, and whose session clock is not the stream copy's (here 12.3 ms apart),
+    still gets a preview with mask N's frame at exactly pts_s N - pts_s 0 and its first frame at 0 s."""
+    from worker.media.samples import make_video
+
+    recording = Recording(store, new_job_id(), threshold=None, overlay=False)
+    assert recording.copy_path is not None
+    make_video(recording.copy_path, container="mkv", duration_s=1.0, size=(32, 24), fps=10)
+    copy_times = _frame_times(recording.copy_path)
+    own = [2, 4, 7]  # frames 0-1 before the first mask, the others held
+    records = [r for i in own for r in _live_records(1, start=i, size=(24, 32))]
+    for record in records:
+        record["pts_s"] = round(copy_times[record["frame_index"]] + 0.0123, 6)
+        recording.write(record)
+    record = recording.finish(_summary(3, received=len(copy_times)), None, num_classes=1, limits=LIMITS)
+    assert record.preview == "preview.mp4"
+    times = _frame_times(recording.dir / "preview.mp4")
+    assert len(times) == len(copy_times) - own[0]  # every frame from the first mask's on
+    assert times[0] == 0.0
+    t0 = records[0]["pts_s"]
+    for record_, index in zip(records, own, strict=True):
+        assert abs(times[index - own[0]] - (record_["pts_s"] - t0)) < 2e-6
+    assert times == sorted(set(times))
