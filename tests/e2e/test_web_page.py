@@ -22,7 +22,6 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from app.cli.demo import make_sample_clip
-from worker.masks import decode_rle
 from worker.media.samples import make_video
 
 from .conftest import Service, running_embedded
@@ -30,6 +29,7 @@ from .web_support import (
     assert_frames_drawn_where_truth_is,
     checked_page,
     chromium_path,
+    clip_ground_truth,
     keep_screenshot,
     open_page,
     prefix_proxy,
@@ -48,8 +48,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ground_truth(clip: Path) -> list[np.ndarray]:
-    lines = [json.loads(line) for line in clip.with_suffix(".gt.ndjson").read_text().splitlines() if line.strip()]
-    return [decode_rle(line["counts"], line["size"]).astype(bool) for line in lines]
+    return clip_ground_truth(clip)
 
 
 @pytest.fixture(scope="module")

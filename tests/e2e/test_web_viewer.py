@@ -28,6 +28,7 @@ from .conftest import Service, running_embedded
 from .web_support import (
     assert_frames_drawn_where_truth_is,
     checked_page,
+    clip_ground_truth,
     iou,
     keep_screenshot,
     launched_chromium,
@@ -45,8 +46,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ground_truth(clip: Path) -> list[np.ndarray]:
-    lines = [json.loads(line) for line in clip.with_suffix(".gt.ndjson").read_text().splitlines() if line.strip()]
-    return [decode_rle(line["counts"], line["size"]).astype(bool) for line in lines]
+    return clip_ground_truth(clip)
 
 
 @pytest.fixture(scope="module")

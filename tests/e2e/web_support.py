@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from worker.masks import decode_rle
 
 from .conftest import free_port
 
@@ -51,6 +54,12 @@ def checked_page(browser: Browser) -> Iterator[Page]:
     yield page
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def clip_ground_truth(clip: Path) -> list[np.ndarray]:
+    """The sample clip's true masks ([H, W] bool per frame), from the `.gt.ndjson` beside it."""
+    lines = [json.loads(line) for line in clip.with_suffix(".gt.ndjson").read_text().splitlines() if line.strip()]
+    return [decode_rle(line["counts"], line["size"]).astype(bool) for line in lines]
 
 
 def nginx_path() -> str:
