@@ -226,8 +226,8 @@ def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message:
     (the send only seemed to fail: a worker has already taken the job, so it was accepted after all).
 
     The record becomes a `failed` tombstone without its files; when even that small write fails (the disk is
-    full, issue #27), the whole job folder goes, so no reconciler ever finds a queued record to send again
-    for a client that never got its id. Jobs and REST streams (`app.api.stream_service`) alike.
+    full, issue #27), the record and the whole job folder go, so no reconciler ever finds a queued record to
+    send again for a client that never got its id. Jobs and REST streams (`app.api.stream_service`) alike.
     """
     try:
         with store.locked(job_id):
@@ -240,6 +240,12 @@ def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message:
             store.write(record)
         store.remove_files(job_id)
     except (OSError, JobLocked, JobNotFound, ValueError) as exc:
-        log.warning("job %s: no tombstone (%s); its folder is removed", job_id, exc)
-        shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+        log.warning("job %s: no tombstone (%s); its record and folder are removed", job_id, exc)
+        try:
+            store.remove_files(job_id, keep_record=False)
+        except (OSError, JobLocked, ValueError) as again:
+            # Redis refuses even the delete (a full disk under its append-only file): the folder goes, and the
+            # reconciler fails the record it finds without its upload, never sends it (`worker.core.leases`).
+            log.warning("job %s: record not removed either (%s)", job_id, again)
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
     return True

@@ -173,7 +173,7 @@ def reconcile(store: JobStore, send: Callable[[str], None], *, lease_timeout_s: 
     now = time.time() if now is None else now
     done = Reconciled([], [], [], [])
     untaken: list[str] = []
-    for record in list(store.records()):
+    for record in list(store.records(JobStatus.RUNNING.value, JobStatus.QUEUED.value)):
         try:
             if record.status is JobStatus.RUNNING and not lease_live(record, now):
                 _expired(store, record.job_id, send, now, done, keep)

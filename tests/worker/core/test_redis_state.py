@@ -1,4 +1,4 @@
-"""The Redis state backend (issue #24) on real redis-servers: admission exact under a burst across two stores,
+"""The Redis state store (issue #24) on real redis-servers: admission exact under a burst across two stores,
 fencing checked by the server, a frozen Redis a bounded error, lost data detected, an AOF restart losing
 nothing, and the API's answer to a frozen store."""
 
@@ -29,7 +29,7 @@ from worker.core.settings import ServiceSettings
 from worker.core.state import StaleWrite, StateLost, StateUnavailable, open_store
 from worker.core.state.redis_store import RedisJobStore
 
-StoreFactory = Callable[[Path], JobStore]  # the `make_store` fixture (conftest.py)
+StoreFactory = Callable[..., JobStore]  # the `make_store` fixture (tests/conftest.py)
 T = 1_000_000.0
 
 
@@ -130,8 +130,7 @@ def test_a_holder_paused_past_its_lock_writes_nothing(tmp_path: Path, state_redi
 
 def test_a_record_that_outlived_its_upload_folder_is_failed_never_sent(tmp_path: Path, state_redis: str) -> None:
     """No ghost job: Redis applied a `create` whose answer timed out; the API answered 503 and removed the
-    upload, so the client never got this id. The reconciler fails the record at its first pass, never sends it
-    (on the files backend a record lives in its folder and cannot outlive it)."""
+    upload, so the client never got this id. The reconciler fails the record at its first pass, never sends it."""
     store = RedisJobStore(tmp_path, state_redis, prefix=f"avs:test:{uuid.uuid4().hex}:")
     orphan = _job(store, message_sent_at=None, created_at=T - 1)
     unsent = _job(store, message_sent_at=None, created_at=T - 1)
@@ -166,7 +165,7 @@ def test_a_frozen_redis_is_a_bounded_state_unavailable(tmp_path: Path, own_redis
 
 def test_the_api_answers_503_with_retry_after_while_the_state_redis_is_frozen(tmp_path: Path,
                                                                               own_redis: PrivateRedis) -> None:
-    settings = ServiceSettings(_env_file=None, data_dir=tmp_path / "data", state_backend="redis",
+    settings = ServiceSettings(_env_file=None, data_dir=tmp_path / "data",
                                state_url=_url(own_redis), broker_timeout_s=0.5, api_keys=[],
                                broker_url=_url(own_redis))
     store = open_store(settings)

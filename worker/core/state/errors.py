@@ -1,6 +1,9 @@
-"""What a state backend raises beyond `JobNotFound` / `JobLocked` (`worker.core.jobstore`).
+"""What the state store (`worker.core.state`) raises.
 
-Both are defined outcomes of a failing Redis (issue #24), never a silent "no job":
+* `JobNotFound`: no record for this id (never created, expired, or not a well-formed id).
+* `JobLocked`: the record's lock was not free within the timeout (its holder is stopped or stuck).
+
+The next two are defined outcomes of a failing Redis (issue #24), never a silent "no job":
 
 * `StateUnavailable`: the store did not answer within its bounded time (a frozen, partitioned or stopped
   Redis). A subclass of `JobLocked` (itself a `TimeoutError`), so every caller that already handles a busy
@@ -15,7 +18,14 @@ Torch-free.
 from __future__ import annotations
 
 from worker.core.contracts import ServiceErrorCode
-from worker.core.jobstore import JobLocked
+
+
+class JobNotFound(KeyError):
+    """No record for this id (never created, expired, or not a well-formed id)."""
+
+
+class JobLocked(TimeoutError):
+    """The record's lock was not free within the timeout (its holder is stopped or stuck)."""
 
 
 class StateUnavailable(JobLocked):

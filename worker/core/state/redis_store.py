@@ -1,4 +1,4 @@
-"""Job records in Redis: the same `JobStore` API, the coordination on a server every host can reach (#24).
+"""Job records in Redis: the one implementation of the coordination state, on a server every host can reach (#24).
 
 What moves to Redis, and what stays (the next issue moves the media):
 
@@ -14,15 +14,16 @@ What moves to Redis, and what stays (the next issue moves the media):
   one (a token never goes back; see `worker.core.leases`): a stale owner's write is refused by Redis itself,
   whatever it believes (Kleppmann's fencing token, checked by the storage).
 * **Admission** (`admission`) is one Redis lock for all the API processes of every host; the count under it
-  is still the folder scan of `app.api.counts` (the upload folders live on the volume until the next issue).
+  is the status index plus the upload reservations (`reserve_upload`), a sorted set of ids scored by when
+  each reservation expires (an upload being received or probed has no record yet).
 * **Lost data is detected.** A sentinel key is written when a store first opens a Redis and checked by every
   read and write script; a record whose id is still in the ids set but whose key is gone is `StateLost`, not
   "no job". At start the store refuses a Redis whose `maxmemory-policy` is not `noeviction`.
 * **Bounded calls.** Every call gives up after `timeout_s` (no retries inside redis-py): a frozen Redis is
   `StateUnavailable` (503 + Retry-After in the API) within that time.
 
-Still on the volume in this step: the media (uploads, mask lines, overlays), the upload reservations (folders
-without a record), worker heartbeats and live endpoints, and the mask-stream followers' polling.
+Still on the volume in this step: the media (uploads, mask lines, overlays; `worker.core.state.media`).
+There is no other backend: the `job.json` + `flock` store of the first releases is gone (issue #24).
 
 Torch-free: the API imports it.
 """
@@ -33,9 +34,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 from pydantic import ValidationError
@@ -44,8 +46,12 @@ from redis.retry import Retry
 
 from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, is_job_id
-from worker.core.jobstore import LOCK_TIMEOUT_S, JobLocked, JobNotFound, JobStore
-from worker.core.state.errors import StaleWrite, StateLost, StateUnavailable
+from worker.core.state.errors import JobLocked, JobNotFound, StaleWrite, StateLost, StateUnavailable
+from worker.core.state.media import MediaFolder
+
+LOCK_TIMEOUT_S = 10.0
+"""How long a record's lock is waited for. A holder only keeps it for a read-modify-write or one batch of mask
+lines, so a wait this long means a holder that is stopped (SIGSTOP, a frozen VM): give up, retry later."""
 
 LOCK_TTL_S = 5.0
 """A record lock not released after this long is free again (its holder died or froze; `AVS_STATE_LOCK_TTL_S`).
@@ -132,9 +138,10 @@ def check_eviction_policy(client: redis.Redis) -> str:
     return policy
 
 
-class RedisJobStore(JobStore):
-    """`JobStore` with its records, locks and indexes in Redis (see the module docstring); the media folder
-    `data_dir/folder/<id>/` is still where the uploads, masks and overlays are.
+class RedisJobStore(MediaFolder):
+    """The records of one folder (`jobs`, or `streams` for the REST streams, which share the record, its lock and
+    its leases but are never listed as jobs), with their locks and indexes in Redis (see the module docstring);
+    the media folder `data_dir/folder/<id>/` is still where the uploads, masks and overlays are.
 
     Raises `StateUnavailable` when Redis does not answer within `timeout_s`, `StateLost` when data it held is
     gone, `ValueError` at construction when Redis may evict keys.
@@ -270,6 +277,58 @@ class RedisJobStore(JobStore):
         with self._bounded(f"job {job_id}"):
             self._write(keys=keys, args=args)
 
+    def update(self, job_id: str, change: Callable[[JobRecord], None], *,
+               timeout_s: float = LOCK_TIMEOUT_S) -> JobRecord:
+        """Apply `change` (which edits the record in place) under the lock, write it, return it."""
+        with self.locked(job_id, timeout_s=timeout_s):
+            record = self.get(job_id)
+            change(record)
+            record.updated_at = time.time()
+            self.write(record)
+            return record
+
+    def set_fields(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set top-level fields (validated as they are assigned) under the lock."""
+
+        def change(record: JobRecord) -> None:
+            for name, value in fields.items():
+                setattr(record, name, value)
+
+        return self.update(job_id, change)
+
+    def records(self, *statuses: str) -> Iterator[JobRecord]:
+        """Every record of the folder, or with `statuses` those the status index lists under one of them (a record
+        read may have moved on since); those deleted while listed, or unreadable, are skipped."""
+        for job_id in (self.ids_with_status(*statuses) if statuses else self.list_ids()):
+            try:
+                yield self.get(job_id)
+            except (JobNotFound, ValueError):
+                continue  # deleted right now
+
+    def ids_with_status(self, *statuses: str) -> list[str]:
+        """The ids whose record has one of `statuses`, from the status index (no record read)."""
+        with self._bounded("list"):
+            pipe = self.client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.smembers(self._status_prefix + status)
+            return sorted({job_id for members in pipe.execute() for job_id in members})
+
+    def expire(self, older_than_s: float, *, now: float | None = None) -> list[str]:
+        """Delete finished jobs whose end is older than `older_than_s` (result TTL), record and media. Returns
+        their ids."""
+        now = time.time() if now is None else now
+        finished = [s.value for s in JobStatus if s.finished]
+        removed = []
+        for job_id in self.ids_with_status(*finished):
+            try:
+                record = self.get(job_id)
+            except (JobNotFound, ValueError):
+                continue
+            if record.finished and record.finished_at and now - record.finished_at > older_than_s:
+                self.remove_files(record.job_id, keep_record=False)
+                removed.append(record.job_id)
+        return removed
+
     def list_ids(self) -> Iterator[str]:
         with self._bounded("list"):
             ids = sorted(self.client.smembers(self._ids))
@@ -286,18 +345,20 @@ class RedisJobStore(JobStore):
     # -------------------------------------------------------------------------------------- admission
     @contextmanager
     def admission(self, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """One Redis lock for every API process on every host (see `JobStore.admission`)."""
+        """One lock for every API process on every host: a backlog count and the reservation that follows it
+        happen together, so concurrent uploads cannot all pass."""
         with self._redis_lock(f"{self.ns}admission", timeout_s, "admission lock", poll_s=0.002):
             yield
 
     # ------------------------------------------------------------------------------------------ files
     def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
-        """The media as `JobStore.remove_files`; without `keep_record`, the record (and its index entries)
-        too."""
+        """Delete the job's media except the files named in `keep` (a failed job keeps the mask lines it wrote);
+        the record stays (a tombstone that says what happened) unless `keep_record` is False, then the record,
+        its index entries and the whole folder go."""
         if not keep_record:
             with self._bounded(f"job {job_id}"):
                 self._delete(keys=[self._key(job_id), self._ids, self._status_prefix], args=[job_id])
-        super().remove_files(job_id, keep_record=keep_record, keep=keep)
+        self.remove_media(job_id, everything=not keep_record, keep=keep)
 
     # ---------------------------------------------------------------------------------------- locking
     @contextmanager
