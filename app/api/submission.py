@@ -30,6 +30,7 @@ from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, Up
 from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.media.probe import probe_media
 from worker.core.settings import ServiceSettings
+from worker.core.state.errors import StateStorageFull
 
 log = logging.getLogger("avs.api")
 
@@ -99,7 +100,8 @@ def _reserve(store: JobStore, settings: ServiceSettings, job_dir: Path) -> int |
 
 
 def _storage_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """A full data volume, or a state Redis that cannot write its append-only file (a full disk under it)."""
+    return isinstance(exc, StateStorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 async def submit(request: Request, settings: ServiceSettings, store: JobStore, send_task: TaskSender) -> dict[str, Any]:
@@ -129,7 +131,7 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
     except OSError as exc:
         if _storage_full(exc):
             _reject(ServiceErrorCode.STORAGE_FULL)
-            raise storage_full() from None
+            raise storage_full(settings.retry_after_s) from None
         raise
     if refused is not None:
         _reject(ServiceErrorCode.BACKLOG_FULL)
@@ -141,7 +143,7 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
             record = await _receive_and_probe(request, settings, store, job_id, job_dir)
         except OSError as exc:
             if _storage_full(exc):
-                raise storage_full() from None
+                raise storage_full(settings.retry_after_s) from None
             raise
     except ClientDisconnect:
         prometheus.UPLOADS_ABORTED.inc()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.leases import acquire, reconcile
 from worker.core.private_redis import PrivateRedis
 from worker.core.settings import ServiceSettings
-from worker.core.state import StaleWrite, StateLost, StateUnavailable, open_store
+from worker.core.state import StaleWrite, StateLost, StateStorageFull, StateUnavailable, open_store
 from worker.core.state.redis_store import RedisJobStore
 
 StoreFactory = Callable[..., JobStore]  # the `make_store` fixture (tests/conftest.py)
@@ -215,6 +216,73 @@ def test_a_redis_that_refuses_writes_is_state_unavailable_and_writes_nothing(tmp
         store.set_fields(job_id, cancel_requested=True)
     redis.Redis.from_url(_url(own_redis)).config_set("maxmemory", "0")
     assert store.get(job_id).cancel_requested is False
+
+
+@pytest.fixture
+def redis_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[PrivateRedis, Path]]:
+    """A redis-server whose append-only file is on a 4 MiB tmpfs (a disk that fills up), and that tmpfs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    server = PrivateRedis(disk / "redis")
+    try:
+        server.start()
+        yield server, disk
+    finally:
+        server.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler.bin"
+    with filler.open("ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _write_outcome(store: JobStore, job_id: str, value: bool) -> str:
+    try:
+        store.set_fields(job_id, cancel_requested=value)
+    except StateStorageFull:
+        return "storage_full"
+    return "written"
+
+
+def test_a_full_disk_under_redis_is_storage_full_507_and_passes_when_freed(
+        tmp_path: Path, redis_on_a_small_disk: tuple[PrivateRedis, Path]) -> None:
+    """Redis cannot write its append-only file (MISCONF): `StateStorageFull`, and the API answers a submission
+    507 `storage_full` + Retry-After (as for a full data volume), never a 503 or a 500; nothing accepted is
+    lost, and writes pass again once the disk has room."""
+    server, disk = redis_on_a_small_disk
+    settings = ServiceSettings(_env_file=None, data_dir=tmp_path / "data", state_url=_url(server),
+                               broker_url=_url(server), api_keys=[], retry_after_s=9)
+    store = open_store(settings)
+    job_id = _job(store)
+    filler = _fill(disk)
+    deadline = time.monotonic() + 5
+    while _write_outcome(store, job_id, True) != "storage_full":  # the first write after the fill may be taken
+        assert time.monotonic() < deadline, "Redis never refused a write on a full disk"
+        time.sleep(0.1)
+    client = TestClient(create_app(settings, task_sender=lambda _id: None, stream_sender=lambda _id: None))
+    # refused at admission, before the body is read (the admission lock is a Redis write)
+    response = client.post("/segment", files={"file": ("clip.mp4", b"\0" * 1024, "video/mp4")})
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "storage_full"
+    assert response.headers["Retry-After"] == "9"
+    assert list((settings.data_dir / "jobs").iterdir()) == [store.job_dir(job_id)]  # nothing reserved or left
+    filler.unlink()
+    deadline = time.monotonic() + 5
+    while _write_outcome(store, job_id, False) != "written":  # Redis retries its file every second
+        assert time.monotonic() < deadline, "Redis kept refusing writes after the disk was freed"
+        time.sleep(0.1)
+    assert store.get(job_id).status is JobStatus.QUEUED  # the record written before the fill is still there
 
 
 def test_an_evicting_redis_is_refused_at_start(tmp_path: Path, own_redis: PrivateRedis) -> None:

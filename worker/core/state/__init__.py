@@ -14,11 +14,18 @@ from __future__ import annotations
 import threading
 
 from worker.core.settings import ServiceSettings
-from worker.core.state.errors import JobLocked, JobNotFound, StaleWrite, StateLost, StateUnavailable
+from worker.core.state.errors import (
+    JobLocked,
+    JobNotFound,
+    StaleWrite,
+    StateLost,
+    StateStorageFull,
+    StateUnavailable,
+)
 from worker.core.state.redis_store import RedisJobStore
 
-__all__ = ["JobLocked", "JobNotFound", "StaleWrite", "StateLost", "StateUnavailable", "close_stores", "open_store",
-           "state_url"]
+__all__ = ["JobLocked", "JobNotFound", "StaleWrite", "StateLost", "StateStorageFull", "StateUnavailable",
+           "close_stores", "open_store", "state_url"]
 
 
 def state_url(settings: ServiceSettings) -> str:

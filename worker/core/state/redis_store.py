@@ -46,7 +46,14 @@ from redis.retry import Retry
 
 from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, is_job_id
-from worker.core.state.errors import JobLocked, JobNotFound, StaleWrite, StateLost, StateUnavailable
+from worker.core.state.errors import (
+    JobLocked,
+    JobNotFound,
+    StaleWrite,
+    StateLost,
+    StateStorageFull,
+    StateUnavailable,
+)
 from worker.core.state.media import MediaFolder
 
 LOCK_TIMEOUT_S = 10.0
@@ -114,7 +121,8 @@ return 0
 
 _REFUSED_WRITES = ("OOM", "MISCONF", "READONLY")
 """Redis's refusals of a write it cannot keep: `maxmemory` reached under `noeviction`, an append-only file it
-cannot write (a full disk), a replica. Defined outcome: `StateUnavailable`, nothing written."""
+cannot write (a full disk), a replica. Defined outcome: `StateUnavailable` (`StateStorageFull` for MISCONF),
+nothing written."""
 
 
 def connect(url: str, timeout_s: float) -> redis.Redis:
@@ -230,7 +238,10 @@ class RedisJobStore(MediaFolder):
                                  f"{message.split()[-1]}") from None
             if message.startswith("AVS_NOT_FOUND"):
                 raise JobNotFound(what) from None
-            if message.startswith(_REFUSED_WRITES):  # full memory (noeviction) or a failing append-only file
+            if message.startswith("MISCONF"):  # its append-only file cannot be written: a full disk under it
+                raise StateStorageFull(f"state store: {what}: Redis cannot persist writes ({message[:160]})") \
+                    from None
+            if message.startswith(_REFUSED_WRITES):  # full memory (noeviction), a replica
                 raise StateUnavailable(f"state store: {what}: Redis refuses writes ({message[:160]})") from None
             raise
 
