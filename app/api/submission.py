@@ -78,7 +78,7 @@ def check_field(name: str, text: str) -> None:
 
 # -------------------------------------------------------------------------------------- submit
 def waiting_jobs(store: JobStore) -> int:
-    """Jobs queued and not started, plus uploads admitted and not recorded yet, counted in one pass."""
+    """Jobs queued and not started, plus uploads admitted and not recorded yet (the backlog the limit caps)."""
     counts = status_counter(store).counts(uploads_max_age_s=ORPHAN_UPLOAD_S)
     return counts[JobStatus.QUEUED.value] + counts[UPLOADING]
 
@@ -88,15 +88,33 @@ def _reject(code: str) -> None:
 
 
 def _reserve(store: JobStore, settings: ServiceSettings, job_dir: Path) -> int | None:
-    """Admission, atomic across API processes: under one lock, count the queued jobs plus the uploads already
-    admitted (folders without a record yet) and, when there is room, reserve a place by creating this job's
-    folder. Returns None when admitted, else the count that refused it."""
-    with store.admission():
-        waiting = waiting_jobs(store)
-        if waiting >= settings.max_backlog:
-            return waiting
+    """Admission, atomic across API processes and hosts: one step on the state Redis counts the queued jobs
+    plus the uploads already admitted and, when there is room, reserves a place for this job
+    (`RedisJobStore.reserve_upload`); then the job's folder is made for its upload. Returns None when admitted,
+    else the count that refused it."""
+    refused = store.reserve_upload(job_dir.name, settings.max_backlog, ORPHAN_UPLOAD_S)
+    if refused is not None:
+        return refused
+    try:
         job_dir.mkdir(parents=True)
-        return None
+    except BaseException:
+        _release(store, job_dir.name)
+        raise
+    return None
+
+
+def _abandon(store: JobStore, job_dir: Path) -> None:
+    """An upload refused or abandoned before its record: its folder goes and its place is given back."""
+    shutil.rmtree(job_dir, ignore_errors=True)
+    _release(store, job_dir.name)
+
+
+def _release(store: JobStore, job_id: str) -> None:
+    """Give back an upload's place; a Redis that does not answer keeps it until it expires (`ORPHAN_UPLOAD_S`)."""
+    try:
+        store.release_upload(job_id)
+    except JobLocked as exc:  # StateUnavailable
+        log.warning("job %s: its upload reservation is left to expire (%s)", job_id, exc)
 
 
 def _storage_full(exc: OSError) -> bool:
@@ -147,15 +165,15 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
             raise
     except ClientDisconnect:
         prometheus.UPLOADS_ABORTED.inc()
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         log.info("upload %s abandoned by the client", job_id)
         raise
     except ApiError as exc:
         _reject(exc.code)
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         raise
     except BaseException:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         raise
 
     # 6. The message (ids only), within the broker deadline; the record says when it was sent.

@@ -315,14 +315,14 @@ def test_api_process_never_imports_torch(tmp_path: Path, state_env: object) -> N
     assert not any(name == "model" or name.startswith(("model.", "torch.")) for name in loaded)
 
 
-def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> None:
+def test_status_counts_come_from_the_index_not_the_records(settings: ServiceSettings) -> None:
     from app.api.counts import StatusCounter
 
     store = open_store(settings)
     queued, done = add_job(store), add_job(store, JobStatus.SUCCEEDED)
     counter = StatusCounter(store)
     assert counter.counts() == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
-    store.client.set(store._key(done), "{}")  # a finished record is never read again
+    store.client.set(store._key(done), "{}")  # the count reads the status index, never a record
     run(store, queued)  # an unfinished one is
     assert counter.counts() == {"queued": 0, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     store.remove_files(done, keep_record=False)  # expired: forgotten
@@ -330,7 +330,7 @@ def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> 
 
 
 def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_counts(settings: ServiceSettings) -> None:
-    """The admission count is one snapshot: a folder whose record is written while the count runs (another API
+    """The admission count is one snapshot: an upload whose record is written while the count runs (another API
     process finishing an upload) is counted once, as an upload or as queued, never as neither."""
     import threading
 
@@ -340,7 +340,7 @@ def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_coun
     store = open_store(settings)
     ids = [new_job_id() for _ in range(40)]
     for job_id in ids:
-        store.job_dir(job_id).mkdir()  # admitted, body still arriving
+        assert store.reserve_upload(job_id, limit=100, ttl_s=3600) is None  # admitted, body still arriving
     counter = StatusCounter(store)
     seen: list[int] = []
     done = threading.Event()
@@ -365,8 +365,5 @@ def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_coun
     assert set(seen) == {40}
     counts = counter.counts(uploads_max_age_s=3600)
     assert (counts["queued"], counts[UPLOADING]) == (40, 0)
-    old = time.time() - 7200
-    stale = store.job_dir(new_job_id())
-    stale.mkdir()
-    os.utime(stale, (old, old))  # an abandoned upload is not waiting
-    assert counter.counts(uploads_max_age_s=3600)[UPLOADING] == 0
+    assert store.reserve_upload(new_job_id(), limit=100, ttl_s=3600, now=time.time() - 7200) is None
+    assert counter.counts(uploads_max_age_s=3600)[UPLOADING] == 0  # an abandoned upload's place has expired

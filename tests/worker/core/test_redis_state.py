@@ -64,22 +64,28 @@ def _job(store: JobStore, **fields: object) -> str:
 def test_a_burst_of_100_admissions_through_two_stores_admits_exactly_the_limit(tmp_path: Path,
                                                                                 make_store: StoreFactory) -> None:
     """Two stores over one state are two API processes; 100 threads reserve at once (the API's own
-    `_reserve`: count under the admission lock, then the job's folder); exactly `max_backlog` get in."""
+    `_reserve`: one script counts the queued records plus the reservations and reserves a place, then the job's
+    folder); exactly `max_backlog` get in, and a created record takes its reservation over."""
     settings = ServiceSettings(_env_file=None, data_dir=tmp_path, max_backlog=7, api_keys=[])
     stores = [make_store(tmp_path), make_store(tmp_path)]
     _job(stores[0])  # one queued job already waits: 6 places are left
     _job(stores[1], status=JobStatus.SUCCEEDED)  # a finished one takes none
     barrier = threading.Barrier(100)
 
-    def reserve(i: int) -> bool:
-        store = stores[i % 2]
+    def reserve(i: int) -> str | None:
+        store, job_id = stores[i % 2], new_job_id()
         barrier.wait()
-        return _reserve(store, settings, store.job_dir(new_job_id())) is None
+        return job_id if _reserve(store, settings, store.job_dir(job_id)) is None else None
 
     with ThreadPoolExecutor(100) as pool:
-        admitted = sum(pool.map(reserve, range(100)))
-    assert admitted == 6
+        admitted = [job_id for job_id in pool.map(reserve, range(100)) if job_id is not None]
+    assert len(admitted) == 6
     assert _reserve(stores[0], settings, stores[0].job_dir(new_job_id())) == 7  # full: the count that refused
+    stores[1].create(JobRecord(job_id=admitted[0], upload=UploadInfo(path="upload.mp4")))  # an upload finished
+    assert stores[0].status_counts(uploads=True)["uploading"] == 5  # its place became its queued record
+    assert _reserve(stores[0], settings, stores[0].job_dir(new_job_id())) == 7
+    stores[0].release_upload(admitted[1])  # an upload refused after admission gives its place back
+    assert _reserve(stores[0], settings, stores[0].job_dir(new_job_id())) is None
 
 
 def test_the_status_index_follows_every_transition(tmp_path: Path, state_redis: str) -> None:
@@ -271,7 +277,7 @@ def test_a_full_disk_under_redis_is_storage_full_507_and_passes_when_freed(
         assert time.monotonic() < deadline, "Redis never refused a write on a full disk"
         time.sleep(0.1)
     client = TestClient(create_app(settings, task_sender=lambda _id: None, stream_sender=lambda _id: None))
-    # refused at admission, before the body is read (the admission lock is a Redis write)
+    # refused at admission, before the body is read (the reservation is a Redis write)
     response = client.post("/segment", files={"file": ("clip.mp4", b"\0" * 1024, "video/mp4")})
     assert response.status_code == 507, response.text
     assert response.json()["error"]["code"] == "storage_full"

@@ -13,9 +13,11 @@ What moves to Redis, and what stays (the next issue moves the media):
 * **Fencing on the server.** The same script refuses a record whose `lease_token` is lower than the stored
   one (a token never goes back; see `worker.core.leases`): a stale owner's write is refused by Redis itself,
   whatever it believes (Kleppmann's fencing token, checked by the storage).
-* **Admission** (`admission`) is one Redis lock for all the API processes of every host; the count under it
-  is the status index plus the upload reservations (`reserve_upload`), a sorted set of ids scored by when
-  each reservation expires (an upload being received or probed has no record yet).
+* **Admission** of an upload (`reserve_upload`) is one script on the server: the queued records (the status
+  index) plus the upload reservations, a sorted set `{prefix}{folder}:reservations` of ids scored by when each
+  expires (an upload being received or probed has no record yet), compared with the limit and a place
+  reserved in the same step: exact under a burst across API processes and hosts. A created record takes its
+  reservation over in the write script. `admission` is one Redis lock for the REST streams' check.
 * **Lost data is detected.** A sentinel key is written when a store first opens a Redis and checked by every
   read and write script; a record whose id is still in the ids set but whose key is gone is `StateLost`, not
   "no job". At start the store refuses a Redis whose `maxmemory-policy` is not `noeviction`.
@@ -68,10 +70,13 @@ shorter than `LOCK_TIMEOUT_S`, so whoever waits for a dead holder's lock gets it
 log = logging.getLogger("avs.state")
 
 DEFAULT_PREFIX = "avs:state:"
+UPLOADING = "uploading"
+"""The key `status_counts(uploads=True)` adds for the uploads admitted whose record does not exist yet."""
 _STATUSES = tuple(s.value for s in JobStatus)
 
-# KEYS: record, lock, ids, sentinel, status-set prefix. ARGV: json, lock token ('' = none), lease token,
-# job id, '1' when creating, new status.
+# KEYS: record, lock, ids, sentinel, status-set prefix, reservations. ARGV: json, lock token ('' = none), lease
+# token, job id, '1' when creating, new status. A created record takes over its upload's reservation in the same
+# step, so the admission count never sees the job twice or not at all.
 _WRITE = """
 if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('AVS_STATE_LOST sentinel') end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('AVS_LOCK_LOST') end
@@ -88,7 +93,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[5] .. ARGV[6], ARGV[4])
+if ARGV[5] == '1' then redis.call('ZREM', KEYS[6], ARGV[4]) end
 return 1
+"""
+
+# KEYS: reservations, queued set, sentinel. ARGV: job id, limit, now, expiry. Admission in one step on the server:
+# drop the expired reservations, count the queued records plus the live reservations, and reserve a place for
+# this upload when the count is under the limit. Returns -1 when reserved, else the count that refused it.
+_RESERVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('AVS_STATE_LOST sentinel') end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local waiting = redis.call('SCARD', KEYS[2]) + redis.call('ZCARD', KEYS[1])
+if waiting >= tonumber(ARGV[2]) then return waiting end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return -1
 """
 
 # KEYS: record, ids, sentinel. ARGV: job id. Returns the record, or an error naming what is missing.
@@ -100,13 +118,11 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return redis.error_reply(
 return redis.error_reply('AVS_NOT_FOUND')
 """
 
-# KEYS: record, ids, status-set prefix. ARGV: job id.
+# KEYS: record, ids, status-set prefix, reservations. ARGV: job id, then every status. The id leaves every status
+# set, not only the one its record names: a record that no longer parses must not leave the index counting it.
 _DELETE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local old = cjson.decode(current)
-  if old['status'] then redis.call('SREM', KEYS[3] .. old['status'], ARGV[1]) end
-end
+redis.call('ZREM', KEYS[4], ARGV[1])
+for i = 2, #ARGV do redis.call('SREM', KEYS[3] .. ARGV[i], ARGV[1]) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
@@ -172,6 +188,7 @@ class RedisJobStore(MediaFolder):
             self._write = self.client.register_script(_WRITE)
             self._read = self.client.register_script(_READ)
             self._delete = self.client.register_script(_DELETE)
+            self._reserve = self.client.register_script(_RESERVE)
             self._release = self.client.register_script(_RELEASE)
 
     def _open_sentinel(self) -> None:
@@ -213,6 +230,10 @@ class RedisJobStore(MediaFolder):
     @property
     def _status_prefix(self) -> str:
         return f"{self.ns}status:"
+
+    @property
+    def _reservations(self) -> str:
+        return f"{self.ns}reservations"
 
     @contextmanager
     def _bounded(self, what: str) -> Iterator[None]:
@@ -282,7 +303,8 @@ class RedisJobStore(MediaFolder):
     def _put(self, record: JobRecord, *, create: bool) -> None:
         job_id = record.job_id
         token = self._token(job_id)
-        keys = [self._key(job_id), self._lock_key(job_id), self._ids, self.sentinel, self._status_prefix]
+        keys = [self._key(job_id), self._lock_key(job_id), self._ids, self.sentinel, self._status_prefix,
+                self._reservations]
         args = [record.model_dump_json(), token or "", record.lease_token, job_id, "1" if create else "0",
                 record.status.value]
         with self._bounded(f"job {job_id}"):
@@ -345,15 +367,41 @@ class RedisJobStore(MediaFolder):
             ids = sorted(self.client.smembers(self._ids))
         yield from ids
 
-    def status_counts(self) -> dict[str, int]:
-        """`{status: records}` from the status index (one round trip)."""
+    def status_counts(self, *, uploads: bool = False, now: float | None = None) -> dict[str, int]:
+        """`{status: records}` from the status index; with `uploads`, also `"uploading"`: the live upload
+        reservations (`reserve_upload`). One MULTI/EXEC, so one snapshot: a record that takes over its
+        reservation meanwhile is counted once, never as neither."""
+        now = time.time() if now is None else now
         with self._bounded("count"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.client.pipeline(transaction=True)
             for status in _STATUSES:
                 pipe.scard(self._status_prefix + status)
-            return dict(zip(_STATUSES, (int(n) for n in pipe.execute()), strict=True))
+            if uploads:
+                pipe.zcount(self._reservations, f"({now}", "+inf")
+            results = [int(n) for n in pipe.execute()]
+        counts = dict(zip(_STATUSES, results, strict=False))
+        if uploads:
+            counts[UPLOADING] = results[-1]
+        return counts
 
     # -------------------------------------------------------------------------------------- admission
+    def reserve_upload(self, job_id: str, limit: int, ttl_s: float, *, now: float | None = None) -> int | None:
+        """Admission of an upload, atomic across every API process of every host (one script on the server): when
+        the queued records plus the uploads already reserved are fewer than `limit`, reserve a place for
+        `job_id` for `ttl_s` seconds (its record, once created, takes the place over) and return None; else
+        return that count. An abandoned reservation (its API process died) stops counting after `ttl_s`."""
+        self._key(job_id)
+        now = time.time() if now is None else now
+        with self._bounded("admission"):
+            waiting = int(self._reserve(keys=[self._reservations, self._status_prefix + JobStatus.QUEUED.value,
+                                              self.sentinel], args=[job_id, limit, now, now + ttl_s]))
+        return None if waiting < 0 else waiting
+
+    def release_upload(self, job_id: str) -> None:
+        """Give back an upload's reservation (the upload was refused or abandoned before its record existed)."""
+        with self._bounded("admission"):
+            self.client.zrem(self._reservations, job_id)
+
     @contextmanager
     def admission(self, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         """One lock for every API process on every host: a backlog count and the reservation that follows it
@@ -368,7 +416,8 @@ class RedisJobStore(MediaFolder):
         its index entries and the whole folder go."""
         if not keep_record:
             with self._bounded(f"job {job_id}"):
-                self._delete(keys=[self._key(job_id), self._ids, self._status_prefix], args=[job_id])
+                self._delete(keys=[self._key(job_id), self._ids, self._status_prefix, self._reservations],
+                             args=[job_id, *_STATUSES])
         self.remove_media(job_id, everything=not keep_record, keep=keep)
 
     # ---------------------------------------------------------------------------------------- locking
