@@ -137,7 +137,7 @@ def redis_url() -> Iterator[str]:
 @contextlib.contextmanager
 def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None,
                      extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
-    """`avs serve [extra_args]` with no broker configured (API + one worker on the filesystem broker), ready."""
+    """`avs serve [extra_args]` with no broker configured (API + one worker on its private Redis), ready."""
     service = Service(data_dir, _base_env(data_dir))
     service.data_dir.mkdir()
     port = free_port()
@@ -153,7 +153,7 @@ def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None,
 
 @pytest.fixture
 def embedded_service(tmp_path: Path) -> Iterator[Service]:
-    """`avs serve` with no broker configured: API + one worker on the filesystem broker."""
+    """`avs serve` with no broker configured: API + one worker on its private Redis."""
     with running_embedded(tmp_path / "data") as service:
         yield service
 
