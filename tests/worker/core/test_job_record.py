@@ -1,4 +1,4 @@
-"""The job record: the one shape of job.json, validated on every read and every change."""
+"""The job record: its one shape (`JobRecord`, stored in Redis), validated on every read and every change."""
 
 from __future__ import annotations
 
