@@ -309,3 +309,19 @@ def test_a_restart_with_the_append_only_file_loses_nothing(tmp_path: Path, own_r
     record = again.get(job_id)
     assert (record.status, record.owner, record.lease_token) == (JobStatus.RUNNING, "worker-a", lease.token)
     assert again.status_counts()["running"] == 1
+
+
+def test_two_prefixes_on_one_redis_are_two_deployments(tmp_path: Path, state_redis: str) -> None:
+    """`AVS_STATE_PREFIX`: two deployments (or two tests) on one Redis never see each other's jobs, counts or
+    reservations."""
+    settings = [ServiceSettings(_env_file=None, data_dir=tmp_path / name, state_url=state_redis,
+                                state_prefix=f"avs:test:{uuid.uuid4().hex}:") for name in ("a", "b")]
+    a, b = (open_store(s) for s in settings)
+    assert a is not b
+    job_id = _job(a)
+    assert a.reserve_upload(new_job_id(), limit=10, ttl_s=60) is None
+    assert list(b.list_ids()) == []
+    with pytest.raises(JobNotFound):
+        b.get(job_id)
+    assert (a.status_counts(uploads=True)["queued"], a.status_counts(uploads=True)["uploading"]) == (1, 1)
+    assert (b.status_counts(uploads=True)["queued"], b.status_counts(uploads=True)["uploading"]) == (0, 0)
