@@ -8,7 +8,7 @@ AVS := $(VENV)/bin/avs
 # one on every call. Hide only that line, keep every other message and pip's exit status.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup demo demo-checkpoint distill-check test test-slow test-all deploy-test test-failures-redis lint format clean
+.PHONY: setup demo demo-checkpoint distill-check test test-slow test-all deploy-test lint format clean
 
 # Creates .venv in the checkout and installs the pinned torch stack plus dev tools.
 # The stamp file is rebuilt whenever pyproject.toml changes.
@@ -67,11 +67,6 @@ test: setup
 deploy-test: setup
 	@bash scripts/install-deploy-deps.sh
 	$(VENV)/bin/pytest -m deploy tests/deploy/test_stack.py -v -p no:cacheprovider
-
-# The failure suite on the Redis state backend (issue #24; AVS_STATE_BACKEND=redis in every process it starts).
-test-failures-redis: setup
-	@bash scripts/install-test-deps.sh
-	AVS_TEST_STATE_BACKEND=redis $(VENV)/bin/pytest tests/e2e/test_failures.py -v -p no:cacheprovider
 
 test-slow: setup
 	@bash scripts/install-test-deps.sh

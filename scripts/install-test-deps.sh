@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond `make setup`: promtool (Prometheus config check), Debian's chromium (the
 # web page's browser tests; Playwright drives it, nothing is downloaded), nginx (the API behind a path
-# prefix) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15).
-# Idempotent.
+# prefix), Debian's redis-server (required: every test of the job store starts its own, since Redis is the only
+# coordination store, issue #24) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use
+# databases 13-15). Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -17,10 +18,10 @@ command -v promtool >/dev/null 2>&1 || { echo "installing promtool (apt-get prom
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}..." >&2; apt_install "${missing[@]}"; fi
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server..." >&2; apt_install redis-server; }
   echo "starting redis-server on 127.0.0.1:6379" >&2
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
   for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done

@@ -24,6 +24,7 @@ from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.leases import Acquired, Lease, LeaseLost, acquire, fenced, fenced_update, renew
 from worker.core.media.browser_safe import browser_playable
 from worker.core.settings import ServiceSettings
+from worker.core.state.errors import StateStorageFull
 
 log = logging.getLogger("avs.worker")
 
@@ -165,7 +166,8 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     except MediaError as exc:
         return _finish_failed(store, lease, exc.code.value, exc.message)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # a full data volume, or the state Redis refusing writes it cannot persist (its disk is full)
+        if isinstance(exc, StateStorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return _finish_storage_full(store, lease, exc)
         log.exception("job %s failed", job_id)
         return _finish_failed(store, lease, ServiceErrorCode.INTERNAL_ERROR.value,
@@ -249,6 +251,16 @@ def _finish_failed(store: JobStore, lease: Lease, code: str, message: str, *,
     return {"job_id": job_id, "status": "failed", "error": code}
 
 
+def _free_media_if_still_ours(store: JobStore, lease: Lease) -> None:
+    """Delete the job's media when a read shows `lease` still holds (see `_finish_storage_full`)."""
+    try:
+        record = store.get(lease.job_id)
+    except (JobNotFound, OSError, ValueError):
+        return
+    if record.lease_token == lease.token and record.status is JobStatus.RUNNING:
+        store.remove_media(lease.job_id)
+
+
 def _finish_storage_full(store: JobStore, lease: Lease, exc: OSError) -> dict[str, Any]:
     """The disk is full: free this job's files first (they are what we can free), then record the failure,
     retrying the small record write while other writers may still be filling the disk."""
@@ -256,6 +268,11 @@ def _finish_storage_full(store: JobStore, lease: Lease, exc: OSError) -> dict[st
     try:
         with fenced(store, lease):
             store.remove_files(lease.job_id)
+    except StateStorageFull:
+        # The state Redis cannot persist either (its append-only file is on the full disk), so it refuses the
+        # record lock. It refuses every other write too: no one can take the lease over meanwhile, so a read
+        # that finds the lease still ours is as safe as the lock. Freeing the media is what lets Redis write.
+        _free_media_if_still_ours(store, lease)
     except (LeaseLost, OSError):
         pass
     message = "no space left on the data volume while writing the results"

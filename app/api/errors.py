@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.core.contracts import ErrorCode, ServiceErrorCode
 from worker.core.errors import MediaError
-from worker.core.state.errors import StateLost, StateUnavailable
+from worker.core.state.errors import StateLost, StateStorageFull, StateUnavailable
 
 log = logging.getLogger("avs.api")
 
@@ -147,6 +147,15 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("state store unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(ServiceErrorCode.NOT_READY, "the job state store is not answering; retry later",
                               status=503, headers=_closing(request, {"Retry-After": "1"}))
+
+    @app.exception_handler(StateStorageFull)
+    async def _state_storage_full(request: Request, exc: StateStorageFull) -> JSONResponse:
+        # Redis cannot write its append-only file (a full disk): the same answer as a full data volume
+        log.warning("state store cannot persist on %s %s: %s", request.method, request.url.path, exc)
+        settings = getattr(request.app.state, "settings", None)
+        retry = str(settings.retry_after_s if settings is not None else 30)
+        return error_response(ServiceErrorCode.STORAGE_FULL, "no space left for the job state; retry later",
+                              status=507, headers=_closing(request, {"Retry-After": retry}))
 
     @app.exception_handler(StateLost)
     async def _state_lost(request: Request, exc: StateLost) -> JSONResponse:

@@ -1,8 +1,8 @@
 """Job resources behind the thin routes: the public view of a record, lookup with 404s, deletion, the overlay
 file, and the cleanup of expired jobs and abandoned uploads.
 
-The record (`worker.core.job_record.JobRecord`, one `job.json` per job on the shared volume) is the single
-source of truth the API and the workers share; every read-modify-write goes through `JobStore.update`,
+The record (`worker.core.job_record.JobRecord`, one per job in the state Redis, `worker.core.state`) is the
+single source of truth the API and the workers share; every read-modify-write goes through `JobStore.update`,
 which holds the record's lock, so a cancel never races a worker's progress update.
 """
 

@@ -30,6 +30,7 @@ from worker.core.job_record import JobError, JobOptions, JobRecord, Progress, Up
 from worker.core.jobstore import JobLocked, JobNotFound, JobStore
 from worker.core.media.probe import probe_media
 from worker.core.settings import ServiceSettings
+from worker.core.state.errors import StateStorageFull
 
 log = logging.getLogger("avs.api")
 
@@ -77,7 +78,7 @@ def check_field(name: str, text: str) -> None:
 
 # -------------------------------------------------------------------------------------- submit
 def waiting_jobs(store: JobStore) -> int:
-    """Jobs queued and not started, plus uploads admitted and not recorded yet, counted in one pass."""
+    """Jobs queued and not started, plus uploads admitted and not recorded yet (the backlog the limit caps)."""
     counts = status_counter(store).counts(uploads_max_age_s=ORPHAN_UPLOAD_S)
     return counts[JobStatus.QUEUED.value] + counts[UPLOADING]
 
@@ -87,19 +88,38 @@ def _reject(code: str) -> None:
 
 
 def _reserve(store: JobStore, settings: ServiceSettings, job_dir: Path) -> int | None:
-    """Admission, atomic across API processes: under one lock, count the queued jobs plus the uploads already
-    admitted (folders without a record yet) and, when there is room, reserve a place by creating this job's
-    folder. Returns None when admitted, else the count that refused it."""
-    with store.admission():
-        waiting = waiting_jobs(store)
-        if waiting >= settings.max_backlog:
-            return waiting
+    """Admission, atomic across API processes and hosts: one step on the state Redis counts the queued jobs
+    plus the uploads already admitted and, when there is room, reserves a place for this job
+    (`RedisJobStore.reserve_upload`); then the job's folder is made for its upload. Returns None when admitted,
+    else the count that refused it."""
+    refused = store.reserve_upload(job_dir.name, settings.max_backlog, ORPHAN_UPLOAD_S)
+    if refused is not None:
+        return refused
+    try:
         job_dir.mkdir(parents=True)
-        return None
+    except BaseException:
+        _release(store, job_dir.name)
+        raise
+    return None
+
+
+def _abandon(store: JobStore, job_dir: Path) -> None:
+    """An upload refused or abandoned before its record: its folder goes and its place is given back."""
+    shutil.rmtree(job_dir, ignore_errors=True)
+    _release(store, job_dir.name)
+
+
+def _release(store: JobStore, job_id: str) -> None:
+    """Give back an upload's place; a Redis that does not answer keeps it until it expires (`ORPHAN_UPLOAD_S`)."""
+    try:
+        store.release_upload(job_id)
+    except JobLocked as exc:  # StateUnavailable
+        log.warning("job %s: its upload reservation is left to expire (%s)", job_id, exc)
 
 
 def _storage_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """A full data volume, or a state Redis that cannot write its append-only file (a full disk under it)."""
+    return isinstance(exc, StateStorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 async def submit(request: Request, settings: ServiceSettings, store: JobStore, send_task: TaskSender) -> dict[str, Any]:
@@ -129,7 +149,7 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
     except OSError as exc:
         if _storage_full(exc):
             _reject(ServiceErrorCode.STORAGE_FULL)
-            raise storage_full() from None
+            raise storage_full(settings.retry_after_s) from None
         raise
     if refused is not None:
         _reject(ServiceErrorCode.BACKLOG_FULL)
@@ -141,19 +161,19 @@ async def submit(request: Request, settings: ServiceSettings, store: JobStore, s
             record = await _receive_and_probe(request, settings, store, job_id, job_dir)
         except OSError as exc:
             if _storage_full(exc):
-                raise storage_full() from None
+                raise storage_full(settings.retry_after_s) from None
             raise
     except ClientDisconnect:
         prometheus.UPLOADS_ABORTED.inc()
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         log.info("upload %s abandoned by the client", job_id)
         raise
     except ApiError as exc:
         _reject(exc.code)
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         raise
     except BaseException:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        await anyio.to_thread.run_sync(_abandon, store, job_dir)
         raise
 
     # 6. The message (ids only), within the broker deadline; the record says when it was sent.
@@ -226,8 +246,8 @@ def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message:
     (the send only seemed to fail: a worker has already taken the job, so it was accepted after all).
 
     The record becomes a `failed` tombstone without its files; when even that small write fails (the disk is
-    full, issue #27), the whole job folder goes, so no reconciler ever finds a queued record to send again
-    for a client that never got its id. Jobs and REST streams (`app.api.stream_service`) alike.
+    full, issue #27), the record and the whole job folder go, so no reconciler ever finds a queued record to
+    send again for a client that never got its id. Jobs and REST streams (`app.api.stream_service`) alike.
     """
     try:
         with store.locked(job_id):
@@ -240,6 +260,12 @@ def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message:
             store.write(record)
         store.remove_files(job_id)
     except (OSError, JobLocked, JobNotFound, ValueError) as exc:
-        log.warning("job %s: no tombstone (%s); its folder is removed", job_id, exc)
-        shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+        log.warning("job %s: no tombstone (%s); its record and folder are removed", job_id, exc)
+        try:
+            store.remove_files(job_id, keep_record=False)
+        except (OSError, JobLocked, ValueError) as again:
+            # Redis refuses even the delete (a full disk under its append-only file): the folder goes, and the
+            # reconciler fails the record it finds without its upload, never sends it (`worker.core.leases`).
+            log.warning("job %s: record not removed either (%s)", job_id, again)
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
     return True

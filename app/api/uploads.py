@@ -52,8 +52,10 @@ def invalid(message: str) -> ApiError:
     return ApiError(ServiceErrorCode.INVALID_REQUEST, message)
 
 
-def storage_full() -> ApiError:
-    return ApiError(ServiceErrorCode.STORAGE_FULL, "no space left on the data volume; retry later")
+def storage_full(retry_after_s: int) -> ApiError:
+    """507 `storage_full` + Retry-After: the data volume, or the disk under the state Redis, is full."""
+    return ApiError(ServiceErrorCode.STORAGE_FULL, "no space left on the data volume; retry later",
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 def too_large(limit: int) -> ApiError:

@@ -79,25 +79,15 @@ class Service:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60)
 
-    @property
-    def state_backend(self) -> str:
-        return self.env.get("AVS_STATE_BACKEND", "files")
-
     def store(self, folder: str = "jobs") -> JobStore:
-        """The service's job store as its own processes open it (`AVS_STATE_BACKEND`: files or redis)."""
+        """The service's job store as its own processes open it (its Redis: the broker's, or the private one)."""
         settings = ServiceSettings(_env_file=None, data_dir=self.data_dir, api_keys=[],
-                                   broker_url=self.env.get("AVS_BROKER_URL") or None,
-                                   state_backend=self.state_backend)  # type: ignore[arg-type]
+                                   broker_url=self.env.get("AVS_BROKER_URL") or None)
         return open_store(settings, folder)
 
     def record(self, job_id: str) -> dict:
         """A job's record, read through the store (the test may look at fields the API does not show)."""
         return self.store().get(job_id).model_dump(mode="json")
-
-    @property
-    def record_files(self) -> list[str]:
-        """What a job folder keeps besides its media: `job.json` and `job.lock` on the files backend only."""
-        return ["job.json", "job.lock"] if self.state_backend == "files" else []
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -129,8 +119,6 @@ def _base_env(data_dir: Path) -> dict[str, str]:
                 # the processes run this checkout's code, also when the `avs` script's environment was installed
                 # from another checkout (a git worktree sharing its virtual environment)
                 "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
-    # AVS_TEST_STATE_BACKEND=redis runs the same suite on the Redis state backend (worker.core.state, #24)
-    env["AVS_STATE_BACKEND"] = os.environ.get("AVS_TEST_STATE_BACKEND", "files")
     return env
 
 
@@ -149,7 +137,7 @@ def redis_url() -> Iterator[str]:
 @contextlib.contextmanager
 def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None,
                      extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
-    """`avs serve [extra_args]` with no broker configured (API + one worker on the filesystem broker), ready."""
+    """`avs serve [extra_args]` with no broker configured (API + one worker on its private Redis), ready."""
     service = Service(data_dir, _base_env(data_dir))
     service.data_dir.mkdir()
     port = free_port()
@@ -165,7 +153,7 @@ def running_embedded(data_dir: Path, extra_env: dict[str, str] | None = None,
 
 @pytest.fixture
 def embedded_service(tmp_path: Path) -> Iterator[Service]:
-    """`avs serve` with no broker configured: API + one worker on the filesystem broker."""
+    """`avs serve` with no broker configured: API + one worker on its private Redis."""
     with running_embedded(tmp_path / "data") as service:
         yield service
 

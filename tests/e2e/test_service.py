@@ -125,9 +125,8 @@ def test_redis_worker_metrics_overlay_and_cancel(redis_service: Service, clip: P
         assert (gone.status_code, gone.json()["error"]["code"]) == (410, "job_deleted")
         t0 = time.monotonic()
         assert http.delete(f"/jobs/{running['job_id']}").status_code in (200, 202)
-    record_path = redis_service.data_dir / "jobs" / running["job_id"] / "job.json"
     deadline = time.monotonic() + 30
-    while (cancelled := json.loads(record_path.read_text()))["status"] != "cancelled":
+    while (cancelled := redis_service.record(running["job_id"]))["status"] != "cancelled":
         assert time.monotonic() < deadline, cancelled
         time.sleep(0.2)
     assert time.monotonic() - t0 < 10  # stops within a batch, not at the end of the video
@@ -136,7 +135,7 @@ def test_redis_worker_metrics_overlay_and_cancel(redis_service: Service, clip: P
     assert not (job_dir / "masks.ndjson").exists()
     # the queued job never ran, even though its message was delivered after the cancel
     time.sleep(2)
-    never = json.loads((redis_service.data_dir / "jobs" / queued["job_id"] / "job.json").read_text())
+    never = redis_service.record(queued["job_id"])
     assert never["status"] == "cancelled"
     assert never["started_at"] is None
 
@@ -155,7 +154,7 @@ def test_sigkill_mid_job_is_redelivered_without_duplicates(redis_service: Servic
     worker = next(p for p in redis_service.procs if p.name == "worker")
     os.killpg(worker.popen.pid, signal.SIGKILL)  # no warm shutdown, no ack: the message stays unacknowledged
     worker.popen.wait(timeout=10)
-    frames_at_kill = json.loads((redis_service.data_dir / "jobs" / job["job_id"] / "job.json").read_text())
+    frames_at_kill = redis_service.record(job["job_id"])
     assert frames_at_kill["status"] == "running"
     redis_service.start("worker", "worker")  # a fresh worker restores the message after the visibility timeout
     record = _wait(redis_service, job["job_id"], lambda r: r["status"] in ("succeeded", "failed"), timeout=240)

@@ -55,7 +55,7 @@ def test_500_small_jobs_back_to_back_lose_nothing(tmp_path: Path) -> None:
             frames = {len(http.get(f"/jobs/{job_id}/masks").text.splitlines()) for job_id in job_ids[::25]}
         assert all(proc.alive() for proc in service.procs)
         finished = time.monotonic()
-        records = [json.loads((service.data_dir / "jobs" / job_id / "job.json").read_text()) for job_id in job_ids]
+        records = [service.record(job_id) for job_id in job_ids]
         print(json.dumps({"jobs": JOBS, "succeeded": sum(r["status"] == "succeeded" for r in records),
                           "lost": JOBS - len(statuses), "attempts_over_1": sum(r["attempts"] > 1 for r in records),
                           "submit_s": round(submitted - started, 1), "total_s": round(finished - started, 1),

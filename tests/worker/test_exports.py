@@ -19,6 +19,7 @@ from test_job_runner import FakePredictor, _frame_times, _streams, _submit
 from worker.core.exports import EXPORTS, claim, export_path, export_state
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 from worker.exports import run_export
 from worker.exports.videos import outline
 from worker.job_runner import run_job
@@ -37,13 +38,13 @@ def avi(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> ServiceSettings:
+def settings(tmp_path: Path, state_env: object) -> ServiceSettings:
     return ServiceSettings(_env_file=None, data_dir=tmp_path / "data", batch_size=4, worker_metrics_port=0)
 
 
 @pytest.fixture
 def store(settings: ServiceSettings) -> JobStore:
-    return JobStore(settings.data_dir)
+    return open_store(settings)
 
 
 @pytest.fixture
@@ -170,7 +171,7 @@ def test_an_export_of_a_job_deleted_meanwhile_writes_nothing(store: JobStore, se
     store.set_fields(job, deleted=True)
     store.remove_files(job)
     assert run_export(job, "masks.zip", store=store, settings=settings)["status"] == "gone"
-    assert sorted(p.name for p in store.job_dir(job).iterdir()) == ["job.json", "job.lock"]
+    assert sorted(p.name for p in store.job_dir(job).iterdir()) == []  # media gone; the record is in Redis
     assert set(EXPORTS) >= {"masks.zip"}
 
 

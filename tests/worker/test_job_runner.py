@@ -19,6 +19,7 @@ from worker.core.job_record import JobOptions, JobRecord, Progress, UploadInfo, 
 from worker.core.jobstore import JobStore
 from worker.core.media.probe import count_frames, probe_media
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 from worker.job_runner import complete_lines, run_job
 from worker.masks import decode_rle, read_mask_lines
 from worker.media.samples import make_video
@@ -61,13 +62,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> ServiceSettings:
+def settings(tmp_path: Path, state_env: object) -> ServiceSettings:
     return ServiceSettings(_env_file=None, data_dir=tmp_path / "data", batch_size=4, worker_metrics_port=0)
 
 
 @pytest.fixture
 def store(settings: ServiceSettings) -> JobStore:
-    return JobStore(settings.data_dir)
+    return open_store(settings)
 
 
 def _submit(store: JobStore, clip: Path, **options: object) -> str:
@@ -141,7 +142,7 @@ def test_a_job_cancelled_before_it_starts_never_runs(store: JobStore, settings: 
     record = store.get(job_id)
     assert record.status is JobStatus.CANCELLED
     assert record.started_at is None
-    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == []  # media gone; the record is in Redis
 
 
 def test_a_running_job_stops_within_a_batch_when_cancelled(store: JobStore, settings: ServiceSettings,
@@ -191,11 +192,11 @@ def test_a_broken_model_fails_the_job_not_the_worker(store: JobStore, settings: 
 def test_duplicate_and_orphan_deliveries_are_no_ops(store: JobStore, settings: ServiceSettings, clip: Path) -> None:
     job_id = _submit(store, clip)
     assert _run(store, settings, job_id)["status"] == "succeeded"
-    before = (store.job_dir(job_id) / "job.json").read_text()
+    before = store.get(job_id).model_dump_json()
     predictor = FakePredictor()
     assert _run(store, settings, job_id, predictor) == {"job_id": job_id, "status": "succeeded"}
     assert predictor.batches == 0
-    assert json.loads((store.job_dir(job_id) / "job.json").read_text()) == json.loads(before)
+    assert json.loads(store.get(job_id).model_dump_json()) == json.loads(before)
     missing = new_job_id()  # a message whose record is gone (expired, or never written)
     assert _run(store, settings, missing) == {"job_id": missing, "status": "missing"}
 

@@ -1,4 +1,4 @@
-"""The job record: the one shape of `job.json`, shared by the API, the workers and the tests.
+"""The job record: its one shape (stored in Redis, `worker.core.state`), shared by the API, the workers and the tests.
 
 A pydantic model, so a field is declared once with its type and its rule, a record read from disk is
 validated, and a change that breaks a rule fails where it is made (`validate_assignment`). The public view
@@ -95,7 +95,7 @@ class Takeover(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """`job.json`. Times are Unix seconds. `media` is the full probe result (its `path` is where the API saw
+    """A job's record. Times are Unix seconds. `media` is the full probe result (its `path` is where the API saw
     the upload: use `media_info(job_dir)`).
 
     Ownership (`worker.core.leases`): a running job has an `owner` whose lease ends at `lease_expires_at`

@@ -1,10 +1,9 @@
 """Who runs a job: leases, fencing tokens and the reconciler that notices dead owners.
 
 The broker alone cannot say whether a job's worker is alive: Redis redelivers an unacknowledged message only
-after its visibility timeout (hours, so that long jobs are not run twice), and the embedded filesystem
-transport deletes a message as soon as a worker takes it. So ownership lives in the job record, under its
-lock (the idea is Chubby's and ZooKeeper's lease + fencing token, as Kleppmann describes it for storage
-writes):
+after its visibility timeout (hours, so that long jobs are not run twice). So ownership lives in the job
+record, under its lock (the idea is Chubby's and ZooKeeper's lease + fencing token, as Kleppmann describes it
+for storage writes):
 
 * **Acquire.** A worker that receives a job takes it only if nobody holds a live lease: it sets `owner`,
   `lease_expires_at = now + lease_timeout_s` and increments `lease_token`. A message for a job whose owner is
@@ -173,7 +172,7 @@ def reconcile(store: JobStore, send: Callable[[str], None], *, lease_timeout_s: 
     now = time.time() if now is None else now
     done = Reconciled([], [], [], [])
     untaken: list[str] = []
-    for record in list(store.records()):
+    for record in list(store.records(JobStatus.RUNNING.value, JobStatus.QUEUED.value)):
         try:
             if record.status is JobStatus.RUNNING and not lease_live(record, now):
                 _expired(store, record.job_id, send, now, done, keep)

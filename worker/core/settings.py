@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,10 +22,13 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path("avs-data")  # uploads, job records, masks; shared volume in Docker Compose
     # None = embedded default: the private Redis that `avs serve` starts under data_dir/broker.
     broker_url: str | None = None
-    # Where job records, their locks and the admission lock live (worker.core.state): "files" (job.json + flock
-    # on the data volume, the default) or "redis" (the broker's Redis, or AVS_STATE_URL; issue #24).
-    state_backend: Literal["files", "redis"] = "files"
-    state_url: str | None = None  # the state Redis when not the broker's (state_backend=redis)
+    # Job records, their locks, leases and admission live in Redis (worker.core.state, issue #24): the broker's
+    # Redis (the private one in embedded mode) unless AVS_STATE_URL names another.
+    state_url: str | None = None
+    # Every state key starts with this, so several deployments (and tests) can share one Redis.
+    state_prefix: str = Field("avs:state:", min_length=1)
+    # Gone in #24 (Redis is the only backend): kept to refuse a left-over AVS_STATE_BACKEND=files clearly.
+    state_backend: str | None = Field(None, exclude=True, repr=False)
     # A record lock in Redis expires after this (its holder died); shorter than the 10 s others wait for it.
     state_lock_ttl_s: float = Field(5.0, gt=0, lt=10)
     result_backend: str | None = None  # defaults to the broker when it is Redis; none in embedded mode
@@ -76,6 +79,14 @@ class ServiceSettings(BaseSettings):
     # Stream URLs a session may pull, by scheme and host ("udp://127.0.0.1,srt://camera.lan"); none by default:
     # a URL fetched for a client is a server-side request forgery hole until allow-listed.
     live_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("state_backend")
+    @classmethod
+    def _only_redis(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() != "redis":
+            raise ValueError("Redis is the only state backend since issue #24 (job.json + flock is gone): unset "
+                             "AVS_STATE_BACKEND (or set it to 'redis'); AVS_STATE_URL names the Redis")
+        return value
 
     @field_validator("api_keys", "live_sources", mode="before")
     @classmethod

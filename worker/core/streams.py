@@ -45,14 +45,12 @@ SECRET_QUERY_KEYS = frozenset({"passphrase"})
 """URL options shown as `***` in the stream's public view (SRT's passphrase is the only secret one allowed)."""
 
 
-def stream_store(data_dir: str | Path, settings: ServiceSettings | None = None) -> JobStore:
-    """The records of the REST streams: `AVS_DATA_DIR/streams/<id>/` (job.json, masks.ndjson); with `settings`,
-    in their state backend (`worker.core.state.open_store`)."""
-    if settings is not None:
-        from worker.core.state import open_store
+def stream_store(settings: ServiceSettings) -> JobStore:
+    """The records of the REST streams (in Redis, `worker.core.state.open_store`; their mask lines under
+    `AVS_DATA_DIR/streams/<id>/`)."""
+    from worker.core.state import open_store
 
-        return open_store(settings, STREAMS_FOLDER)
-    return JobStore(data_dir, folder=STREAMS_FOLDER)
+    return open_store(settings, STREAMS_FOLDER)
 
 
 def new_stream_record(request: StreamRequest, stream_id: str | None = None) -> JobRecord:

@@ -57,7 +57,7 @@ class StreamManager:
     def __init__(self, settings: ServiceSettings, live: LiveServer, engine_factory: Callable[[], Any], *,
                  owner: str) -> None:
         self.settings, self.live, self.engine_factory, self.owner = settings, live, engine_factory, owner
-        self.store = stream_store(settings.data_dir, settings)
+        self.store = stream_store(settings)
         self.allowed = parse_allow_list(settings.live_sources)
         self.stopping = threading.Event()
         self._runs: dict[str, StreamRun] = {}

@@ -38,7 +38,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., ServiceSettings]:
+def make_settings(tmp_path: Path, state_env: object) -> Callable[..., ServiceSettings]:
+    """Settings over the test's data directory and its state Redis and prefix (`state_env`, tests/conftest.py)."""
+
     def make(**overrides: Any) -> ServiceSettings:
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "broker_url": None, "api_keys": [],
                                   "max_upload_bytes": 8 << 20, "max_backlog": 100, "retry_after_s": 7,

@@ -15,6 +15,7 @@ from worker.core.contracts import JobStatus
 from worker.core.exports import EXPORTS, export_path, pending_path
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def exports_sent() -> Recorder:
 
 @pytest.fixture
 def store(settings: ServiceSettings) -> JobStore:
-    return JobStore(settings.data_dir)
+    return open_store(settings)
 
 
 @pytest.fixture

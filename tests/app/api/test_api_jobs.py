@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from worker.core.contracts import JobStatus
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "created_at", "started_at", "finished_at",
              "options", "urls", "attempts", "cancel_requested", "deleted", "kind", "live", "source", "eta_s",
@@ -24,7 +25,7 @@ VIEW_KEYS = {"job_id", "status", "progress", "video", "timings", "error", "creat
 
 @pytest.fixture
 def store(settings: ServiceSettings) -> JobStore:
-    return JobStore(settings.data_dir)
+    return open_store(settings)
 
 
 def _ndjson(text: str) -> list[dict]:
@@ -205,7 +206,7 @@ def test_delete_queued_cancels_at_once(client: TestClient, store: JobStore) -> N
     assert set(view) == VIEW_KEYS
     assert (view["status"], view["deleted"], view["cancel_requested"]) == ("cancelled", True, True)
     assert view["finished_at"] is not None
-    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == []  # media gone; the record is in Redis
     assert store.get(job_id).status == "cancelled"  # the worker reads this and skips the job
 
 
@@ -230,7 +231,7 @@ def test_delete_finished_keeps_a_tombstone(client: TestClient, store: JobStore, 
     assert response.status_code == 200
     assert (response.json()["status"], response.json()["deleted"]) == (status.value, True)
     assert response.json()["media"]["preview_url"] is None
-    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json", "job.lock"]
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == []  # media gone; the record is in Redis
     assert store.get(job_id).deleted is True  # the tombstone
     # every route of the job now says it was deleted, not that it succeeded with dead URLs
     for method, path in [("GET", ""), ("GET", "/masks"), ("GET", "/overlay.mp4"), ("GET", "/preview.mp4"),

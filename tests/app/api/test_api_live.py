@@ -23,8 +23,8 @@ from app.api import prometheus
 from app.api.body_drain import DRAIN_MAX_BYTES
 from app.api.main import create_app
 from worker.core.contracts import JobStatus
-from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 CAP = 256 * 1024
 MULTIPART = "multipart/form-data; boundary=avsboundary"
@@ -90,7 +90,7 @@ def test_huge_content_length_is_refused_before_the_body(live) -> None:
 
 def test_backlog_full_is_refused_before_the_body(live) -> None:
     server, settings, _recorder = live
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     for _ in range(3):
         add_job(store)
     before = job_dirs(settings)
@@ -139,7 +139,7 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
     """A thread plays the worker. The client must receive each complete line before the job finishes,
     a half-written line only once it is complete, and the stream must end when the job ends."""
     server, settings, recorder = live
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     job_id = add_job(store)
     path = store.masks_path(job_id)
     received: list[tuple[float, int]] = []
@@ -194,7 +194,7 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
 
 def test_mask_stream_stops_when_the_client_disconnects(live) -> None:
     server, settings, _recorder = live
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     job_id = add_job(store, JobStatus.RUNNING)
     store.masks_path(job_id).write_bytes(mask_line(0))
     requests_before = prometheus.HTTP_REQUESTS.labels("/jobs/{job_id}/masks", "GET", "200")._value.get()

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.main import create_app
 from worker.core.contracts import JobStatus
-from worker.core.jobstore import JobStore
 from worker.core.private_redis import PrivateRedis
 from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[3]
@@ -137,7 +137,7 @@ def test_readyz_redis_down(make_settings: Callable[..., ServiceSettings]) -> Non
 def test_api_keys(make_settings: Callable[..., ServiceSettings], media: dict[str, Path]) -> None:
     settings = make_settings(api_keys=["key-one", "key-two"])
     recorder = Recorder()
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     job_id = add_job(store, JobStatus.SUCCEEDED)
     with TestClient(create_app(settings, task_sender=recorder)) as client:
         for method, path in [("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/masks"),
@@ -184,7 +184,7 @@ def test_openapi_documents_the_upload_form(client: TestClient) -> None:
 # ---------------------------------------------------------------------------------------- cleanup
 def test_cleanup_loop_expires_finished_jobs(make_settings: Callable[..., ServiceSettings]) -> None:
     settings = make_settings(result_ttl_s=60.0, cleanup_interval_s=0.05)
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     old = add_job(store, JobStatus.SUCCEEDED)
     store.set_fields(old, finished_at=time.time() - 120)
     fresh = add_job(store, JobStatus.SUCCEEDED)
@@ -206,7 +206,7 @@ def test_cleanup_loop_expires_finished_jobs(make_settings: Callable[..., Service
 
 # ---------------------------------------------------------------------------------------- metrics
 def test_metrics(client: TestClient, settings: ServiceSettings, media: dict[str, Path]) -> None:
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     add_job(store)
     add_job(store, JobStatus.RUNNING)
     job_id = add_job(store, JobStatus.SUCCEEDED)
@@ -261,14 +261,14 @@ _MP_CHILD = textwrap.dedent("""
 """)
 
 
-def test_metrics_aggregate_across_processes(tmp_path: Path) -> None:
+def test_metrics_aggregate_across_processes(tmp_path: Path, make_store) -> None:
     """PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported (a fresh interpreter per
     process, as under `avs serve` or several uvicorn workers); the third process's /metrics adds up
     what all three wrote, and adds the job-store gauges."""
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     data_dir = tmp_path / "data"
-    add_job(JobStore(data_dir))
+    add_job(make_store(data_dir))
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}
     env.pop("AVS_BROKER_URL", None)
 
@@ -291,7 +291,7 @@ def test_metrics_aggregate_across_processes(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- torch-free
-def test_api_process_never_imports_torch(tmp_path: Path) -> None:
+def test_api_process_never_imports_torch(tmp_path: Path, state_env: object) -> None:
     code = textwrap.dedent("""
         import sys
         from fastapi.testclient import TestClient
@@ -315,14 +315,14 @@ def test_api_process_never_imports_torch(tmp_path: Path) -> None:
     assert not any(name == "model" or name.startswith(("model.", "torch.")) for name in loaded)
 
 
-def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> None:
+def test_status_counts_come_from_the_index_not_the_records(settings: ServiceSettings) -> None:
     from app.api.counts import StatusCounter
 
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     queued, done = add_job(store), add_job(store, JobStatus.SUCCEEDED)
     counter = StatusCounter(store)
     assert counter.counts() == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
-    (store.job_dir(done) / "job.json").write_text("{}")  # a finished record is never read again
+    store.client.set(store._key(done), "{}")  # the count reads the status index, never a record
     run(store, queued)  # an unfinished one is
     assert counter.counts() == {"queued": 0, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     store.remove_files(done, keep_record=False)  # expired: forgotten
@@ -330,17 +330,17 @@ def test_status_counts_read_finished_records_once(settings: ServiceSettings) -> 
 
 
 def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_counts(settings: ServiceSettings) -> None:
-    """The admission count is one snapshot: a folder whose record is written while the count runs (another API
+    """The admission count is one snapshot: an upload whose record is written while the count runs (another API
     process finishing an upload) is counted once, as an upload or as queued, never as neither."""
     import threading
 
     from app.api.counts import UPLOADING, StatusCounter
     from worker.core.job_record import JobOptions, JobRecord, Progress, UploadInfo, new_job_id
 
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     ids = [new_job_id() for _ in range(40)]
     for job_id in ids:
-        store.job_dir(job_id).mkdir()  # admitted, body still arriving
+        assert store.reserve_upload(job_id, limit=100, ttl_s=3600) is None  # admitted, body still arriving
     counter = StatusCounter(store)
     seen: list[int] = []
     done = threading.Event()
@@ -365,8 +365,5 @@ def test_the_waiting_count_sees_every_upload_that_gains_its_record_while_it_coun
     assert set(seen) == {40}
     counts = counter.counts(uploads_max_age_s=3600)
     assert (counts["queued"], counts[UPLOADING]) == (40, 0)
-    old = time.time() - 7200
-    stale = store.job_dir(new_job_id())
-    stale.mkdir()
-    os.utime(stale, (old, old))  # an abandoned upload is not waiting
-    assert counter.counts(uploads_max_age_s=3600)[UPLOADING] == 0
+    assert store.reserve_upload(new_job_id(), limit=100, ttl_s=3600, now=time.time() - 7200) is None
+    assert counter.counts(uploads_max_age_s=3600)[UPLOADING] == 0  # an abandoned upload's place has expired

@@ -3,7 +3,6 @@ frames, containers, the `fps` option and the audio track come out the same befor
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 FF = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y"]
 SINE = "sine=frequency=440:sample_rate"
@@ -50,7 +50,7 @@ def _post(client: TestClient, path: Path, **fields: str):
 
 
 def _record(settings: ServiceSettings, job_id: str) -> dict:
-    return json.loads((settings.data_dir / "jobs" / job_id / "job.json").read_text())
+    return open_store(settings).get(job_id).model_dump(mode="json")
 
 
 def test_a_file_without_recorded_duration_is_refused_when_too_long(make_settings: Callable[..., ServiceSettings],

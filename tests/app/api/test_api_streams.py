@@ -58,7 +58,7 @@ def test_post_starts_a_queued_stream_and_sends_its_message(setup) -> None:
                     "masks_url": f"/streams/{stream_id}/masks"}
     assert response.headers["location"] == body["status_url"]
     assert sender.calls == [(stream_id,)]
-    record = stream_store(settings.data_dir).get(stream_id)
+    record = stream_store(settings).get(stream_id)
     assert record.kind == "stream"
     assert record.message_sent_at is not None
     assert client.get(f"/jobs/{stream_id}").status_code == 404  # a stream is not a job
@@ -85,7 +85,7 @@ def test_sources_not_ours_to_open_are_refused_before_anything_exists(setup, sour
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert sender.calls == []
-    assert list(stream_store(settings.data_dir).list_ids()) == []
+    assert list(stream_store(settings).list_ids()) == []
     assert f'avs_streams_refused_total{{code="{code}"}}' in client.get("/metrics").text
 
 
@@ -120,14 +120,14 @@ def test_a_stream_the_queue_did_not_take_is_refused_and_never_runs(make_settings
         response = _create(client)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "not_ready"
-        (record,) = stream_store(settings.data_dir).records()
+        (record,) = stream_store(settings).records()
         assert record.status is JobStatus.FAILED
 
 
 def _running(settings: ServiceSettings, client: TestClient) -> tuple[str, Any, JobStore]:
     _heartbeat(settings)
     stream_id = _create(client).json()["stream_id"]
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     _, lease, _ = acquire(store, stream_id, "worker-1", 3600)
     return stream_id, lease, store
 

@@ -21,8 +21,14 @@ from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobStore
 from worker.core.leases import reconcile
 from worker.core.settings import ServiceSettings
+from worker.core.state import open_store
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _stored(settings: ServiceSettings, job_id: str) -> dict:
+    """The job's record as the store holds it (in the state Redis), as JSON."""
+    return open_store(settings).get(job_id).model_dump(mode="json")
 
 
 def _post(client: TestClient, path: Path, name: str | None = None, **fields: str):
@@ -55,7 +61,7 @@ def test_submit_accepts_a_video_and_queues_only_the_id(client: TestClient, recor
     job_dir = settings.data_dir / "jobs" / job_id
     upload = job_dir / "upload.mp4"  # the extension comes from the allow-list, lower-cased
     assert upload.read_bytes() == media["ok"].read_bytes()
-    record = json.loads((job_dir / "job.json").read_text())
+    record = _stored(settings, job_dir.name)
     assert record["status"] == "queued"
     assert record["options"] == {"fps": 10.0, "threshold": 0.4, "overlay": True, "confidence": True}
     assert record["upload"] == {"filename": "holiday clip.MP4", "bytes": media["ok"].stat().st_size,
@@ -78,7 +84,7 @@ def test_submit_defaults_and_unknown_extension(client: TestClient, recorder: Rec
     assert "overlay_url" not in body
     job_dir = settings.data_dir / "jobs" / body["job_id"]
     assert (job_dir / "upload.bin").is_file()  # the content decides, not the name
-    record = json.loads((job_dir / "job.json").read_text())
+    record = _stored(settings, job_dir.name)
     assert record["options"] == {"fps": None, "threshold": None, "overlay": False, "confidence": False}
     assert record["progress"]["frames_total"] == 25
 
@@ -177,7 +183,7 @@ def test_not_multipart_and_truncated_multipart(client: TestClient, settings: Ser
 def test_backlog_full_is_429_with_retry_after(make_settings: Callable[..., ServiceSettings],
                                                media: dict[str, Path]) -> None:
     settings = make_settings(max_backlog=2, retry_after_s=11)
-    store = JobStore(settings.data_dir)
+    store = open_store(settings)
     add_job(store, JobStatus.RUNNING)  # running jobs are not backlog
     add_job(store)
     recorder = Recorder()
@@ -200,7 +206,7 @@ def test_broker_down_fails_the_job_and_answers_503(make_settings: Callable[..., 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "not_ready"
     (job_dir,) = job_dirs(settings)
-    record = json.loads((job_dir / "job.json").read_text())
+    record = _stored(settings, job_dir.name)
     assert record["status"] == "failed"  # never an accepted-but-unsent job
     assert record["error"]["code"] == "not_ready"
     assert record["finished_at"] is not None
@@ -221,7 +227,7 @@ class FullDiskSender:
 def _nothing_to_send(settings: ServiceSettings) -> None:
     """The reconciler finds nothing to send, now or later: a refused job never runs."""
     sends = Recorder()
-    reconcile(JobStore(settings.data_dir), sends, lease_timeout_s=30, unsent_grace_s=0, unsent_give_up_s=1e9,
+    reconcile(open_store(settings), sends, lease_timeout_s=30, unsent_grace_s=0, unsent_give_up_s=1e9,
               untaken_grace_s=0, waiting=set, now=time.time() + 3600)
     assert sends.calls == []
 
@@ -242,7 +248,7 @@ def test_a_full_disk_at_the_send_is_507_and_the_job_never_runs(make_settings: Ca
     assert response.json()["error"]["code"] == "storage_full"
     assert response.headers["Retry-After"] == "7"
     (job_dir,) = job_dirs(settings)
-    record = json.loads((job_dir / "job.json").read_text())
+    record = _stored(settings, job_dir.name)
     assert (record["status"], record["error"]["code"]) == ("failed", "storage_full")
     _nothing_to_send(settings)
 
@@ -277,13 +283,13 @@ def test_a_send_that_only_seemed_to_fail_is_accepted(make_settings: Callable[...
     settings = make_settings()
 
     def slow_but_delivered(job_id: str) -> None:
-        run(JobStore(settings.data_dir), job_id)
+        run(open_store(settings), job_id)
         raise TimeoutError("the broker answered too late")
 
     with TestClient(create_app(settings, task_sender=slow_but_delivered)) as client:
         response = _post(client, media["ok"])
     assert response.status_code == 202, response.text
-    assert json.loads((job_dirs(settings)[0] / "job.json").read_text())["status"] == "running"
+    assert _stored(settings, job_dirs(settings)[0].name)["status"] == "running"
 
 
 def test_real_celery_sender_with_broker_down(make_settings: Callable[..., ServiceSettings],
@@ -294,7 +300,7 @@ def test_real_celery_sender_with_broker_down(make_settings: Callable[..., Servic
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "not_ready"
     (job_dir,) = job_dirs(settings)
-    assert json.loads((job_dir / "job.json").read_text())["status"] == "failed"
+    assert _stored(settings, job_dir.name)["status"] == "failed"
 
 
 @pytest.mark.skipif(not _redis_available(), reason="no Redis on 127.0.0.1:6379")

@@ -15,9 +15,8 @@ from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, UploadInfo, new_job_id
 from worker.core.jobstore import JobLocked, JobStore
 from worker.core.leases import Acquired, LeaseLost, acquire, fenced, fenced_update, reconcile, renew
-from worker.core.state.redis_store import RedisJobStore
 
-StoreFactory = Callable[[Path], JobStore]  # the `make_store` fixture (tests/worker/core/conftest.py)
+StoreFactory = Callable[..., JobStore]  # the `make_store` fixture (tests/conftest.py)
 
 T = 1_000_000.0  # a fixed "now"
 TIMEOUT = 30.0
@@ -25,17 +24,12 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 def store(tmp_path: Path, make_store: StoreFactory) -> JobStore:
-    """A store of each backend (files, redis): the rules below hold on both."""
+    """A store on the test's state Redis (tests/conftest.py)."""
     return make_store(tmp_path)
 
 
 def _stored(store: JobStore, job_id: str) -> str:
     return store.get(job_id).model_dump_json()
-
-
-def _record_files(store: JobStore) -> list[str]:
-    """What a job folder keeps besides its media: the record and its lock, on the files backend only."""
-    return [] if isinstance(store, RedisJobStore) else ["job.json", "job.lock"]
 
 
 def _job(store: JobStore, **fields: object) -> str:
@@ -142,7 +136,7 @@ def test_reconcile_cancels_an_orphan_whose_cancel_was_asked(store: JobStore) -> 
                      now=T + TIMEOUT + 1)
     assert done.cancelled == [job_id]
     assert store.get(job_id).status is JobStatus.CANCELLED
-    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == _record_files(store)
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == []  # the record and its lock are in Redis
 
 
 def test_reconcile_sends_what_was_never_sent_and_gives_up_in_the_end(store: JobStore) -> None:

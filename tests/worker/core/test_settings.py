@@ -42,3 +42,18 @@ def test_serve_and_worker_refuse_bad_settings_at_start(tmp_path: Path, command: 
     assert "avs: error [invalid_settings]" in proc.stderr
     assert "AVS_BATCH_SIZE" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was started or created
+
+
+@pytest.mark.parametrize("value", ["files", "memory"])
+def test_a_left_over_state_backend_other_than_redis_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                                     value: str) -> None:
+    """Issue #24: Redis is the only state store; an environment still saying `AVS_STATE_BACKEND=files` must not
+    start a service that silently ignores the job.json files it expects."""
+    monkeypatch.setenv("AVS_STATE_BACKEND", value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=r"AVS_STATE_BACKEND.*only state backend"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert ServiceSettings(_env_file=None, state_backend="redis").state_prefix == "avs:state:"

@@ -4,6 +4,7 @@ DELETE does in each, the lease and the reconciler on the streams' own folder, an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from worker.core.leases import Acquired, acquire, fenced_update, reconcile
 from worker.core.live_protocol import StreamRequest
 from worker.core.streams import (
     ENDED_BY_STOP,
+    STREAMS_FOLDER,
     StopOutcome,
     ended_by,
     finish_stream,
@@ -22,15 +24,16 @@ from worker.core.streams import (
     new_stream_record,
     public_source,
     stop_stream,
-    stream_store,
 )
+
+StoreFactory = Callable[..., JobStore]  # the `make_store` fixture (tests/conftest.py)
 
 URL = "udp://127.0.0.1:5000"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return stream_store(tmp_path / "data")
+def store(tmp_path: Path, make_store: StoreFactory) -> JobStore:
+    return make_store(tmp_path / "data", STREAMS_FOLDER)
 
 
 def _created(store: JobStore, **fields) -> str:
@@ -64,7 +67,8 @@ def test_a_request_needs_a_source_and_follows_the_live_rules() -> None:
             StreamRequest.model_validate(bad)
 
 
-def test_a_new_stream_is_a_queued_record_of_its_own_kind(store: JobStore, tmp_path: Path) -> None:
+def test_a_new_stream_is_a_queued_record_of_its_own_kind(store: JobStore, tmp_path: Path,
+                                                          make_store: StoreFactory) -> None:
     stream_id = _created(store, fps=10, threshold=0.4, window=3, mode="no_drop")
     record = store.get(stream_id)
     assert record.kind == "stream"
@@ -72,7 +76,7 @@ def test_a_new_stream_is_a_queued_record_of_its_own_kind(store: JobStore, tmp_pa
     assert (record.options.fps, record.options.threshold) == (10, 0.4)
     assert (record.stream.source, record.stream.window, record.stream.mode) == (URL, 3, "no_drop")
     assert store.root == tmp_path / "data" / "streams"
-    assert list(JobStore(tmp_path / "data").list_ids()) == []  # never among the jobs
+    assert list(make_store(tmp_path / "data").list_ids()) == []  # never among the jobs
     assert ended_by(record) is None
 
 

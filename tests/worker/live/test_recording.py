@@ -5,10 +5,10 @@ its client vanished (`discard`), and the leftovers of a killed worker swept at t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +16,20 @@ import pytest
 
 from worker.core.contracts import ErrorCode, JobStatus
 from worker.core.job_record import JobOptions, JobRecord, new_job_id
-from worker.core.jobstore import RECORD, JobNotFound, JobStore
+from worker.core.jobstore import JobNotFound, JobStore
 from worker.core.media.media_info import MediaLimits
 from worker.live.recording import MARKER, STREAM_COPY, Recording, sweep_orphans
 from worker.live.session import LiveStats
 from worker.masks import mask_records, read_mask_lines
 
+StoreFactory = Callable[..., JobStore]  # the `make_store` fixture (tests/conftest.py)
+
 LIMITS = MediaLimits()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "data")
+def store(tmp_path: Path, make_store: StoreFactory) -> JobStore:
+    return make_store(tmp_path / "data")
 
 
 def _live_records(n: int, start: int = 0, size: tuple[int, int] = (12, 16)) -> list[dict]:
@@ -54,7 +56,7 @@ def test_a_running_recording_is_invisible_to_the_store(store: JobStore) -> None:
         recording.write(record)
     assert recording.dir == store.job_dir(job_id)
     assert (recording.dir / MARKER).is_file()
-    assert not (recording.dir / RECORD).exists()
+    assert not store.has_record(job_id)
     assert not store.masks_path(job_id).exists()  # only the .partial file while it runs
     assert list(store.list_ids()) == []
     assert list(store.records()) == []
@@ -246,7 +248,7 @@ def test_sweep_removes_only_stale_unfinished_recordings(store: JobStore) -> None
     assert sorted(store.list_ids()) == sorted([finished.job_id, recorded_marker.name, file_job.job_id])
     # the fresh one goes too once it is old enough
     assert sweep_orphans(store, older_than_s=3600, now=now + 7200) == [fresh.dir.name]
-    assert json.loads((store.job_dir(finished.job_id) / RECORD).read_text())["kind"] == "live"
+    assert store.get(finished.job_id).kind == "live"
 
 
 def _frame_times(path: Path) -> list[float]:

@@ -71,6 +71,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
             "long": make_video(root / "long.ts", duration_s=12.0, size=(96, 64), fps=25, container="ts")}
 
 
+pytestmark = pytest.mark.usefixtures("state_env")  # every stream record is in the test's state Redis
+
 def _settings(tmp_path: Path, **overrides: Any) -> ServiceSettings:
     values: dict[str, Any] = {"data_dir": tmp_path / "data", "live_sources": ["udp://127.0.0.1"],
                               "live_max_sessions": 2, "lease_timeout_s": 30.0, "live_idle_timeout_s": 5.0}
@@ -121,7 +123,7 @@ def test_a_stream_runs_to_the_end_of_its_source(tmp_path: Path, engine: FrameEng
     _play(monkeypatch, clips["short"])
     settings = _settings(tmp_path)
     manager = _manager(settings, engine)
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     stream_id = _stream(store, mode="no_drop", window=2)
 
     assert manager.take(stream_id)["status"] == "running"
@@ -145,7 +147,7 @@ def test_a_stream_taken_over_continues_after_the_last_complete_line(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _play(monkeypatch, clips["short"])
     settings = _settings(tmp_path)
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     stream_id = _stream(store, mode="no_drop")
     # a former worker took it, wrote three lines (frames 1 to 3 dropped late) and half of a fourth, and died;
     # its lease has expired
@@ -171,7 +173,7 @@ def test_delete_stops_a_running_stream_and_keeps_its_masks(tmp_path: Path, engin
     _play(monkeypatch, clips["long"])
     predictor.delay_s = 0.03  # 300 frames at > 30 ms each: the stream lasts ten seconds
     settings = _settings(tmp_path)
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     stream_id = _stream(store, mode="no_drop", window=1)
     manager = _manager(settings, engine)
     assert manager.take(stream_id)["status"] == "running"
@@ -197,7 +199,7 @@ def test_delete_stops_a_running_stream_and_keeps_its_masks(tmp_path: Path, engin
 
 def test_a_source_off_the_allow_list_fails_the_stream(tmp_path: Path, engine: FrameEngine) -> None:
     settings = _settings(tmp_path, live_sources=["udp://10.0.0.1"])  # this worker allows another host only
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     stream_id = _stream(store)
     assert _manager(settings, engine).take(stream_id)["status"] == "running"
     record = _wait_finished(store, stream_id)
@@ -207,7 +209,7 @@ def test_a_source_off_the_allow_list_fails_the_stream(tmp_path: Path, engine: Fr
 
 def test_a_full_worker_leaves_the_stream_queued(tmp_path: Path, engine: FrameEngine) -> None:
     settings = _settings(tmp_path, live_max_sessions=1)
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     manager = _manager(settings, engine)
     assert manager.live.reserve("a-live-session")
     stream_id = _stream(store)
@@ -222,7 +224,7 @@ def test_a_stopping_worker_hands_its_streams_back(tmp_path: Path, engine: FrameE
     _play(monkeypatch, clips["long"])
     predictor.delay_s = 0.03
     settings = _settings(tmp_path)
-    store = stream_store(settings.data_dir)
+    store = stream_store(settings)
     stream_id = _stream(store, mode="no_drop", window=1)
     manager = _manager(settings, engine)
     assert manager.take(stream_id)["status"] == "running"

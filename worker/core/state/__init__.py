@@ -1,11 +1,10 @@
 """Where the coordination state lives: job records, their locks, leases (`worker.core.leases`) and admission.
 
-Two backends with one API (`worker.core.jobstore.JobStore`), chosen by `AVS_STATE_BACKEND`:
-
-* `files` (the default): `job.json` + `flock` on the data volume (`worker.core.jobstore.JobStore`).
-* `redis`: records, locks, fencing and the admission lock in Redis (`worker.core.state.redis_store`), the
-  broker's Redis unless `AVS_STATE_URL` names another; in the embedded default that is the private Redis
-  `avs serve` starts (`worker.core.private_redis`).
+One backend (issue #24): records, locks, fencing, admission and upload reservations in Redis
+(`worker.core.state.redis_store`), the broker's Redis unless `AVS_STATE_URL` names another; in the embedded
+default that is the private Redis `avs serve` starts (`worker.core.private_redis`). Keys start with
+`AVS_STATE_PREFIX` (default `avs:state:`), so several deployments (and tests) can share one Redis. The media
+(uploads, mask lines, overlays) stays on the data volume until the next issue (`worker.core.state.media`).
 
 `open_store` is the one place a process builds its store. Torch-free.
 """
@@ -14,11 +13,19 @@ from __future__ import annotations
 
 import threading
 
-from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
-from worker.core.state.errors import StaleWrite, StateLost, StateUnavailable
+from worker.core.state.errors import (
+    JobLocked,
+    JobNotFound,
+    StaleWrite,
+    StateLost,
+    StateStorageFull,
+    StateUnavailable,
+)
+from worker.core.state.redis_store import RedisJobStore
 
-__all__ = ["StaleWrite", "StateLost", "StateUnavailable", "open_store", "state_url"]
+__all__ = ["JobLocked", "JobNotFound", "StaleWrite", "StateLost", "StateStorageFull", "StateUnavailable",
+           "close_stores", "open_store", "state_url"]
 
 
 def state_url(settings: ServiceSettings) -> str:
@@ -28,31 +35,36 @@ def state_url(settings: ServiceSettings) -> str:
 
     url = settings.state_url or broker_url(settings)
     if not url or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise StateUnavailable(f"AVS_STATE_BACKEND=redis needs a Redis: AVS_STATE_URL or a Redis broker "
+        raise StateUnavailable(f"the state store needs a Redis: AVS_STATE_URL or a Redis broker "
                                f"(got {url!r}; start `avs serve` for the private one)")
     return url
 
 
-_stores: dict[tuple[str, ...], JobStore] = {}
+_stores: dict[tuple[str, ...], RedisJobStore] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(settings: ServiceSettings, folder: str = "jobs") -> JobStore:
-    """The store of `folder` (`jobs`, or `streams` for the REST streams) for these settings' backend, one per
-    process and place (a store keeps a connection pool; `app.api.counts` caches per store). Raises
-    `StateUnavailable` when the Redis does not answer, `StateLost` / `ValueError` when it is unfit."""
-    url = state_url(settings) if settings.state_backend == "redis" else ""
-    key = (settings.state_backend, str(settings.data_dir), folder, url, str(settings.broker_timeout_s),
+def open_store(settings: ServiceSettings, folder: str = "jobs") -> RedisJobStore:
+    """The store of `folder` (`jobs`, or `streams` for the REST streams), one per process and place (a store
+    keeps a connection pool; `app.api.counts` caches per store). Raises `StateUnavailable` when the Redis does
+    not answer (or none is known yet), `StateLost` / `ValueError` when it is unfit."""
+    url = state_url(settings)
+    key = (str(settings.data_dir), folder, url, settings.state_prefix, str(settings.broker_timeout_s),
            str(settings.state_lock_ttl_s))
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            if settings.state_backend == "redis":
-                from worker.core.state.redis_store import RedisJobStore
-
-                store = RedisJobStore(settings.data_dir, url, folder, timeout_s=settings.broker_timeout_s,
-                                      lock_ttl_s=settings.state_lock_ttl_s)
-            else:
-                store = JobStore(settings.data_dir, folder)
+            store = RedisJobStore(settings.data_dir, url, folder, timeout_s=settings.broker_timeout_s,
+                                  prefix=settings.state_prefix, lock_ttl_s=settings.state_lock_ttl_s)
             _stores[key] = store
         return store
+
+
+def close_stores() -> None:
+    """Forget every store `open_store` made in this process and close their connections (the tests, which give
+    each test a key prefix of its own, call it so that one session does not keep a pool per test)."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        store.client.close()

@@ -1,4 +1,4 @@
-"""Job records in Redis: the same `JobStore` API, the coordination on a server every host can reach (#24).
+"""Job records in Redis: the one implementation of the coordination state, on a server every host can reach (#24).
 
 What moves to Redis, and what stays (the next issue moves the media):
 
@@ -13,16 +13,19 @@ What moves to Redis, and what stays (the next issue moves the media):
 * **Fencing on the server.** The same script refuses a record whose `lease_token` is lower than the stored
   one (a token never goes back; see `worker.core.leases`): a stale owner's write is refused by Redis itself,
   whatever it believes (Kleppmann's fencing token, checked by the storage).
-* **Admission** (`admission`) is one Redis lock for all the API processes of every host; the count under it
-  is still the folder scan of `app.api.counts` (the upload folders live on the volume until the next issue).
+* **Admission** of an upload (`reserve_upload`) is one script on the server: the queued records (the status
+  index) plus the upload reservations, a sorted set `{prefix}{folder}:reservations` of ids scored by when each
+  expires (an upload being received or probed has no record yet), compared with the limit and a place
+  reserved in the same step: exact under a burst across API processes and hosts. A created record takes its
+  reservation over in the write script. `admission` is one Redis lock for the REST streams' check.
 * **Lost data is detected.** A sentinel key is written when a store first opens a Redis and checked by every
   read and write script; a record whose id is still in the ids set but whose key is gone is `StateLost`, not
   "no job". At start the store refuses a Redis whose `maxmemory-policy` is not `noeviction`.
 * **Bounded calls.** Every call gives up after `timeout_s` (no retries inside redis-py): a frozen Redis is
   `StateUnavailable` (503 + Retry-After in the API) within that time.
 
-Still on the volume in this step: the media (uploads, mask lines, overlays), the upload reservations (folders
-without a record), worker heartbeats and live endpoints, and the mask-stream followers' polling.
+Still on the volume in this step: the media (uploads, mask lines, overlays; `worker.core.state.media`).
+There is no other backend: the `job.json` + `flock` store of the first releases is gone (issue #24).
 
 Torch-free: the API imports it.
 """
@@ -33,9 +36,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 from pydantic import ValidationError
@@ -44,8 +48,19 @@ from redis.retry import Retry
 
 from worker.core.contracts import JobStatus
 from worker.core.job_record import JobRecord, is_job_id
-from worker.core.jobstore import LOCK_TIMEOUT_S, JobLocked, JobNotFound, JobStore
-from worker.core.state.errors import StaleWrite, StateLost, StateUnavailable
+from worker.core.state.errors import (
+    JobLocked,
+    JobNotFound,
+    StaleWrite,
+    StateLost,
+    StateStorageFull,
+    StateUnavailable,
+)
+from worker.core.state.media import MediaFolder
+
+LOCK_TIMEOUT_S = 10.0
+"""How long a record's lock is waited for. A holder only keeps it for a read-modify-write or one batch of mask
+lines, so a wait this long means a holder that is stopped (SIGSTOP, a frozen VM): give up, retry later."""
 
 LOCK_TTL_S = 5.0
 """A record lock not released after this long is free again (its holder died or froze; `AVS_STATE_LOCK_TTL_S`).
@@ -55,10 +70,13 @@ shorter than `LOCK_TIMEOUT_S`, so whoever waits for a dead holder's lock gets it
 log = logging.getLogger("avs.state")
 
 DEFAULT_PREFIX = "avs:state:"
+UPLOADING = "uploading"
+"""The key `status_counts(uploads=True)` adds for the uploads admitted whose record does not exist yet."""
 _STATUSES = tuple(s.value for s in JobStatus)
 
-# KEYS: record, lock, ids, sentinel, status-set prefix. ARGV: json, lock token ('' = none), lease token,
-# job id, '1' when creating, new status.
+# KEYS: record, lock, ids, sentinel, status-set prefix, reservations. ARGV: json, lock token ('' = none), lease
+# token, job id, '1' when creating, new status. A created record takes over its upload's reservation in the same
+# step, so the admission count never sees the job twice or not at all.
 _WRITE = """
 if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('AVS_STATE_LOST sentinel') end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('AVS_LOCK_LOST') end
@@ -75,7 +93,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[5] .. ARGV[6], ARGV[4])
+if ARGV[5] == '1' then redis.call('ZREM', KEYS[6], ARGV[4]) end
 return 1
+"""
+
+# KEYS: reservations, queued set, sentinel. ARGV: job id, limit, now, expiry. Admission in one step on the server:
+# drop the expired reservations, count the queued records plus the live reservations, and reserve a place for
+# this upload when the count is under the limit. Returns -1 when reserved, else the count that refused it.
+_RESERVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('AVS_STATE_LOST sentinel') end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local waiting = redis.call('SCARD', KEYS[2]) + redis.call('ZCARD', KEYS[1])
+if waiting >= tonumber(ARGV[2]) then return waiting end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return -1
 """
 
 # KEYS: record, ids, sentinel. ARGV: job id. Returns the record, or an error naming what is missing.
@@ -87,13 +118,11 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return redis.error_reply(
 return redis.error_reply('AVS_NOT_FOUND')
 """
 
-# KEYS: record, ids, status-set prefix. ARGV: job id.
+# KEYS: record, ids, status-set prefix, reservations. ARGV: job id, then every status. The id leaves every status
+# set, not only the one its record names: a record that no longer parses must not leave the index counting it.
 _DELETE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local old = cjson.decode(current)
-  if old['status'] then redis.call('SREM', KEYS[3] .. old['status'], ARGV[1]) end
-end
+redis.call('ZREM', KEYS[4], ARGV[1])
+for i = 2, #ARGV do redis.call('SREM', KEYS[3] .. ARGV[i], ARGV[1]) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
@@ -108,7 +137,8 @@ return 0
 
 _REFUSED_WRITES = ("OOM", "MISCONF", "READONLY")
 """Redis's refusals of a write it cannot keep: `maxmemory` reached under `noeviction`, an append-only file it
-cannot write (a full disk), a replica. Defined outcome: `StateUnavailable`, nothing written."""
+cannot write (a full disk), a replica. Defined outcome: `StateUnavailable` (`StateStorageFull` for MISCONF),
+nothing written."""
 
 
 def connect(url: str, timeout_s: float) -> redis.Redis:
@@ -132,9 +162,10 @@ def check_eviction_policy(client: redis.Redis) -> str:
     return policy
 
 
-class RedisJobStore(JobStore):
-    """`JobStore` with its records, locks and indexes in Redis (see the module docstring); the media folder
-    `data_dir/folder/<id>/` is still where the uploads, masks and overlays are.
+class RedisJobStore(MediaFolder):
+    """The records of one folder (`jobs`, or `streams` for the REST streams, which share the record, its lock and
+    its leases but are never listed as jobs), with their locks and indexes in Redis (see the module docstring);
+    the media folder `data_dir/folder/<id>/` is still where the uploads, masks and overlays are.
 
     Raises `StateUnavailable` when Redis does not answer within `timeout_s`, `StateLost` when data it held is
     gone, `ValueError` at construction when Redis may evict keys.
@@ -157,6 +188,7 @@ class RedisJobStore(JobStore):
             self._write = self.client.register_script(_WRITE)
             self._read = self.client.register_script(_READ)
             self._delete = self.client.register_script(_DELETE)
+            self._reserve = self.client.register_script(_RESERVE)
             self._release = self.client.register_script(_RELEASE)
 
     def _open_sentinel(self) -> None:
@@ -199,6 +231,10 @@ class RedisJobStore(JobStore):
     def _status_prefix(self) -> str:
         return f"{self.ns}status:"
 
+    @property
+    def _reservations(self) -> str:
+        return f"{self.ns}reservations"
+
     @contextmanager
     def _bounded(self, what: str) -> Iterator[None]:
         """Turn the client's failures into the store's: a timeout or a refused connection is
@@ -223,7 +259,10 @@ class RedisJobStore(JobStore):
                                  f"{message.split()[-1]}") from None
             if message.startswith("AVS_NOT_FOUND"):
                 raise JobNotFound(what) from None
-            if message.startswith(_REFUSED_WRITES):  # full memory (noeviction) or a failing append-only file
+            if message.startswith("MISCONF"):  # its append-only file cannot be written: a full disk under it
+                raise StateStorageFull(f"state store: {what}: Redis cannot persist writes ({message[:160]})") \
+                    from None
+            if message.startswith(_REFUSED_WRITES):  # full memory (noeviction), a replica
                 raise StateUnavailable(f"state store: {what}: Redis refuses writes ({message[:160]})") from None
             raise
 
@@ -264,40 +303,122 @@ class RedisJobStore(JobStore):
     def _put(self, record: JobRecord, *, create: bool) -> None:
         job_id = record.job_id
         token = self._token(job_id)
-        keys = [self._key(job_id), self._lock_key(job_id), self._ids, self.sentinel, self._status_prefix]
+        keys = [self._key(job_id), self._lock_key(job_id), self._ids, self.sentinel, self._status_prefix,
+                self._reservations]
         args = [record.model_dump_json(), token or "", record.lease_token, job_id, "1" if create else "0",
                 record.status.value]
         with self._bounded(f"job {job_id}"):
             self._write(keys=keys, args=args)
+
+    def update(self, job_id: str, change: Callable[[JobRecord], None], *,
+               timeout_s: float = LOCK_TIMEOUT_S) -> JobRecord:
+        """Apply `change` (which edits the record in place) under the lock, write it, return it."""
+        with self.locked(job_id, timeout_s=timeout_s):
+            record = self.get(job_id)
+            change(record)
+            record.updated_at = time.time()
+            self.write(record)
+            return record
+
+    def set_fields(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set top-level fields (validated as they are assigned) under the lock."""
+
+        def change(record: JobRecord) -> None:
+            for name, value in fields.items():
+                setattr(record, name, value)
+
+        return self.update(job_id, change)
+
+    def records(self, *statuses: str) -> Iterator[JobRecord]:
+        """Every record of the folder, or with `statuses` those the status index lists under one of them (a record
+        read may have moved on since); those deleted while listed, or unreadable, are skipped."""
+        for job_id in (self.ids_with_status(*statuses) if statuses else self.list_ids()):
+            try:
+                yield self.get(job_id)
+            except (JobNotFound, ValueError):
+                continue  # deleted right now
+
+    def ids_with_status(self, *statuses: str) -> list[str]:
+        """The ids whose record has one of `statuses`, from the status index (no record read)."""
+        with self._bounded("list"):
+            pipe = self.client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.smembers(self._status_prefix + status)
+            return sorted({job_id for members in pipe.execute() for job_id in members})
+
+    def expire(self, older_than_s: float, *, now: float | None = None) -> list[str]:
+        """Delete finished jobs whose end is older than `older_than_s` (result TTL), record and media. Returns
+        their ids."""
+        now = time.time() if now is None else now
+        finished = [s.value for s in JobStatus if s.finished]
+        removed = []
+        for job_id in self.ids_with_status(*finished):
+            try:
+                record = self.get(job_id)
+            except (JobNotFound, ValueError):
+                continue
+            if record.finished and record.finished_at and now - record.finished_at > older_than_s:
+                self.remove_files(record.job_id, keep_record=False)
+                removed.append(record.job_id)
+        return removed
 
     def list_ids(self) -> Iterator[str]:
         with self._bounded("list"):
             ids = sorted(self.client.smembers(self._ids))
         yield from ids
 
-    def status_counts(self) -> dict[str, int]:
-        """`{status: records}` from the status index (one round trip)."""
+    def status_counts(self, *, uploads: bool = False, now: float | None = None) -> dict[str, int]:
+        """`{status: records}` from the status index; with `uploads`, also `"uploading"`: the live upload
+        reservations (`reserve_upload`). One MULTI/EXEC, so one snapshot: a record that takes over its
+        reservation meanwhile is counted once, never as neither."""
+        now = time.time() if now is None else now
         with self._bounded("count"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.client.pipeline(transaction=True)
             for status in _STATUSES:
                 pipe.scard(self._status_prefix + status)
-            return dict(zip(_STATUSES, (int(n) for n in pipe.execute()), strict=True))
+            if uploads:
+                pipe.zcount(self._reservations, f"({now}", "+inf")
+            results = [int(n) for n in pipe.execute()]
+        counts = dict(zip(_STATUSES, results, strict=False))
+        if uploads:
+            counts[UPLOADING] = results[-1]
+        return counts
 
     # -------------------------------------------------------------------------------------- admission
+    def reserve_upload(self, job_id: str, limit: int, ttl_s: float, *, now: float | None = None) -> int | None:
+        """Admission of an upload, atomic across every API process of every host (one script on the server): when
+        the queued records plus the uploads already reserved are fewer than `limit`, reserve a place for
+        `job_id` for `ttl_s` seconds (its record, once created, takes the place over) and return None; else
+        return that count. An abandoned reservation (its API process died) stops counting after `ttl_s`."""
+        self._key(job_id)
+        now = time.time() if now is None else now
+        with self._bounded("admission"):
+            waiting = int(self._reserve(keys=[self._reservations, self._status_prefix + JobStatus.QUEUED.value,
+                                              self.sentinel], args=[job_id, limit, now, now + ttl_s]))
+        return None if waiting < 0 else waiting
+
+    def release_upload(self, job_id: str) -> None:
+        """Give back an upload's reservation (the upload was refused or abandoned before its record existed)."""
+        with self._bounded("admission"):
+            self.client.zrem(self._reservations, job_id)
+
     @contextmanager
     def admission(self, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """One Redis lock for every API process on every host (see `JobStore.admission`)."""
+        """One lock for every API process on every host: a backlog count and the reservation that follows it
+        happen together, so concurrent uploads cannot all pass."""
         with self._redis_lock(f"{self.ns}admission", timeout_s, "admission lock", poll_s=0.002):
             yield
 
     # ------------------------------------------------------------------------------------------ files
     def remove_files(self, job_id: str, *, keep_record: bool = True, keep: tuple[str, ...] = ()) -> None:
-        """The media as `JobStore.remove_files`; without `keep_record`, the record (and its index entries)
-        too."""
+        """Delete the job's media except the files named in `keep` (a failed job keeps the mask lines it wrote);
+        the record stays (a tombstone that says what happened) unless `keep_record` is False, then the record,
+        its index entries and the whole folder go."""
         if not keep_record:
             with self._bounded(f"job {job_id}"):
-                self._delete(keys=[self._key(job_id), self._ids, self._status_prefix], args=[job_id])
-        super().remove_files(job_id, keep_record=keep_record, keep=keep)
+                self._delete(keys=[self._key(job_id), self._ids, self._status_prefix, self._reservations],
+                             args=[job_id, *_STATUSES])
+        self.remove_media(job_id, everything=not keep_record, keep=keep)
 
     # ---------------------------------------------------------------------------------------- locking
     @contextmanager
