@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 import anyio
 from starlette.requests import Request
 
+from app.api.mask_signals import SAFETY_POLL_S, hub_for, wait_for_signal
 from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobNotFound, JobStore
 from worker.core.streams import ended_by
 
-MASKS_POLL_S = 0.05  # a mask line reaches a follower at most this long after the worker wrote it
+MASKS_POLL_S = 0.05  # without signals (a store that does not publish): a line reaches a follower this late at most
 MASKS_READ_BYTES = 1 << 20
 MAX_LINE_BYTES = 256 << 20  # a frame's line is KBs; this only bounds a runaway file
 _FRAME_INDEX = re.compile(rb'"frame_index"\s*:\s*(-?\d+)')
@@ -83,20 +84,40 @@ def end_line(record: JobRecord, frames: int | None = None) -> bytes:
 
 
 async def follow_masks(request: Request, store: JobStore, job_id: str, from_frame: int,
-                       poll_s: float = MASKS_POLL_S) -> AsyncIterator[bytes]:
+                       poll_s: float = MASKS_POLL_S, *, signals: bool = True,
+                       safety_poll_s: float = SAFETY_POLL_S) -> AsyncIterator[bytes]:
     """The complete lines of `masks.ndjson` with frame_index >= from_frame, following a live job, then the
     end line (`end_line`) once the job has finished.
 
-    Polls the record and the file every `poll_s` while the job is queued or running; ends when the job
+    With a Redis store (and `signals`), reads the record and the file again whenever the store signals a change
+    (`app.api.mask_signals`), and at least every `safety_poll_s`; otherwise polls them every `poll_s` while the
+    job is queued or running. Ends when the job
     is finished and the file is exhausted (with the end line), or without the end line when the record
     disappears or the client goes away. A partial last line is held back until its newline arrives (and
     never sent if it never does). Frames are sent at most once, in increasing order: if the worker rewrites
     the file (a redelivered job), already-sent frames are skipped.
     """
+    url = getattr(store, "url", None)
+    channel = getattr(store, "masks_channel", None)
+    if not signals or url is None or channel is None:
+        async for chunk in _follow(request, store, job_id, from_frame, None, poll_s):
+            yield chunk
+        return
+    async with hub_for(url).watch(channel(job_id)) as event:
+        async for chunk in _follow(request, store, job_id, from_frame, event, safety_poll_s):
+            yield chunk
+
+
+async def _follow(request: Request, store: JobStore, job_id: str, from_frame: int, event: asyncio.Event | None,
+                  wait_s: float) -> AsyncIterator[bytes]:
+    """`follow_masks`'s loop: read, send, then wait for `event` (cleared BEFORE each read, so a signal that
+    arrives during the read is not lost) or `wait_s`."""
     offset = 0
     last_sent = -1
     last_seen, seen = -1, 0  # frame lines the file held (from frame 0), each counted once
     while True:
+        if event is not None:
+            event.clear()
         record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset)
         if record is None:
             return
@@ -125,4 +146,4 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
             return
         if await request.is_disconnected():
             return
-        await asyncio.sleep(poll_s)
+        await wait_for_signal(event, wait_s)

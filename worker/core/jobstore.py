@@ -109,6 +109,10 @@ class JobStore:
 
         return self.update(job_id, change)
 
+    def notify(self, job_id: str) -> None:
+        """Signal the followers of `job_id`'s mask stream that something changed (the Redis store publishes;
+        here followers poll, so there is nothing to do)."""
+
     def list_ids(self) -> Iterator[str]:
         for entry in self.root.iterdir():
             if (entry / RECORD).is_file():
