@@ -34,18 +34,32 @@ can cause (a line normally arrives within milliseconds of its write)."""
 RECONNECT_S = 0.5  # a broken pub/sub connection is rebuilt after this long (followers poll meanwhile)
 
 
+class Wakeup(asyncio.Event):
+    """A follower's event; `record_changed` says whether a signal since the last `clear` was a record write (the
+    follower reads the record again) rather than new mask lines only (it reads the file alone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_changed = True
+
+    def clear(self) -> None:
+        super().clear()
+        self.record_changed = False
+
+
 class MaskSignalHub:
     """One pub/sub connection to the state Redis at `url`, shared by every follower of this event loop.
 
-    `watch(channel)` is an async context manager yielding an `asyncio.Event` set whenever a message arrives on
-    `channel` (and when the connection breaks, so that nobody sleeps through a lost signal). Subscriptions are
+    `watch(channel)` is an async context manager yielding a `Wakeup` (an `asyncio.Event`) set whenever a message
+    arrives on `channel` (and when the connection breaks, so that nobody sleeps through a lost signal). The
+    message says what changed: `record` or `lines` (`RedisJobStore.notify`). Subscriptions are
     reference counted: the channel is unsubscribed when its last follower leaves.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Wakeup]] = {}
         self._pubsub: aioredis.client.PubSub | None = None
         self._client: aioredis.Redis | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -53,8 +67,8 @@ class MaskSignalHub:
         self.messages = 0  # signals received (the bench reads it)
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        event = asyncio.Event()
+    async def watch(self, channel: str) -> AsyncIterator[Wakeup]:
+        event = Wakeup()
         first = channel not in self._events
         self._events.setdefault(channel, set()).add(event)
         try:
@@ -132,12 +146,15 @@ class MaskSignalHub:
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else str(channel)
             self.messages += 1
+            record = message.get("data") not in (b"lines", "lines")
             for event in self._events.get(channel, ()):
+                event.record_changed = event.record_changed or record
                 event.set()
 
     def _wake_all(self) -> None:
         for waiters in self._events.values():
             for event in waiters:
+                event.record_changed = True
                 event.set()
 
     async def _drop(self) -> None:

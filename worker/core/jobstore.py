@@ -109,7 +109,7 @@ class JobStore:
 
         return self.update(job_id, change)
 
-    def notify(self, job_id: str) -> None:
+    def notify(self, job_id: str, what: str = "lines") -> None:
         """Signal the followers of `job_id`'s mask stream that something changed (the Redis store publishes;
         here followers poll, so there is nothing to do)."""
 

@@ -144,3 +144,13 @@ def test_fifty_followers_share_one_connection_and_all_see_every_line(store: Redi
         lines = [json.loads(line) for _, line in out]
         assert [line.get("frame_index") for line in lines[:-1]] == [0, 1, 2]
         assert lines[-1]["end"] is True
+
+
+def test_the_followers_bench_measures_both_modes_with_every_line_delivered() -> None:
+    from app.cli.followers_bench import bench_followers
+
+    result = bench_followers(followers=3, duration_s=1.0, rate=20.0)
+    for mode in (result["signals"], result["poll"]):
+        assert mode["followers_complete"] == 3 and mode["lines"] == 20
+        assert 0 <= mode["delay_ms_p50"] <= mode["delay_ms_p95"] <= mode["delay_ms_max"]
+    assert result["poll"]["mode"] == "poll_50ms"
