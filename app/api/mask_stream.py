@@ -8,7 +8,6 @@ newline), sends each frame at most once and in order (a redelivered job may rewr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -16,28 +15,33 @@ from collections.abc import AsyncIterator
 import anyio
 from starlette.requests import Request
 
+from app.api.mask_signals import SAFETY_POLL_S, Wakeup, hub_for, wait_for_signal
 from worker.core.job_record import JobRecord
 from worker.core.jobstore import JobNotFound, JobStore
 from worker.core.streams import ended_by
 
-MASKS_POLL_S = 0.05  # a mask line reaches a follower at most this long after the worker wrote it
+MASKS_POLL_S = 0.05  # without signals (a store that does not publish): a line reaches a follower this late at most
 MASKS_READ_BYTES = 1 << 20
 MAX_LINE_BYTES = 256 << 20  # a frame's line is KBs; this only bounds a runaway file
 _FRAME_INDEX = re.compile(rb'"frame_index"\s*:\s*(-?\d+)')
 
 
-def _poll_masks(store: JobStore, job_id: str, offset: int) -> tuple[JobRecord | None, bytes, int]:
-    """(record, the COMPLETE lines from `offset`, file size).
+def _poll_masks(store: JobStore, job_id: str, offset: int,
+                known: JobRecord | None = None) -> tuple[JobRecord | None, bytes, int]:
+    """(record, the COMPLETE lines from `offset`, file size). With `known` (a record read earlier that has
+    not changed since, as the store's signals say), the record is not read again.
 
     The record is read BEFORE the file, so a record that says "finished" guarantees that the read after
     it saw every line the worker wrote. Only whole lines are returned, so `offset` always sits just after
     a newline: a torn last line is read again at the next poll (and a worker that truncates it after a
     crash and writes it anew is followed exactly).
     """
-    try:
-        record = store.get(job_id)
-    except (JobNotFound, ValueError):
-        return None, b"", 0
+    record = known
+    if record is None:
+        try:
+            record = store.get(job_id)
+        except (JobNotFound, ValueError):
+            return None, b"", 0
     try:
         with open(store.masks_path(job_id), "rb") as fh:
             size = fh.seek(0, 2)
@@ -83,21 +87,45 @@ def end_line(record: JobRecord, frames: int | None = None) -> bytes:
 
 
 async def follow_masks(request: Request, store: JobStore, job_id: str, from_frame: int,
-                       poll_s: float = MASKS_POLL_S) -> AsyncIterator[bytes]:
+                       poll_s: float = MASKS_POLL_S, *, signals: bool = True,
+                       safety_poll_s: float = SAFETY_POLL_S) -> AsyncIterator[bytes]:
     """The complete lines of `masks.ndjson` with frame_index >= from_frame, following a live job, then the
     end line (`end_line`) once the job has finished.
 
-    Polls the record and the file every `poll_s` while the job is queued or running; ends when the job
+    With a Redis store (and `signals`), reads the record and the file again whenever the store signals a change
+    (`app.api.mask_signals`), and at least every `safety_poll_s`; otherwise polls them every `poll_s` while the
+    job is queued or running. Ends when the job
     is finished and the file is exhausted (with the end line), or without the end line when the record
     disappears or the client goes away. A partial last line is held back until its newline arrives (and
     never sent if it never does). Frames are sent at most once, in increasing order: if the worker rewrites
     the file (a redelivered job), already-sent frames are skipped.
     """
+    url = getattr(store, "url", None)
+    channel = getattr(store, "masks_channel", None)
+    if not signals or url is None or channel is None:
+        async for chunk in _follow(request, store, job_id, from_frame, None, poll_s):
+            yield chunk
+        return
+    async with hub_for(url).watch(channel(job_id)) as event:
+        async for chunk in _follow(request, store, job_id, from_frame, event, safety_poll_s):
+            yield chunk
+
+
+async def _follow(request: Request, store: JobStore, job_id: str, from_frame: int, event: Wakeup | None,
+                  wait_s: float) -> AsyncIterator[bytes]:
+    """`follow_masks`'s loop: read, send, then wait for `event` (cleared BEFORE each read, so a signal that
+    arrives during the read is not lost) or `wait_s`. A wake-up for new lines only reads the file; the record
+    is read again when it changed (its signal), after a safety poll, and whenever there is no `event`."""
     offset = 0
     last_sent = -1
     last_seen, seen = -1, 0  # frame lines the file held (from frame 0), each counted once
+    record: JobRecord | None = None
     while True:
-        record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset)
+        known = None
+        if event is not None:
+            known = None if event.record_changed else record
+            event.clear()
+        record, data, size = await anyio.to_thread.run_sync(_poll_masks, store, job_id, offset, known)
         if record is None:
             return
         if size < offset:  # the file was rewritten shorter (or removed): read it again, skip what was sent
@@ -125,4 +153,5 @@ async def follow_masks(request: Request, store: JobStore, job_id: str, from_fram
             return
         if await request.is_disconnected():
             return
-        await asyncio.sleep(poll_s)
+        if not await wait_for_signal(event, wait_s) and event is not None:
+            event.record_changed = True  # a safety poll reads everything

@@ -5,7 +5,7 @@
     live_commands     avs live, avs bench live
     lab_commands      avs synth, avs train, avs eval
     distill_commands  avs distill
-    service_commands  avs serve, avs worker, avs demo, avs bench service
+    service_commands  avs serve, avs worker, avs demo, avs bench service|followers
     export_commands   avs export onnx
     demo, client      what `avs demo` / `avs bench service` run: a local service and a stdlib HTTP client
 

@@ -144,6 +144,18 @@ def _bench_service(args: argparse.Namespace) -> int:
         f"p95 {result['first_mask_p95_s']}s"))
 
 
+def _bench_followers(args: argparse.Namespace) -> int:
+    from app.cli.followers_bench import bench_followers
+
+    result = bench_followers(followers=args.followers, duration_s=args.duration, rate=args.rate)
+    sig, poll = result["signals"], result["poll"]
+    return emit(args, result, lambda: (
+        f"{result['followers']} followers, {result['lines']} lines at {result['rate_lines_per_s']:g}/s: "
+        f"signals p50/p95 {sig['delay_ms_p50']}/{sig['delay_ms_p95']} ms, CPU {sig['follower_cpu_s_per_s']} s/s; "
+        f"{poll['mode']} p50/p95 {poll['delay_ms_p50']}/{poll['delay_ms_p95']} ms, "
+        f"CPU {poll['follower_cpu_s_per_s']} s/s"))
+
+
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `serve`, `worker`, `demo` and `bench service` to the root parser's subcommands."""
     p = sub.add_parser("serve", help="the HTTP API + one worker (embedded broker unless AVS_BROKER_URL is set)")
@@ -178,3 +190,11 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--batch-size", type=int, default=8, help="the worker's frames per inference call")
     add_json_flag(p)
     p.set_defaults(handler=_bench_service)
+
+    p = bench.add_parser("followers", help="delay from a mask line's write to its followers, and their CPU: "
+                                           "Redis signals vs the former 50 ms poll, in one run")
+    p.add_argument("--followers", type=int, default=50, help="followers of one stream")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of lines per mode")
+    p.add_argument("--rate", type=float, default=25.0, help="lines written per second (a 25 frames/s stream)")
+    add_json_flag(p)
+    p.set_defaults(handler=_bench_followers)

@@ -238,6 +238,7 @@ class StreamRun:
                 current.progress.frames_done = self.lines
                 current.updated_at = time.time()
                 self.store.write(current)
+        self.store.notify(self.stream_id)  # followers read the line now, not at their next safety poll
         if stop:
             self._stop()
 

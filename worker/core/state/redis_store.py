@@ -309,6 +309,21 @@ class RedisJobStore(MediaFolder):
                 record.status.value]
         with self._bounded(f"job {job_id}"):
             self._write(keys=keys, args=args)
+        self.notify(job_id, "record")
+
+    def masks_channel(self, job_id: str) -> str:
+        """The pub/sub channel that says "job `job_id` changed": its record or its mask lines."""
+        return f"{self.ns}masks:{job_id}"
+
+    def notify(self, job_id: str, what: str = "lines") -> None:
+        """Tell the followers of `job_id`'s mask stream (`app.api.mask_signals`) to read again: PUBLISH `what`
+        (`record` after every record write, `lines` after a batch of mask lines) on its channel. Best effort: a
+        signal lost (Redis busy, a follower reconnecting) only delays a follower until its safety poll, so a
+        failure is logged at debug level and never fails the write that came before it."""
+        try:
+            self.client.publish(self.masks_channel(job_id), what)
+        except redis.RedisError as exc:
+            log.debug("state store: no signal for job %s (%s)", job_id, exc)
 
     def update(self, job_id: str, change: Callable[[JobRecord], None], *,
                timeout_s: float = LOCK_TIMEOUT_S) -> JobRecord:
