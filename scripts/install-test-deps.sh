@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond `make setup`: promtool (Prometheus config check), Debian's chromium (the
 # web page's browser tests; Playwright drives it, nothing is downloaded), nginx (the API behind a path
-# prefix) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15).
+# prefix), OpenStack Swift (the S3 server of the object store tests) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15).
 # Idempotent.
 set -euo pipefail
 
@@ -18,6 +18,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}..." >&2; apt_install "${missing[@]}"; fi
+
+"$(dirname "$0")/install-objectstore-deps.sh"  # Swift + s3api: the object store tests' S3 server
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server..." >&2; apt_install redis-server; }
