@@ -43,6 +43,12 @@ def make_s3_store(endpoint: SwiftEndpoint, prefix: str, **kwargs) -> S3Store:
                    secret_key=endpoint.secret_key, region=endpoint.region, create_bucket=True, **kwargs)
 
 
+@pytest.fixture
+def make_s3(swift_endpoint: SwiftEndpoint):
+    """`make_s3(**S3Store options)` -> an S3Store on the session's bucket under a fresh prefix."""
+    return lambda **kwargs: make_s3_store(swift_endpoint, f"t-{uuid.uuid4().hex}", **kwargs)
+
+
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """A fresh, empty store of the parametrized backend (S3: a prefix of its own in the session's bucket)."""
