@@ -51,6 +51,8 @@ _SERVERS = ("account", "container", "object")
 class SwiftServerError(RuntimeError):
     """Swift could not be started: packages missing, no user xattrs on the storage directory, or no answer."""
 
+    code = "object_store_unavailable"
+
 
 @dataclass(frozen=True)
 class SwiftEndpoint:

@@ -190,3 +190,25 @@ def test_settings_choose_the_backend(tmp_path: Path, swift_endpoint: SwiftEndpoi
     monkeypatch.setenv("AVS_OBJECT_STORE", "s3://Bad_Bucket")
     with pytest.raises(ValueError, match="object_store"):
         ServiceSettings(data_dir=tmp_path)
+
+
+def test_bench_objects_reports_both_backends(swift_endpoint: SwiftEndpoint, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    assert main(["bench", "objects", "--size-mb", "4", "--endpoint", swift_endpoint.url, "--access-key",
+                 swift_endpoint.access_key, "--secret-key", swift_endpoint.secret_key, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["size_bytes"] == 4 << 20
+    for backend in ("local", "s3"):
+        assert result[backend]["put_MBps"] > 0
+        assert result[backend]["get_MBps"] > 0
+    assert "swift_start_s" not in result  # an endpoint was given: no Swift started
+
+
+def test_an_unreachable_endpoint_is_a_coded_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    assert main(["bench", "objects", "--size-mb", "1", "--endpoint", "http://127.0.0.1:1", "--access-key", "a",
+                 "--secret-key", "b"]) != 0
+    assert "[object_store_unavailable]" in capsys.readouterr().err
