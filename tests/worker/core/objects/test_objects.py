@@ -212,3 +212,15 @@ def test_an_unreachable_endpoint_is_a_coded_cli_error(capsys: pytest.CaptureFixt
     assert main(["bench", "objects", "--size-mb", "1", "--endpoint", "http://127.0.0.1:1", "--access-key", "a",
                  "--secret-key", "b"]) != 0
     assert "[object_store_unavailable]" in capsys.readouterr().err
+
+
+def test_the_object_store_modules_are_torch_free() -> None:
+    """The API will import them: none may pull torch in (boto3 is imported only by the S3 backend)."""
+    import sys
+
+    code = ("import sys, worker.core.objects, worker.core.objects.s3_store, worker.core.objects.mask_chunks, "
+            "worker.core.objects.swift_server, worker.core.objects.bench, app.cli.objects_commands; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    lazy = "import sys, worker.core.objects; assert 'boto3' not in sys.modules, 'boto3 imported eagerly'"
+    subprocess.run([sys.executable, "-c", lazy], check=True, timeout=60)
