@@ -144,6 +144,7 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
     path = store.masks_path(job_id)
     received: list[tuple[float, int]] = []
     got_first_two = threading.Event()
+    got_third = threading.Event()
     events: dict[str, float] = {}
 
     def worker() -> None:
@@ -162,7 +163,7 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
             fh.write(line[10:])
             fh.flush()
             store.notify(job_id)
-        time.sleep(0.3)
+        got_third.wait(5)  # the job ends once the client has the completed line (or 5 s later: then it failed)
         events["finished"] = time.monotonic()
         store.set_fields(job_id, status="succeeded", finished_at=time.time())
 
@@ -184,6 +185,8 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
             lines.append(line)
             if index == 2:
                 got_first_two.set()
+            if index == 3:
+                got_third.set()
         ended = time.monotonic()
     thread.join(5)
     assert [index for _, index in received] == [1, 2, 3]
