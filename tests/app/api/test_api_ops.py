@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from worker.core.private_redis import PrivateRedis
 from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
 from worker.core.state import open_store
+from worker.core.state.heartbeats import heartbeat_board, heartbeat_key, names_key
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[3]
@@ -71,7 +71,9 @@ def test_readyz_embedded(make_settings: Callable[..., ServiceSettings]) -> None:
             write_heartbeat(settings, "cold", warm=False)
             assert client.get("/readyz").status_code == 503
 
-            (settings.workers_dir / "junk.json").write_text("{not json")
+            state, prefix = heartbeat_board(settings)
+            state.set(heartbeat_key(prefix, "junk"), "{not json", px=60_000)  # not a heartbeat: skipped
+            state.sadd(names_key(prefix), "junk")
             write_heartbeat(settings, "fresh", age_s=1.0)
             response = client.get("/readyz")
             assert response.status_code == 200, response.text
@@ -98,14 +100,12 @@ def test_a_worker_known_dead_is_not_ready_even_with_a_fresh_heartbeat(make_setti
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid names no process now
     with TestClient(create_app(settings, task_sender=Recorder())) as client:
-        path = write_heartbeat(settings, "here", age_s=0.5)
-        beat = json.loads(path.read_text())
-        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": pid_namespace()}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=dead.pid, pid_namespace=pid_namespace())
         response = client.get("/readyz")
         assert response.status_code == 503, response.text
-        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": "another-boot/4026531836"}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=dead.pid, pid_namespace="another-boot/4026531836")
         assert client.get("/readyz").status_code == 200  # another namespace: cannot tell, the beat is fresh
-        path.write_text(json.dumps({**beat, "pid": os.getpid(), "pid_namespace": pid_namespace()}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=os.getpid(), pid_namespace=pid_namespace())
         assert client.get("/readyz").status_code == 200  # alive
 
 
