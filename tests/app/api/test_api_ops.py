@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -107,6 +109,27 @@ def test_a_worker_known_dead_is_not_ready_even_with_a_fresh_heartbeat(make_setti
         assert client.get("/readyz").status_code == 200  # another namespace: cannot tell, the beat is fresh
         write_heartbeat(settings, "here", age_s=0.5, pid=os.getpid(), pid_namespace=pid_namespace())
         assert client.get("/readyz").status_code == 200  # alive
+
+
+def test_readyz_says_why_when_the_state_redis_does_not_answer(make_settings: Callable[..., ServiceSettings],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeats live in the state Redis: one that accepts connections and never answers (frozen) makes
+    `/readyz` a bounded 503 that names the heartbeats, and `/live` a `not_ready` close, never a crash."""
+    monkeypatch.setattr("app.api.health.broker_problem", lambda _settings: None)
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(16)
+        settings = make_settings(state_url=f"redis://127.0.0.1:{frozen.getsockname()[1]}/0", broker_timeout_s=0.5)
+        with TestClient(create_app(settings, task_sender=Recorder())) as client:
+            started = time.monotonic()
+            response = client.get("/readyz")
+            assert time.monotonic() - started < 3
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["message"].startswith("worker heartbeats not readable")
+            with client.websocket_connect("/live") as ws:
+                ws.send_text(json.dumps({"type": "start"}))
+                message = ws.receive_json()
+                assert message["code"] == "not_ready", message
 
 
 @pytest.mark.skipif(not _redis_available(), reason="no Redis on 127.0.0.1:6379")

@@ -1,7 +1,8 @@
 """Worker heartbeats as expiring Redis keys (`worker.core.state.heartbeats`), on the test session's real
 redis-server (`state_env`, tests/conftest.py): a beat is seen, then gone after its TTL; what is not a heartbeat
-is skipped and counted; prefixes are separate deployments; the worker runtime and `avs serve`'s supervisor
-write and forget the key; a Redis that does not answer is `StateUnavailable`, quickly."""
+is skipped and counted; prefixes are separate deployments; the worker runtime writes and forgets its key
+(`avs serve`'s supervisor: tests/app/cli/test_supervisor_heartbeat.py); a Redis that does not answer is
+`StateUnavailable`, quickly."""
 
 from __future__ import annotations
 
@@ -124,15 +125,3 @@ def test_the_worker_runtime_writes_and_forgets_its_key(state_env, tmp_path: Path
     assert read_heartbeats(client, prefix).beats == []
     runtime.write_heartbeat()  # a late beat (a live session ending during the stop) does not bring it back
     assert read_heartbeats(client, prefix).beats == []
-
-
-def test_the_supervisor_forgets_a_dead_worker_at_once(state_env, tmp_path: Path) -> None:
-    from app.cli.supervisor import WorkerSupervisor
-
-    settings = ServiceSettings(_env_file=None, data_dir=tmp_path, heartbeat_s=5)
-    client, prefix = heartbeat_board(settings)
-    name = f"{socket.gethostname()}-999999"
-    write_heartbeat(client, prefix, _beat(name), ttl_s=60)
-    write_heartbeat(client, prefix, _beat("another-host-999999"), ttl_s=60)
-    WorkerSupervisor(["true"], settings=settings)._forget(999999)
-    assert [b.name for b in read_heartbeats(client, prefix).beats] == ["another-host-999999"]
