@@ -4,23 +4,23 @@ says the worker is ready.
 Celery's `worker_process_init` handlers are killed after 4 s, and CUDA must not be touched before a
 fork, so the model loads in a background thread started when the worker is ready (the `solo` pool runs
 tasks in that same process: one process per GPU). The first task waits for it if it arrives early.
-Once warm, a thread rewrites `AVS_DATA_DIR/workers/<name>.json` every `heartbeat_s`; `/readyz` counts
-a worker as present while that file is fresh.
+Once warm, a thread writes its heartbeat (`worker.core.state.heartbeats`: a Redis key under
+`AVS_STATE_PREFIX` that expires after `STALE_FACTOR × heartbeat_s`) every `heartbeat_s`, and again when a live
+session starts or ends; `/readyz` counts a worker as present while that key lives.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
+from worker.core.state.heartbeats import WorkerHeartbeat, forget, heartbeat_board, heartbeat_ttl_s, write_heartbeat
 
 log = logging.getLogger("avs.worker")
 
@@ -29,7 +29,6 @@ class WorkerRuntime:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        self.heartbeat_path: Path = settings.workers_dir / f"{self.name}.json"
         self._predictor: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -111,7 +110,10 @@ class WorkerRuntime:
 
     def _beat_now(self) -> None:
         if self._predictor is not None and not self._stop.is_set():
-            self.write_heartbeat()
+            try:
+                self.write_heartbeat()
+            except Exception as exc:  # the session goes on; the beat thread writes the count again soon
+                log.warning("heartbeat not written after a live session change (%s)", exc)
 
     def predictor(self, timeout_s: float = 600.0):
         self.start()
@@ -126,34 +128,38 @@ class WorkerRuntime:
         return self._engine
 
     def _beat(self) -> None:
-        """Refresh the heartbeat until stopped. Nothing ends this loop but `stop()`: a beat that fails (a full
-        disk, a volume remounting) is logged and the next one tries again, so readiness comes back by itself."""
+        """Refresh the heartbeat until stopped. Nothing ends this loop but `stop()`: a beat that fails (a state
+        Redis that does not answer, or that refuses writes) is logged and the next one tries again, so readiness
+        comes back by itself."""
         while not self._stop.is_set():
             try:
-                self.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
                 self.write_heartbeat()
             except Exception as exc:
                 log.warning("heartbeat not written (%s); retrying in %gs", exc, self.settings.heartbeat_s)
             self._stop.wait(self.settings.heartbeat_s)
 
+    def heartbeat(self) -> WorkerHeartbeat:
+        """What this worker says about itself now (`worker.core.state.heartbeats.WorkerHeartbeat`)."""
+        return WorkerHeartbeat(
+            name=self.name, hostname=socket.gethostname(), pid=os.getpid(), pid_namespace=pid_namespace(),
+            warm=self._predictor is not None, last_seen=time.time(),
+            variant=getattr(getattr(self._predictor, "cfg", None), "variant", None),
+            device=str(getattr(self._predictor, "device", self.settings.device)),
+            current_jobs=sorted(self.current_jobs), model_load_seconds=self.load_seconds,
+            # live sessions (worker.live): where the API proxies /live to, and how full this worker is
+            live_url=self.live.url if self.live is not None else None,
+            live_sessions=self.live.active if self.live is not None else 0,
+            live_capacity=self.live.capacity if self.live is not None else 0,
+            model=self.model_summary)
+
     def write_heartbeat(self) -> None:
-        record = {"hostname": socket.gethostname(), "pid": os.getpid(), "pid_namespace": pid_namespace(),
-                  "warm": self._predictor is not None,
-                  "last_seen": time.time(), "variant": getattr(getattr(self._predictor, "cfg", None), "variant", None),
-                  "device": str(getattr(self._predictor, "device", self.settings.device)),
-                  "current_jobs": sorted(self.current_jobs), "model_load_seconds": self.load_seconds,
-                  # live sessions (worker.live): where the API proxies /live to, and how full this worker is
-                  "live_url": self.live.url if self.live is not None else None,
-                  "live_sessions": self.live.active if self.live is not None else 0,
-                  "live_capacity": self.live.capacity if self.live is not None else 0,
-                  "model": self.model_summary}
+        """Write the heartbeat, to expire after `STALE_FACTOR × heartbeat_s`. `StateUnavailable` when the state
+        Redis does not answer."""
         with self._beat_lock:  # the beat thread and a session's start or end write it
-            tmp = self.heartbeat_path.with_suffix(".tmp")
-            try:
-                tmp.write_text(json.dumps(record), encoding="utf-8")
-                os.replace(tmp, self.heartbeat_path)
-            finally:
-                tmp.unlink(missing_ok=True)  # after a failed write (after the rename it is already gone)
+            if self._stop.is_set():
+                return  # stopping: a late beat (a session ending) must not bring back the key `stop()` deletes
+            client, prefix = heartbeat_board(self.settings)
+            write_heartbeat(client, prefix, self.heartbeat(), heartbeat_ttl_s(self.settings.heartbeat_s))
 
     def stop(self) -> None:
         self._stop.set()
@@ -162,8 +168,13 @@ class WorkerRuntime:
         if self.live is not None:
             self.live.stop()
         if self._beat_thread is not None:
-            self._beat_thread.join(timeout=5)  # a beat in flight must not re-create the file after we remove it
-        self.heartbeat_path.unlink(missing_ok=True)
+            self._beat_thread.join(timeout=5)
+        with self._beat_lock:  # after a beat in flight, which would re-create the key
+            try:
+                client, prefix = heartbeat_board(self.settings)
+                forget(client, prefix, self.name)
+            except Exception as exc:  # the key expires by itself after STALE_FACTOR × heartbeat_s
+                log.warning("heartbeat not removed (%s); it expires by itself", exc)
 
 
 def _model_summary(settings: ServiceSettings) -> dict[str, Any] | None:

@@ -3,24 +3,26 @@
 * Broker. Redis (`AVS_BROKER_URL`, or the embedded default's private Redis recorded under
   `AVS_DATA_DIR/broker`): `PING` with a 1 s socket timeout. Other URLs are not probed (reported ready: we
   cannot check them without importing their transports).
-* Worker. Workers write a heartbeat file `settings.workers_dir/<name>.json`
-  (`{"hostname", "pid", "warm": true, "last_seen": <unix time>, "variant", "device", ...}`) once their
-  model is loaded and warmed up, and refresh it every `heartbeat_s`. Ready needs at least one with
-  `warm` true and `last_seen` newer than `3 × heartbeat_s`, whose process is not known to be dead (a
-  worker on this host in our PID namespace is checked at once: `worker.core.process_identity`).
+* Worker. Workers write a heartbeat (`worker.core.state.heartbeats.WorkerHeartbeat`: name, hostname, pid,
+  `warm`, `last_seen`, variant, device, live endpoint, ...) as a Redis key under `AVS_STATE_PREFIX` that
+  expires after `3 × heartbeat_s`, once their model is loaded and warmed up, and refresh it every
+  `heartbeat_s`. Ready needs at least one with `warm` true and `last_seen` newer than `3 × heartbeat_s`, whose
+  process is not known to be dead (a worker on this host in our PID namespace is checked at once:
+  `worker.core.process_identity`). A state Redis that does not answer is "not ready", with the reason.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from worker.core.private_redis import broker_url
 from worker.core.process_identity import process_gone
 from worker.core.settings import ServiceSettings
+from worker.core.state.errors import StateUnavailable
+from worker.core.state.heartbeats import STALE_FACTOR, heartbeat_board, read_heartbeats
 
-STALE_FACTOR = 3.0
+__all__ = ["STALE_FACTOR", "broker_kind", "broker_problem", "readiness", "warm_workers"]
 
 
 def broker_problem(settings: ServiceSettings) -> str | None:
@@ -41,43 +43,25 @@ def broker_problem(settings: ServiceSettings) -> str | None:
     return None
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
 def warm_workers(settings: ServiceSettings, *, now: float | None = None) -> tuple[list[dict[str, Any]], int]:
-    """(warm and fresh workers, number of heartbeat files seen)."""
+    """(warm and fresh workers, number of heartbeats seen, malformed ones included): the one reader of the
+    heartbeats for the API (`/readyz`, `/live` routing, stream admission, `GET /model`). `StateUnavailable` when
+    the state Redis does not answer (bounded by `broker_timeout_s`)."""
     now = time.time() if now is None else now
     max_age = STALE_FACTOR * settings.heartbeat_s
-    directory = settings.workers_dir
+    client, prefix = heartbeat_board(settings)
+    found = read_heartbeats(client, prefix)
     fresh: list[dict[str, Any]] = []
-    seen = 0
-    try:
-        entries = sorted(directory.glob("*.json"))
-    except OSError:
-        return [], 0
-    for path in entries:
-        try:
-            beat = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # being rewritten, or not ours
-        if not isinstance(beat, dict):
-            continue
-        seen += 1
-        last_seen = beat.get("last_seen")
-        if beat.get("warm") is not True or not isinstance(last_seen, int | float):
-            continue
-        age = now - float(last_seen)
-        if age > max_age or process_gone(beat.get("pid"), beat.get("pid_namespace")):
-            continue  # stale, or its process is known to be dead (same host): no need to wait for staleness
-        pid = beat.get("pid")
-        fresh.append({"name": path.stem, "hostname": beat.get("hostname"), "pid": pid if isinstance(pid, int) else None,
-                      "variant": beat.get("variant"), "device": beat.get("device"), "age_s": round(max(age, 0.0), 3),
-                      "live_url": beat.get("live_url") if isinstance(beat.get("live_url"), str) else None,
-                      "live_sessions": _count(beat.get("live_sessions")),
-                      "live_capacity": _count(beat.get("live_capacity")),
-                      "model": beat.get("model") if isinstance(beat.get("model"), dict) else None})
-    return fresh, seen
+    for beat in found.beats:
+        if not beat.warm or now - beat.last_seen > max_age:
+            continue  # loading, or older than this reader's staleness (its key outlived it: a longer writer TTL)
+        if process_gone(beat.pid, beat.pid_namespace):
+            continue  # its process is known to be dead (same host): no need to wait for the key to expire
+        fresh.append({"name": beat.name, "hostname": beat.hostname, "pid": beat.pid, "variant": beat.variant,
+                      "device": beat.device, "age_s": round(beat.age_s(now), 3), "live_url": beat.live_url,
+                      "live_sessions": beat.live_sessions, "live_capacity": beat.live_capacity,
+                      "model": beat.model})
+    return fresh, len(found.beats) + found.malformed
 
 
 def broker_kind(settings: ServiceSettings) -> str:
@@ -89,7 +73,10 @@ def readiness(settings: ServiceSettings) -> tuple[dict[str, Any] | None, str | N
     problem = broker_problem(settings)
     if problem:
         return None, problem
-    workers, seen = warm_workers(settings)
+    try:
+        workers, seen = warm_workers(settings)
+    except StateUnavailable as exc:
+        return None, f"worker heartbeats not readable: {exc}"
     if not workers:
         if seen:
             return None, (f"no warm worker: {seen} heartbeat(s) found, none warm and newer than "

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from worker.core.settings import ServiceSettings
+from worker.core.state.heartbeats import forget, heartbeat_board
 
 
 class MetricsDirError(ValueError):
@@ -84,7 +85,7 @@ class WorkerSupervisor:
     GPU fault) with a back-off of 1 s doubling to 30 s (reset after a minute of life), stopped with a warm
     SIGTERM. Its jobs are recovered through their leases by the API's reconciler, not by this class.
 
-    When the worker dies, what it left that would mislead is cleared at once: its heartbeat file (else
+    When the worker dies, what it left that would mislead is cleared at once: its heartbeat key (else
     `/readyz` says ready and `/live` picks it for up to 3 heartbeats) and its live gauges in the metrics
     folder (else `avs_live_sessions` keeps counting its sessions). The worker stops itself when this process
     is gone (`worker.parent_watch`, through `AVS_SUPERVISOR_PID`).
@@ -130,7 +131,11 @@ class WorkerSupervisor:
 
     def _forget(self, pid: int) -> None:
         """Clear what the dead worker `pid` left: its heartbeat and its live gauges."""
-        (self.settings.workers_dir / f"{socket.gethostname()}-{pid}.json").unlink(missing_ok=True)
+        try:
+            client, prefix = heartbeat_board(self.settings)
+            forget(client, prefix, f"{socket.gethostname()}-{pid}")
+        except Exception as exc:  # StateUnavailable, or its settings unfit: the key expires by itself
+            sys.stderr.write(f"avs serve: the dead worker's heartbeat not removed ({exc}); it expires by itself\n")
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 

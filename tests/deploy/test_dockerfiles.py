@@ -14,6 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def _load(name: str, path: Path) -> ModuleType:
     return module
 
 
-healthcheck = _load("avs_docker_healthcheck", DOCKER / "healthcheck.py")  # stdlib only
+healthcheck = _load("avs_docker_healthcheck", DOCKER / "healthcheck.py")  # the worker check imports worker/
 requirements = _load("avs_docker_requirements", DOCKER / "requirements.py")  # stdlib only
 
 
@@ -178,40 +179,54 @@ def test_constraints_pin_every_requirement_as_pyproject_does() -> None:
 
 
 # ------------------------------------------------------------------------------------- healthcheck.py
-def test_worker_healthcheck_reads_the_runtime_heartbeat(tmp_path: Path) -> None:
-    """The heartbeat the real worker runtime writes is the one the container health check finds."""
+def test_worker_healthcheck_reads_the_runtime_heartbeat(tmp_path: Path, state_env: Any) -> None:
+    """The heartbeat the real worker runtime writes (a key in the state Redis) is the one the container health
+    check finds, in-process and as the image runs it."""
     from worker.core.settings import ServiceSettings
     from worker.heartbeat import WorkerRuntime
 
     settings = ServiceSettings(_env_file=None, data_dir=tmp_path, heartbeat_s=5)
     runtime = WorkerRuntime(settings)
-    ok, why = healthcheck.check_worker(tmp_path, runtime.name.rsplit("-", 1)[0], 5)
+    host = runtime.name.rsplit("-", 1)[0]
+    ok, why = healthcheck.check_worker(settings, host)
     assert not ok
     assert "no heartbeat" in why
     runtime._predictor = object()  # warm, as after a model load
-    runtime.heartbeat_path.parent.mkdir(parents=True)
     runtime.write_heartbeat()
-    host = runtime.name.rsplit("-", 1)[0]
-    assert healthcheck.check_worker(tmp_path, host, 5)[0]
-    assert not healthcheck.check_worker(tmp_path, "another-replica", 5)[0]
-    assert not healthcheck.check_worker(tmp_path, host, 5, now=time.time() + 120)[0], "stale heartbeat"
-    env = {**os.environ, "AVS_DATA_DIR": str(tmp_path), "AVS_HEARTBEAT_S": "5"}
+    assert healthcheck.check_worker(settings, host)[0]
+    assert not healthcheck.check_worker(settings, "another-replica")[0]
+    assert not healthcheck.check_worker(settings, host, now=time.time() + 120)[0], "stale heartbeat"
+    env = {**os.environ, "AVS_DATA_DIR": str(tmp_path), "AVS_HEARTBEAT_S": "5", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "worker"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runtime.stop()
     proc = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "worker"], env=env, capture_output=True,
                           text=True, timeout=30)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no heartbeat" in proc.stdout
 
 
-def test_worker_healthcheck_wants_a_warm_model(tmp_path: Path) -> None:
-    beats = tmp_path / "workers"
-    beats.mkdir()
-    (beats / "host-7.json").write_text(json.dumps({"warm": False, "last_seen": time.time()}), encoding="utf-8")
-    assert not healthcheck.check_worker(tmp_path, "host", 5)[0]
-    (beats / "host-7.json").write_text(json.dumps({"warm": True, "last_seen": time.time()}), encoding="utf-8")
-    assert healthcheck.check_worker(tmp_path, "host", 5)[0]
+def test_worker_healthcheck_wants_a_warm_model(tmp_path: Path, state_env: Any) -> None:
+    from worker.core.settings import ServiceSettings
+    from worker.core.state.heartbeats import WorkerHeartbeat, heartbeat_board, write_heartbeat
+
+    settings = ServiceSettings(_env_file=None, data_dir=tmp_path, heartbeat_s=5)
+    client, prefix = heartbeat_board(settings)
+    write_heartbeat(client, prefix, WorkerHeartbeat(name="host-7", warm=False, last_seen=time.time()), 15)
+    assert not healthcheck.check_worker(settings, "host")[0]
+    write_heartbeat(client, prefix, WorkerHeartbeat(name="host-7", warm=True, last_seen=time.time()), 15)
+    assert healthcheck.check_worker(settings, "host")[0]
+
+
+def test_worker_healthcheck_says_when_redis_does_not_answer(tmp_path: Path) -> None:
+    from worker.core.settings import ServiceSettings
+
+    settings = ServiceSettings(_env_file=None, data_dir=tmp_path, state_url="redis://127.0.0.1:9/0",
+                               broker_timeout_s=1)
+    ok, why = healthcheck.check_worker(settings, "host")
+    assert not ok
+    assert "not readable" in why
 
 
 def test_api_healthcheck_fails_when_nothing_listens() -> None:

@@ -54,7 +54,7 @@ class ServiceSettings(BaseSettings):
     jobs_per_worker: int = Field(4, ge=1)  # jobs one worker process runs at once, batched together
     # Longer than the longest job: Redis redelivers an unacknowledged task after this (acks_late).
     visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
-    heartbeat_s: float = Field(5.0, gt=0)  # a warm worker refreshes its heartbeat file this often
+    heartbeat_s: float = Field(5.0, gt=0)  # a warm worker refreshes its heartbeat key this often
     # Job ownership (worker.core.leases): a running job's owner renews its lease every third of this; a lease
     # not renewed for this long means the owner is gone, and the reconciler requeues the job.
     lease_timeout_s: float = Field(30.0, gt=0)
@@ -118,10 +118,6 @@ class ServiceSettings(BaseSettings):
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
-
-    @property
-    def workers_dir(self) -> Path:
-        return self.data_dir / "workers"
 
 
 @lru_cache

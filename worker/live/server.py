@@ -74,7 +74,7 @@ class LiveServer:
     """Serves `/live` on `settings.live_host:live_port` (0: any free port); `url` is what to advertise.
 
     `engine_factory()` returns the worker's `FrameEngine` (it may block until the model is loaded).
-    `on_change()` is called when a session starts or ends (the worker rewrites its heartbeat).
+    `on_change()` is called when a session starts or ends (the worker writes its heartbeat key again).
     """
 
     def __init__(self, settings: ServiceSettings, engine_factory: Callable[[], Any], *,

@@ -25,6 +25,7 @@ from worker.core.api_keys import key_accepted, presented_key
 from worker.core.contracts import ServiceErrorCode
 from worker.core.live_protocol import CLOSE_ERROR, CLOSE_POLICY, CLOSE_TRY_AGAIN, START_TIMEOUT_S, message_error
 from worker.core.settings import ServiceSettings
+from worker.core.state.errors import StateUnavailable
 
 log = logging.getLogger("avs.api.live")
 router = APIRouter(tags=["live"])
@@ -66,9 +67,15 @@ async def live(websocket: WebSocket, settings: SettingsDep) -> None:
     except (WebSocketDisconnect, RuntimeError):
         return
     headers = {"X-API-Key": key} if settings.api_keys and key else {}
-    candidates = live_candidates(settings)
+    try:
+        candidates = live_candidates(settings)
+        warm = bool(candidates) or bool(warm_workers(settings)[0])
+    except StateUnavailable:  # the heartbeats are in the state Redis: no answer, no worker we can name
+        await _close(websocket, ServiceErrorCode.NOT_READY.value, "the state store is not answering; retry later",
+                     CLOSE_TRY_AGAIN)
+        return
     if not candidates:
-        code = ServiceErrorCode.TOO_MANY_SESSIONS if warm_workers(settings)[0] else ServiceErrorCode.NOT_READY
+        code = ServiceErrorCode.TOO_MANY_SESSIONS if warm else ServiceErrorCode.NOT_READY
         await _close(websocket, code.value, "every worker runs its maximum of live sessions; try again later"
                      if code is ServiceErrorCode.TOO_MANY_SESSIONS else "no warm worker with a live endpoint",
                      CLOSE_TRY_AGAIN)

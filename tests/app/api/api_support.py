@@ -18,6 +18,8 @@ from worker.core.contracts import JobStatus
 from worker.core.job_record import JobOptions, JobRecord, Progress, UploadInfo, new_job_id
 from worker.core.jobstore import JobStore
 from worker.core.settings import ServiceSettings
+from worker.core.state import heartbeats
+from worker.core.state.heartbeats import WorkerHeartbeat, heartbeat_board
 
 
 class Recorder:
@@ -37,13 +39,15 @@ class FailingSender:
 
 
 def write_heartbeat(settings: ServiceSettings, name: str = "worker-1", *, warm: bool = True,
-                    age_s: float = 0.0) -> Path:
-    """What the worker writes: `workers_dir/<name>.json`."""
-    settings.workers_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.workers_dir / f"{name}.json"
-    path.write_text(json.dumps({"hostname": "test-host", "pid": 4242, "warm": warm, "last_seen": time.time() - age_s,
-                                "variant": "avesformer-tiny", "device": "cpu"}))
-    return path
+                    age_s: float = 0.0, **fields: Any) -> WorkerHeartbeat:
+    """What the worker writes (`worker.heartbeat`): its heartbeat key in the state Redis, living
+    `STALE_FACTOR × heartbeat_s` from now, `last_seen` `age_s` ago; `fields` override the others."""
+    beat = WorkerHeartbeat.model_validate({"name": name, "hostname": "test-host", "pid": 4242, "warm": warm,
+                                           "last_seen": time.time() - age_s, "variant": "avesformer-tiny",
+                                           "device": "cpu", **fields})
+    client, prefix = heartbeat_board(settings)
+    heartbeats.write_heartbeat(client, prefix, beat, heartbeats.heartbeat_ttl_s(settings.heartbeat_s))
+    return beat
 
 
 def add_job(store: JobStore, status: JobStatus | str = JobStatus.QUEUED, *, overlay: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from worker.core.private_redis import PrivateRedis
 from worker.core.process_identity import pid_namespace
 from worker.core.settings import ServiceSettings
 from worker.core.state import open_store
+from worker.core.state.heartbeats import heartbeat_board, heartbeat_key, names_key
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[3]
@@ -71,7 +73,9 @@ def test_readyz_embedded(make_settings: Callable[..., ServiceSettings]) -> None:
             write_heartbeat(settings, "cold", warm=False)
             assert client.get("/readyz").status_code == 503
 
-            (settings.workers_dir / "junk.json").write_text("{not json")
+            state, prefix = heartbeat_board(settings)
+            state.set(heartbeat_key(prefix, "junk"), "{not json", px=60_000)  # not a heartbeat: skipped
+            state.sadd(names_key(prefix), "junk")
             write_heartbeat(settings, "fresh", age_s=1.0)
             response = client.get("/readyz")
             assert response.status_code == 200, response.text
@@ -98,15 +102,34 @@ def test_a_worker_known_dead_is_not_ready_even_with_a_fresh_heartbeat(make_setti
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid names no process now
     with TestClient(create_app(settings, task_sender=Recorder())) as client:
-        path = write_heartbeat(settings, "here", age_s=0.5)
-        beat = json.loads(path.read_text())
-        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": pid_namespace()}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=dead.pid, pid_namespace=pid_namespace())
         response = client.get("/readyz")
         assert response.status_code == 503, response.text
-        path.write_text(json.dumps({**beat, "pid": dead.pid, "pid_namespace": "another-boot/4026531836"}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=dead.pid, pid_namespace="another-boot/4026531836")
         assert client.get("/readyz").status_code == 200  # another namespace: cannot tell, the beat is fresh
-        path.write_text(json.dumps({**beat, "pid": os.getpid(), "pid_namespace": pid_namespace()}))
+        write_heartbeat(settings, "here", age_s=0.5, pid=os.getpid(), pid_namespace=pid_namespace())
         assert client.get("/readyz").status_code == 200  # alive
+
+
+def test_readyz_says_why_when_the_state_redis_does_not_answer(make_settings: Callable[..., ServiceSettings],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeats live in the state Redis: one that accepts connections and never answers (frozen) makes
+    `/readyz` a bounded 503 that names the heartbeats, and `/live` a `not_ready` close, never a crash."""
+    monkeypatch.setattr("app.api.health.broker_problem", lambda _settings: None)
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(16)
+        settings = make_settings(state_url=f"redis://127.0.0.1:{frozen.getsockname()[1]}/0", broker_timeout_s=0.5)
+        with TestClient(create_app(settings, task_sender=Recorder())) as client:
+            started = time.monotonic()
+            response = client.get("/readyz")
+            assert time.monotonic() - started < 3
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["message"].startswith("worker heartbeats not readable")
+            with client.websocket_connect("/live") as ws:
+                ws.send_text(json.dumps({"type": "start"}))
+                message = ws.receive_json()
+                assert message["code"] == "not_ready", message
 
 
 @pytest.mark.skipif(not _redis_available(), reason="no Redis on 127.0.0.1:6379")

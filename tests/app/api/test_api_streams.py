@@ -6,12 +6,11 @@ as a worker would move them (`worker.core.leases`)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from api_support import FailingSender, Recorder, mask_line
+from api_support import FailingSender, Recorder, mask_line, write_heartbeat
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
@@ -28,11 +27,8 @@ VIEW_KEYS = {"stream_id", "status", "source", "options", "frames", "created_at",
 
 def _heartbeat(settings: ServiceSettings, name: str = "worker-1", *, capacity: int = 2, sessions: int = 0) -> None:
     """A warm worker with `capacity` live slots, `sessions` of them taken (what worker.heartbeat writes)."""
-    settings.workers_dir.mkdir(parents=True, exist_ok=True)
-    (settings.workers_dir / f"{name}.json").write_text(json.dumps({
-        "hostname": "test-host", "pid": 4242, "warm": True, "last_seen": time.time(), "variant": "avesformer-tiny",
-        "device": "cpu", "live_url": "ws://127.0.0.1:1/live", "live_sessions": sessions,
-        "live_capacity": capacity}))
+    write_heartbeat(settings, name, live_url="ws://127.0.0.1:1/live", live_sessions=sessions,
+                    live_capacity=capacity)
 
 
 @pytest.fixture
