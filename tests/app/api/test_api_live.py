@@ -148,17 +148,20 @@ def test_mask_stream_is_read_while_the_job_runs(live) -> None:
 
     def worker() -> None:
         run(store, job_id)
-        with open(path, "ab") as fh:
+        with open(path, "ab") as fh:  # as the worker's MaskWriter: append, flush, signal the followers
             fh.write(mask_line(0) + mask_line(1) + mask_line(2))
             fh.flush()
+            store.notify(job_id)
             assert got_first_two.wait(10)  # the client has frames 1 and 2 while the job still runs
             line = mask_line(3)
             fh.write(line[:10])
             fh.flush()
-            time.sleep(0.7)  # several polls see the half line
+            store.notify(job_id)
+            time.sleep(0.7)  # the signal made the follower read the half line
             events["completed"] = time.monotonic()
             fh.write(line[10:])
             fh.flush()
+            store.notify(job_id)
         time.sleep(0.3)
         events["finished"] = time.monotonic()
         store.set_fields(job_id, status="succeeded", finished_at=time.time())
