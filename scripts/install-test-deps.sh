@@ -2,8 +2,8 @@
 # What the test suite needs beyond `make setup`: promtool (Prometheus config check), Debian's chromium (the
 # web page's browser tests; Playwright drives it, nothing is downloaded), nginx (the API behind a path
 # prefix), Debian's redis-server (required: every test of the job store starts its own, since Redis is the only
-# coordination store, issue #24) and a Redis server answering on 127.0.0.1:6379 (the end-to-end tests use
-# databases 13-15). Idempotent.
+# coordination store, issue #24), OpenStack Swift (the S3 server of the object store tests, issue #25) and a
+# Redis server answering on 127.0.0.1:6379 (the end-to-end tests use databases 13-15). Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -20,6 +20,8 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}..." >&2; apt_install "${missing[@]}"; fi
+
+"$(dirname "$0")/install-objectstore-deps.sh"  # Swift + s3api: the object store tests' S3 server
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "starting redis-server on 127.0.0.1:6379" >&2

@@ -7,6 +7,7 @@
     distill_commands  avs distill
     service_commands  avs serve, avs worker, avs demo, avs bench service|followers
     export_commands   avs export onnx
+    objects_commands  avs bench objects
     demo, client      what `avs demo` / `avs bench service` run: a local service and a stdlib HTTP client
 
 Importing this package (and building the parser) loads no torch: every handler imports what it needs.
@@ -25,12 +26,13 @@ from app.cli import (
     live_commands,
     media_commands,
     model_commands,
+    objects_commands,
     service_commands,
 )
 from app.cli.output import EXIT_ERROR, Parser, error_code, print_json
 
 GROUPS = (model_commands, media_commands, live_commands, lab_commands, distill_commands, service_commands,
-          export_commands)
+          export_commands, objects_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

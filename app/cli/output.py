@@ -37,7 +37,9 @@ def error_code(exc: Exception) -> str | None:
             return str(exc.code)
     for module, name in (("worker.core.live_sources", "SourceRefused"), ("worker.live.session", "SessionError"),
                          ("app.cli.live_client", "LiveRefused"), ("worker.core.private_redis", "PrivateRedisError"),
-                         ("app.cli.supervisor", "MetricsDirError"), ("worker.core.model_card", "CardError")):
+                         ("app.cli.supervisor", "MetricsDirError"), ("worker.core.model_card", "CardError"),
+                         ("worker.core.objects.errors", "ObjectStoreError"),
+                         ("worker.core.objects.swift_server", "SwiftServerError")):
         if module in sys.modules and isinstance(exc, getattr(sys.modules[module], name)):
             return str(exc.code)  # type: ignore[attr-defined]
     if "worker.core.settings" in sys.modules:

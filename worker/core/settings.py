@@ -79,6 +79,14 @@ class ServiceSettings(BaseSettings):
     # Stream URLs a session may pull, by scheme and host ("udp://127.0.0.1,srt://camera.lan"); none by default:
     # a URL fetched for a client is a server-side request forgery hole until allow-listed.
     live_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Media and results (issue #25, worker.core.objects): "file" (a directory under data_dir, one host) or
+    # "s3://bucket/prefix" at object_store_endpoint (None: AWS) with these credentials (None: boto3's usual chain).
+    object_store: str = Field("file", pattern=r"^(file|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)$")
+    object_store_endpoint: str | None = None
+    object_store_access_key: str | None = None
+    object_store_secret_key: str | None = None
+    object_store_region: str = "us-east-1"
+    object_store_timeout_s: float = Field(5.0, gt=0)  # per request; tried twice, then 503 + Retry-After
 
     @field_validator("state_backend")
     @classmethod
@@ -106,6 +114,10 @@ class ServiceSettings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
 
     @property
     def workers_dir(self) -> Path:
