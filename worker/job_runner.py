@@ -183,7 +183,7 @@ def run_job(job_id: str, *, store: JobStore, settings: ServiceSettings, predicto
     finished = time.time()
 
     def succeed(r: JobRecord) -> None:
-        r.status, r.finished_at, r.lease_expires_at = JobStatus.SUCCEEDED, finished, None
+        r.finish(JobStatus.SUCCEEDED, now=finished)
         r.progress = Progress(frames_done=result.frames, frames_total=result.frames)
         r.preview = Path(result.preview_path).name if result.preview_path else None
         r.class_names = list(predictor.class_names) if predictor.num_classes > 1 else []
@@ -207,7 +207,8 @@ def _finish_cancelled(store: JobStore, job_id: str, lease: Lease | None) -> dict
     from worker import prometheus
 
     def cancel(r: JobRecord) -> None:
-        r.status, r.finished_at, r.lease_expires_at = JobStatus.CANCELLED, time.time(), None
+        if not r.finished:  # without a lease, the API may have ended it since
+            r.finish(JobStatus.CANCELLED, by_owner=lease is not None)
 
     try:
         if lease is None:
@@ -233,10 +234,8 @@ def _finish_failed(store: JobStore, lease: Lease, code: str, message: str, *,
     try:
         with fenced(store, lease) as record:
             kept = complete_lines(store.masks_path(job_id)) if keep_masks else 0
-            record.status, record.finished_at, record.lease_expires_at = JobStatus.FAILED, finished, None
-            record.error = JobError(code=code, message=message)
+            record.finish(JobStatus.FAILED, now=finished, error=JobError(code=code, message=message))
             record.progress.frames_done = kept
-            record.updated_at = finished
             store.write(record)
     except LeaseLost:
         prometheus.LEASE_WRITES_REFUSED.inc()

@@ -139,13 +139,9 @@ def delete_job(store: JobStore, job_id: str) -> tuple[JobRecord, int]:
     def change(record: JobRecord) -> None:
         status = record.status
         record.deleted = True
-        if status is JobStatus.QUEUED:
-            record.status, record.cancel_requested, record.finished_at = JobStatus.CANCELLED, True, now
-            outcome["action"] = "cancelled"
-        elif status is JobStatus.RUNNING and not lease_live(record, now):
-            record.status, record.cancel_requested, record.finished_at = JobStatus.CANCELLED, True, now
-            record.lease_token += 1  # the former owner, should it come back, finds its lease gone
-            record.owner, record.lease_expires_at = None, None
+        if status is JobStatus.QUEUED or (status is JobStatus.RUNNING and not lease_live(record, now)):
+            record.cancel_requested = True
+            record.finish(JobStatus.CANCELLED, now=now, by_owner=False)  # an orphan's former owner is fenced out
             outcome["action"] = "cancelled"
         elif status is JobStatus.RUNNING:
             record.cancel_requested = True

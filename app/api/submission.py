@@ -254,9 +254,7 @@ def refuse_unsent(store: JobStore, job_id: str, code: ServiceErrorCode, message:
             record = store.get(job_id)
             if record.status is not JobStatus.QUEUED:
                 return False
-            record.status, record.finished_at = JobStatus.FAILED, time.time()
-            record.error = JobError(code=code.value, message=message)
-            record.updated_at = record.finished_at
+            record.finish(JobStatus.FAILED, error=JobError(code=code.value, message=message), by_owner=False)
             store.write(record)
         store.remove_files(job_id)
     except (OSError, JobLocked, JobNotFound, ValueError) as exc:

@@ -94,6 +94,11 @@ class Takeover(BaseModel):
     reason: str
 
 
+class InvalidTransition(ValueError):
+    """A status change the job lifecycle does not allow (out of a final status, or `finish` to a non-final
+    one): a bug in the caller, never a client's fault."""
+
+
 class JobRecord(BaseModel):
     """A job's record. Times are Unix seconds. `media` is the full probe result (its `path` is where the API saw
     the upload: use `media_info(job_dir)`).
@@ -149,6 +154,55 @@ class JobRecord(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+    # ------------------------------------------------------------------------------------ transitions
+    # The one place a record's status changes (issue #24): every writer (the API's submission and cancel, the
+    # worker's runner, REST streams and live recordings, the leases' acquire and reconcile) calls these under
+    # the record's lock, so the fields that go with a status (times, the lease, the fencing token) cannot
+    # drift between callers. A finished record is final: a transition out of it is `InvalidTransition`.
+
+    def take(self, owner: str, *, now: float, lease_timeout_s: float) -> None:
+        """queued (or running with an expired lease) -> running under a new lease of `owner`: the fencing
+        token grows by one, so every former owner's writes are refused from now on (`worker.core.leases`)."""
+        self._leave(JobStatus.RUNNING)
+        self.status, self.owner = JobStatus.RUNNING, owner
+        self.lease_token += 1
+        self.lease_expires_at = now + lease_timeout_s
+        self.started_at = self.started_at or now
+        self.attempts += 1
+        self.updated_at = now
+
+    def requeue(self, *, now: float) -> None:
+        """running (its owner gone) -> queued, to be sent again: the former owner is fenced out (token + 1)."""
+        self._leave(JobStatus.QUEUED)
+        self._fence_out()
+        self.status, self.message_sent_at, self.updated_at = JobStatus.QUEUED, None, now
+
+    def finish(self, status: JobStatus, *, now: float | None = None, error: JobError | None = None,
+               by_owner: bool = True) -> None:
+        """-> `status` (succeeded, failed or cancelled), at `now` (Unix s), with `error` (a failure's code and
+        message; None clears it). The lease ends. `by_owner`: the lease's holder ends its own job and stays
+        its `owner` (the record says who finished it); anyone else (the API, the reconciler, a stop of an
+        orphaned stream) fences the former owner out (token + 1) and clears `owner`.
+        `InvalidTransition` when `status` is not final or the record is already finished."""
+        if not status.finished:
+            raise InvalidTransition(f"job {self.job_id}: finish() needs a final status, not {status.value}")
+        self._leave(status)
+        now = time.time() if now is None else now
+        if not by_owner:
+            self._fence_out()
+        self.status, self.finished_at, self.updated_at = status, now, now
+        self.lease_expires_at = None
+        self.error = error
+
+    def _leave(self, target: JobStatus) -> None:
+        if self.status.finished:
+            raise InvalidTransition(f"job {self.job_id}: {self.status.value} is final, not -> {target.value}")
+
+    def _fence_out(self) -> None:
+        if self.status is JobStatus.RUNNING:
+            self.lease_token += 1  # a former owner that comes back finds its lease gone
+        self.owner, self.lease_expires_at = None, None
 
     def media_info(self, job_dir: Path) -> MediaInfo | None:
         """The stored probe result, pointing at this job's upload in `job_dir` (None when not stored)."""

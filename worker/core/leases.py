@@ -94,12 +94,7 @@ def acquire(store: JobStore, job_id: str, owner: str, lease_timeout_s: float, *,
                 return Acquired.CANCELLED, None, record
             if record.status is JobStatus.RUNNING and record.owner is not None:
                 _note_takeover(record, now, f"lease of {record.owner} expired; taken by {owner}")
-            record.status, record.owner = JobStatus.RUNNING, owner
-            record.lease_token += 1
-            record.lease_expires_at = now + lease_timeout_s
-            record.started_at = record.started_at or now
-            record.attempts += 1
-            record.updated_at = now
+            record.take(owner, now=now, lease_timeout_s=lease_timeout_s)
             store.write(record)  # only a taken job is written: a duplicate delivery leaves the record as it was
     except JobNotFound:
         return Acquired.MISSING, None, None
@@ -223,16 +218,15 @@ def _expired(store: JobStore, job_id: str, send: Callable[[str], None], now: flo
     def change(record: JobRecord) -> None:
         if record.status is not JobStatus.RUNNING or lease_live(record, now):
             return  # someone renewed or finished it since we looked
-        record.lease_token += 1  # fence out the former owner even if it comes back before anyone acquires
+        # both fence out the former owner (token + 1), even if it comes back before anyone acquires
         if record.cancel_requested:
-            record.status, record.finished_at = JobStatus.CANCELLED, now
+            record.finish(JobStatus.CANCELLED, now=now, by_owner=False)
             action["do"] = "cancelled"
         else:
             _note_takeover(record, now, f"lease of {record.owner} expired (last renewed until "
                                         f"{record.lease_expires_at}); requeued by the reconciler")
-            record.status, record.message_sent_at = JobStatus.QUEUED, None
+            record.requeue(now=now)
             action["do"] = "requeued"
-        record.owner, record.lease_expires_at = None, None
 
     store.update(job_id, change, timeout_s=RECONCILE_LOCK_TIMEOUT_S)
     if action.get("do") == "cancelled":
@@ -256,8 +250,8 @@ def _unsent(store: JobStore, job_id: str, send: Callable[[str], None], now: floa
 
         def fail(r: JobRecord) -> None:
             if r.status is JobStatus.QUEUED and r.message_sent_at is None:
-                r.status, r.finished_at = JobStatus.FAILED, now
-                r.error = JobError(code=ServiceErrorCode.NOT_READY.value, message=message)
+                r.finish(JobStatus.FAILED, now=now, by_owner=False,
+                         error=JobError(code=ServiceErrorCode.NOT_READY.value, message=message))
 
         store.update(job_id, fail, timeout_s=RECONCILE_LOCK_TIMEOUT_S)
         store.remove_files(job_id)

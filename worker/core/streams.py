@@ -115,10 +115,8 @@ def stop_stream(store: JobStore, stream_id: str, *, now: float | None = None) ->
             outcome["done"] = StopOutcome.STOPPING
             return
         if record.status is JobStatus.RUNNING:  # orphaned: nobody will stop it but us
-            record.lease_token += 1
-            record.owner, record.lease_expires_at = None, None
             record.progress.frames_done = frame_lines(store.masks_path(stream_id))
-        record.status, record.finished_at = JobStatus.CANCELLED, now
+        record.finish(JobStatus.CANCELLED, now=now, by_owner=False)  # an orphan's former owner is fenced out
         record.live = {**(record.live or {}), "ended_by": ENDED_BY_STOP}
         outcome["done"] = StopOutcome.CANCELLED
 
@@ -131,9 +129,8 @@ def finish_stream(record: JobRecord, status: JobStatus, *, frames: int, summary:
     """The worker's last write (under the fenced lock): the final `status`, `frames` lines in masks.ndjson, the
     last run's `summary` (counts, latency) with `ended_by` = `reason`, and the error (code, message) if any."""
     now = time.time() if now is None else now
-    record.status, record.finished_at, record.lease_expires_at = status, now, None
+    record.finish(status, now=now, error=JobError(code=error[0], message=error[1]) if error else None)
     record.progress.frames_done = frames
     record.progress.frames_total = frames
     record.live = {**(summary or {}), "ended_by": reason}
-    record.error = JobError(code=error[0], message=error[1]) if error else None
     record.timings = {"total": round(now - (record.started_at or record.created_at), 4)}

@@ -95,15 +95,17 @@ class Recording:
         finished = time.time()
         record = JobRecord(
             job_id=self.job_id, kind="live", options=self.options, created_at=self.created_at,
-            started_at=self.created_at, finished_at=finished, updated_at=finished,
-            status=JobStatus.FAILED if error else JobStatus.SUCCEEDED,
+            started_at=self.created_at,
             progress=Progress(frames_done=summary["frames_processed"], frames_total=summary["frames_processed"]),
             timings={"total": round(finished - self.created_at, 4)},
             live={k: v for k, v in summary.items() if k != "type"},
-            error=JobError(code=error[0], message=error[1]) if error else None,
             media=info, preview=preview, api_key_id=self.key_id,
             upload=UploadInfo(filename=STREAM_COPY, bytes=self.copy_path.stat().st_size, path=STREAM_COPY)
             if info is not None and self.copy_path is not None else None)
+        # the session ran in the API process, with no lease: the record is born finished, through the one
+        # transition every job's end goes through
+        record.finish(JobStatus.FAILED if error else JobStatus.SUCCEEDED, now=finished,
+                      error=JobError(code=error[0], message=error[1]) if error else None, by_owner=False)
         self.store.create(record)
         (self.dir / MARKER).unlink(missing_ok=True)
         return record

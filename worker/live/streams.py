@@ -82,7 +82,7 @@ class StreamManager:
             self.live.release(stream_id)
             if outcome is Acquired.CANCELLED:  # stopped while queued, before DELETE could finish it
                 with contextlib.suppress(JobNotFound, JobLocked):
-                    self.store.update(stream_id, lambda r: finish_stream(
+                    self.store.update(stream_id, lambda r: r.finished or finish_stream(
                         r, JobStatus.CANCELLED, frames=r.progress.frames_done, summary=r.live, reason=ENDED_BY_STOP))
             return {"stream_id": stream_id, "status": outcome.value}
         assert lease is not None
